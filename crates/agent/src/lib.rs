@@ -1,0 +1,229 @@
+//! The Portcullis agent: the only component that holds data-store credentials.
+//!
+//! It connects out to the server (it never listens), long-polls for jobs, and for each one
+//! verifies the execution token against keys pinned in its own configuration, checks its own
+//! capability list, classifies the statement again, and only then executes (see [`permit`]).
+//! It never decides policy and never trusts a key because the server offers it.
+
+pub mod config;
+pub mod exec;
+pub mod permit;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_client::{Client, ClientError};
+use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport, ServedConnection};
+use portcullis_proto::api::ExecError;
+use portcullis_proto::token::{ReplayCache, TrustedKeys};
+use tokio::sync::watch;
+
+pub use config::AgentConfig;
+use exec::Targets;
+
+const CLAIM_WAIT_MS: u64 = 25_000;
+const REPLAY_CAPACITY: usize = 100_000;
+
+/// A configured agent, ready to run.
+pub struct Agent {
+    config: AgentConfig,
+    keys: TrustedKeys,
+    replay: Mutex<ReplayCache>,
+    targets: Targets,
+    client: Client,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("name", &self.config.name).finish_non_exhaustive()
+    }
+}
+
+/// Reads the agent token from `PORTCULLIS_AGENT_TOKEN` or the configured file.
+pub fn load_token(config: &AgentConfig) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Ok(t) = std::env::var("PORTCULLIS_AGENT_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(zeroize::Zeroizing::new(t.trim().to_owned()));
+        }
+    }
+    let Some(path) = &config.token_file else {
+        anyhow::bail!("no agent token: set PORTCULLIS_AGENT_TOKEN or token_file");
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the agent token file {}: {e}", path.display()))?;
+    Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
+}
+
+impl Agent {
+    /// Validates the config, parses the pinned keys once, and opens every target.
+    pub async fn new(config: AgentConfig, token: &str) -> anyhow::Result<Arc<Agent>> {
+        config.validate()?;
+        let keys = config.trusted_keys()?;
+        let targets = Targets::open(&config).await?;
+        let client = Client::new(&config.server_url, Some(token))?;
+        Ok(Arc::new(Agent { config, keys, replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)), targets, client }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    fn served(&self) -> Vec<ServedConnection> {
+        self.config
+            .connections
+            .iter()
+            .map(|c| ServedConnection { name: c.name.clone(), kind: c.kind, environment: c.environment })
+            .collect()
+    }
+
+    /// Runs the gate and, when it passes, the executor. Never panics on hostile input.
+    pub async fn process(&self, job: &JobAssignment) -> JobReport {
+        let now = now_ms();
+        let permit = {
+            let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+            permit::check(&self.config, &self.keys, &mut replay, job, now)
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(refusal) => {
+                tracing::warn!(job = %job.job_id, code = refusal.code, "refused a job: {}", refusal.message);
+                return JobReport::Refused { error: ExecError { code: refusal.code.to_owned(), message: refusal.message } };
+            }
+        };
+        match self.targets.execute(&permit).await {
+            Ok(result) => JobReport::Succeeded { result },
+            Err(error) => JobReport::Failed { error },
+        }
+    }
+
+    /// Runs `max_concurrent_jobs` workers until `stop` turns true. Returns an error when the
+    /// server refuses the agent's credential (revoked or unknown): retrying cannot help.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut workers = tokio::task::JoinSet::new();
+        for worker in 0..self.config.max_concurrent_jobs {
+            let agent = self.clone();
+            let stop = stop.clone();
+            workers.spawn(async move { agent.work(worker, stop).await });
+        }
+        let mut outcome = Ok(());
+        while let Some(done) = workers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    outcome = Err(e);
+                    workers.abort_all();
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => outcome = Err(e.into()),
+            }
+        }
+        if let Some(ready) = &self.config.ready_file {
+            let _ = std::fs::remove_file(ready);
+        }
+        outcome
+    }
+
+    async fn work(&self, worker: usize, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let claim = ClaimRequest { connections: self.served(), wait_ms: CLAIM_WAIT_MS };
+        let mut backoff = Backoff::default();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let next = tokio::select! {
+                r = self.client.claim(&claim) => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            match next {
+                Ok(job) => {
+                    backoff.reset();
+                    self.mark_alive(worker == 0);
+                    if let Some(job) = job {
+                        self.run_job(job).await;
+                    }
+                }
+                Err(e) if matches!(e.status(), Some(401 | 403)) => {
+                    anyhow::bail!("the server refused this agent's credential ({e}); was the agent revoked?");
+                }
+                Err(e) => {
+                    let delay = backoff.next();
+                    tracing::warn!(worker, error = %e, retry_in_ms = delay.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_job(&self, job: JobAssignment) {
+        // Heartbeats extend the lease while a long statement runs.
+        let beat_every = Duration::from_millis((job.lease_ms / 3).max(1_000));
+        let client = self.client.clone();
+        let job_id = job.job_id;
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(beat_every).await;
+                if let Err(e) = client.heartbeat(job_id).await {
+                    tracing::warn!(job = %job_id, error = %e, "heartbeat failed");
+                }
+            }
+        });
+        let report = self.process(&job).await;
+        heartbeat.abort();
+        let mut backoff = Backoff::default();
+        for attempt in 0..5 {
+            match self.client.report(job.job_id, &report).await {
+                Ok(()) => return,
+                Err(e @ ClientError::Api { .. }) => {
+                    tracing::error!(job = %job.job_id, error = %e, "the server rejected the job report");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.job_id, attempt, error = %e, "reporting failed; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+        tracing::error!(job = %job.job_id, "could not report the outcome; the server will settle the job when its lease expires");
+    }
+
+    fn mark_alive(&self, first_worker: bool) {
+        if !first_worker {
+            return;
+        }
+        if let Some(ready) = &self.config.ready_file {
+            if !ready.exists() {
+                if let Err(e) = std::fs::write(ready, b"ready\n") {
+                    tracing::warn!(error = %e, "cannot write the ready file");
+                }
+            }
+        }
+        if let Some(alive) = &self.config.liveness_file {
+            if let Err(e) = std::fs::write(alive, now_ms().to_string()) {
+                tracing::warn!(error = %e, "cannot write the liveness file");
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter for reconnecting; not part of the dispatch path.
+#[derive(Debug, Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = 100u64.saturating_mul(1 << self.attempt.min(6));
+        self.attempt += 1;
+        Duration::from_millis(base.min(5_000) + rand::random::<u64>() % 100)
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

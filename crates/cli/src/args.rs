@@ -1,0 +1,243 @@
+//! Command-line arguments. Each flag is defined once here; `--help` comes from these docs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use portcullis_core::{ConnectionName, Environment, Role};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security-hardened privileged access gateway: the client requests, the server decides, the agent executes.",
+    after_help = "Exit codes: 0 success · 1 error · 2 usage or invalid input · 3 denied · 4 timed out waiting · \
+5 execution failed (or expired/cancelled) · 6 outcome unknown · 7 authentication failed · 8 audit chain broken"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the server is and who is asking (for every command that talks to a server).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Remote {
+    /// Server URL, for example http://127.0.0.1:7070.
+    #[arg(long, env = "PORTCULLIS_SERVER", global = true, default_value = "http://127.0.0.1:7070")]
+    pub(crate) server: String,
+    /// API token. Prefer the environment variable: arguments are visible to other users.
+    #[arg(long, env = "PORTCULLIS_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run server, agent and embedded state in one process on loopback, with a demo database.
+    Dev(DevArgs),
+    /// Run the server.
+    Server(ServerArgs),
+    /// Run an agent next to the data stores it serves; it connects out to the server.
+    Agent(AgentArgs),
+    /// Run a statement or command on a connection and print the result.
+    Exec(ExecArgs),
+    /// Inspect, wait for or cancel requests.
+    #[command(subcommand)]
+    Request(RequestCommand),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List, register and revoke agents.
+    Agents(AgentsArgs),
+    /// List the connections you may use.
+    Connections(RemoteOnly),
+    /// Show who the token belongs to and what it may do.
+    Whoami(RemoteOnly),
+    /// Verify and export the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show the signing key to pin in agent configurations.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoteOnly {
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Loopback address to listen on. Non-loopback addresses are refused.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub(crate) listen: SocketAddr,
+    /// State directory (created if missing). A temporary one when omitted.
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Listen address (overrides the file).
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// State directory (overrides the file).
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PORTCULLIS_AGENT_CONFIG")]
+    pub(crate) config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// The connection to run on.
+    #[arg(long, short = 'c')]
+    pub(crate) connection: ConnectionName,
+    /// Why you need this; recorded with the request and in the audit log.
+    #[arg(long, short = 'r')]
+    pub(crate) reason: String,
+    /// Return the request id at once instead of waiting for the result.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// How long to wait for approval and execution, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) wait: u64,
+    /// The statement (SQL) or command (Redis).
+    pub(crate) statement: String,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RequestCommand {
+    /// List your requests (or everyone's with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Only requests in this state (pending_approval, approved, succeeded, …).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one request.
+    Show {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Wait for a request to finish and print its result.
+    Wait {
+        id: uuid::Uuid,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a request that has not been dispatched.
+    Cancel {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create an API token. Its secret is printed once.
+    Create {
+        /// A name for the token (letters, digits, '-', '_', '.', '@').
+        #[arg(long)]
+        name: String,
+        /// Its role; at most your own.
+        #[arg(long)]
+        role: Role,
+        /// Lifetime: 90d, 12h, 30m or seconds. Mandatory.
+        #[arg(long)]
+        ttl: String,
+        /// Limit the token to these environments (repeatable).
+        #[arg(long = "env")]
+        environments: Vec<Environment>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tokens.
+    List {
+        /// Only tokens that were never used.
+        #[arg(long)]
+        unused: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentsArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<AgentsCommand>,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// List agents and whether they are connected.
+    List,
+    /// Register an agent; its token is printed once.
+    Create { name: String },
+    /// Revoke an agent: it can no longer claim jobs.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the whole chain and the signed checkpoint; names the first bad sequence number.
+    Verify {
+        /// Verify the state directory directly (offline) instead of asking the server.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write every event as JSON Lines.
+    Export {
+        /// Read the state directory directly (offline) instead of asking the server.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output file (standard output when omitted).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Print the key id and public key, as a `[[trusted_keys]]` entry for agent configs.
+    Show {
+        /// The server's state directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}

@@ -1,0 +1,69 @@
+//! `portcullis server` and `portcullis agent`.
+
+use portcullis_agent::{Agent, AgentConfig, load_token};
+use portcullis_core::Policy;
+use portcullis_proto::token::public_key_base64;
+use portcullis_server::{Server, ServerConfig, principals};
+use tokio::net::TcpListener;
+
+use crate::args::{AgentArgs, ServerArgs};
+use crate::exit::{self, Exit};
+
+pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
+    super::init_logging("info,sqlx=warn");
+    let mut config = ServerConfig::load(args.config.as_deref()).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.data_dir = data;
+    }
+    if !config.listen.ip().is_loopback() && !config.behind_tls_proxy {
+        return Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "refusing to serve plain HTTP on {} (NET-1): bind a loopback address, or set behind_tls_proxy = true when a TLS-terminating proxy is the only way in",
+                config.listen
+            ),
+        )
+        .into());
+    }
+    let policy = Policy::new(config.policy.clone());
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config, policy, listener).await?;
+    let token_file = data_dir.join("admin.token");
+    if principals::provision_admin(&server.state, &token_file).await?.is_some() {
+        tracing::warn!(path = %token_file.display(), "first start: wrote an admin API token; move it somewhere safe and delete the file");
+    }
+    let signer = &server.state.signer;
+    tracing::info!(
+        addr = %server.addr,
+        key_id = %signer.key_id(),
+        public_key = %public_key_base64(&signer.verifying_key()),
+        "portcullis server listening; pin this key in agent configs ([[trusted_keys]])"
+    );
+    super::shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(exit::OK)
+}
+
+pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
+    super::init_logging("info,sqlx=warn");
+    let config = AgentConfig::load(&args.config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let token = load_token(&config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let agent = Agent::new(config, &token).await?;
+    tracing::info!(name = %agent.config().name, server = %agent.config().server_url, "agent started; connecting out");
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(agent.run(stop));
+    tokio::select! {
+        done = run => return match done? {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => Err(Exit::new(exit::UNAUTHENTICATED, e.to_string()).into()),
+        },
+        _ = super::shutdown_signal() => {}
+    }
+    stop_tx.send_replace(true);
+    Ok(exit::OK)
+}

@@ -1,0 +1,141 @@
+//! Server, agent and a demo SQLite target in one process, all on loopback. The agent talks to
+//! the server over real HTTP with a real agent token and verifies real signed tokens; only
+//! the key pinning is automatic, because the operator of this process owns both halves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use portcullis_agent::config::{PinnedKey, TargetConfig};
+use portcullis_agent::{Agent, AgentConfig};
+use portcullis_core::{ConnectionKind, ConnectionName, Environment, OperationClass, Policy};
+use portcullis_proto::token::public_key_base64;
+use portcullis_server::audit::Context;
+use portcullis_server::config::ConnectionDecl;
+use portcullis_server::{Server, ServerConfig, principals};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN_FILE: &str = "dev-admin.token";
+pub const DEMO_DB_FILE: &str = "demo.db";
+
+#[derive(Debug, thiserror::Error)]
+#[error("portcullis dev binds loopback addresses only, and {0} is not one; run `portcullis server` for anything reachable from elsewhere")]
+pub struct NotLoopback(pub SocketAddr);
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policy: Policy,
+    /// Classes the dev agent executes on `demo`.
+    pub allow: Vec<OperationClass>,
+    pub server: ServerConfig,
+}
+
+impl DevOptions {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> DevOptions {
+        DevOptions {
+            listen,
+            data_dir,
+            policy: Policy::permissive_dev(),
+            allow: vec![OperationClass::Read, OperationClass::Write, OperationClass::Ddl],
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+pub struct DevStack {
+    pub server: Server,
+    pub url: String,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    pub demo_db: PathBuf,
+    agent_stop: watch::Sender<bool>,
+    agent_task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl DevStack {
+    pub async fn start(opts: DevOptions) -> anyhow::Result<DevStack> {
+        if !opts.listen.ip().is_loopback() {
+            return Err(NotLoopback(opts.listen).into());
+        }
+        std::fs::create_dir_all(&opts.data_dir)?;
+        let demo_db = opts.data_dir.join(DEMO_DB_FILE);
+        create_demo_db(&demo_db).await?;
+        let demo: ConnectionName = "demo".parse()?;
+        let mut config = opts.server.clone();
+        config.listen = opts.listen;
+        config.data_dir = opts.data_dir.clone();
+        if config.connection(&demo).is_none() {
+            config.connections.push(ConnectionDecl { name: demo.clone(), kind: ConnectionKind::Sqlite, environment: Environment::Development });
+        }
+        config.validate()?;
+        let listener = TcpListener::bind(opts.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+        let server = Server::start(config, opts.policy.clone(), listener).await?;
+        let state = server.state.clone();
+        let token_file = opts.data_dir.join(ADMIN_TOKEN_FILE);
+        let admin_token = match principals::provision_admin(&state, &token_file).await? {
+            Some(t) => t,
+            None => std::fs::read_to_string(&token_file)
+                .map_err(|e| anyhow::anyhow!("this data directory was set up before, but {} is unreadable: {e}", token_file.display()))?
+                .trim()
+                .to_owned(),
+        };
+        let url = format!("http://{}", server.addr);
+        let ctx = Context::system("dev");
+        let agent_name = format!("dev-agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (agent_token, _) = principals::create_agent(&state, &ctx, "system", &agent_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let agent_config = AgentConfig {
+            name: agent_name,
+            server_url: url.clone(),
+            trusted_keys: vec![PinnedKey {
+                key_id: state.signer.key_id().to_hex(),
+                public_key: public_key_base64(&state.signer.verifying_key()),
+            }],
+            connections: vec![TargetConfig {
+                name: demo,
+                kind: ConnectionKind::Sqlite,
+                environment: Environment::Development,
+                allow: opts.allow.clone(),
+                path: Some(demo_db.clone()),
+            }],
+            max_concurrent_jobs: 16,
+            ..AgentConfig::default()
+        };
+        let agent = Agent::new(agent_config, &agent_token).await?;
+        let (agent_stop, stop) = watch::channel(false);
+        let agent_task = tokio::spawn(agent_run(agent, stop));
+        Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent_stop, agent_task })
+    }
+
+    pub async fn stop(self) {
+        self.agent_stop.send_replace(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.agent_task).await;
+        self.server.stop().await;
+    }
+}
+
+async fn agent_run(agent: Arc<Agent>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let result = agent.run(stop).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the dev agent stopped");
+    }
+    result
+}
+
+/// Creates the demo database with a small shop schema, unless it exists.
+pub async fn create_demo_db(path: &Path) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    if path.exists() {
+        return Ok(());
+    }
+    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path).create_if_missing(true)).await?;
+    sqlx::raw_sql(DEMO_SCHEMA).execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+const DEMO_SCHEMA: &str = include_str!("demo.sql");

@@ -1,0 +1,37 @@
+//! The `portcullis` binary: the CLI over the typed client, plus the `server`, `agent` and
+//! `dev` entry points. It owns argument parsing, output formatting and exit codes, and no
+//! security decision: those live in the server and the agent.
+
+mod args;
+mod commands;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = match e.downcast_ref::<exit::Exit>() {
+                Some(x) => x.code,
+                None => match e.downcast_ref::<portcullis_client::ClientError>() {
+                    Some(c) => exit::for_client_error(c),
+                    None => exit::ERROR,
+                },
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! One entry point that classifies an operation for any connection kind. The server uses it
+//! to decide, and the agent uses it again to refuse anything above the signed class.
+
+use crate::names::{ConnectionKind, OperationClass};
+use crate::redis::RedisCommand;
+use crate::sql::{SqlDialect, SqlStatement};
+
+/// Why an operation cannot be classified (and so is denied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
+    #[error(transparent)]
+    Redis(#[from] crate::redis::RedisError),
+    #[error("operations on {0} connections are not supported yet")]
+    UnsupportedKind(ConnectionKind),
+}
+
+impl ClassifyError {
+    /// A stable snake_case reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClassifyError::Sql(e) => e.code(),
+            ClassifyError::Redis(e) => e.code(),
+            ClassifyError::UnsupportedKind(_) => "unsupported_kind",
+        }
+    }
+}
+
+/// Classifies `text` as an operation on a `kind` connection.
+pub fn classify(kind: ConnectionKind, text: &str) -> Result<OperationClass, ClassifyError> {
+    if let Some(dialect) = SqlDialect::for_kind(kind) {
+        return Ok(SqlStatement::parse(dialect, text)?.class());
+    }
+    match kind {
+        ConnectionKind::Redis => Ok(RedisCommand::parse(text)?.class()),
+        other => Err(ClassifyError::UnsupportedKind(other)),
+    }
+}

@@ -1,0 +1,293 @@
+//! Redis command classification (EX-2).
+//!
+//! A [`RedisCommand`] is one command line split into words the way `redis-cli` splits it, with
+//! an [`OperationClass`] looked up in a closed command table. Commands not in the table are
+//! refused, and so are commands that can never run through the gateway: those that block,
+//! subscribe, change the connection's state or enumerate the whole keyspace.
+
+use crate::names::OperationClass;
+
+/// The longest command line accepted, in bytes.
+pub const MAX_REDIS_LEN: usize = 64 * 1024;
+
+/// The longest command name echoed back in [`RedisError::UnknownCommand`].
+const MAX_ECHOED_NAME: usize = 64;
+
+/// One parsed and classified Redis command. Only [`RedisCommand::parse`] builds one.
+#[derive(Debug, Clone)]
+pub struct RedisCommand {
+    name: String,
+    args: Vec<Vec<u8>>,
+    class: OperationClass,
+}
+
+/// Why a command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    #[error("command is empty")]
+    Empty,
+    #[error("command is too long ({len} bytes, at most {max})")]
+    TooLong { len: usize, max: usize },
+    #[error("command could not be parsed ({reason})")]
+    Unparsable { reason: &'static str },
+    /// `name` is upper-cased and cut to 64 characters.
+    #[error("unknown command {name:?}")]
+    UnknownCommand { name: String },
+    #[error("command {name} is not allowed through the gateway")]
+    DeniedCommand { name: &'static str },
+}
+
+impl RedisError {
+    /// A stable snake_case code, for wire errors and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RedisError::Empty => "redis_empty",
+            RedisError::TooLong { .. } => "redis_too_long",
+            RedisError::Unparsable { .. } => "redis_unparsable",
+            RedisError::UnknownCommand { .. } => "redis_unknown_command",
+            RedisError::DeniedCommand { .. } => "redis_denied_command",
+        }
+    }
+}
+
+impl RedisCommand {
+    /// Splits and classifies one command line (EX-2).
+    pub fn parse(text: &str) -> Result<RedisCommand, RedisError> {
+        if text.len() > MAX_REDIS_LEN {
+            return Err(RedisError::TooLong { len: text.len(), max: MAX_REDIS_LEN });
+        }
+        let args = split_args(text)?;
+        let Some(first) = args.first() else {
+            return Err(RedisError::Empty);
+        };
+        let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+        let class = classify(&name, &args)?;
+        Ok(RedisCommand { name, args, class })
+    }
+
+    /// The upper-cased command name; for two-word commands (`CLIENT KILL`) the first word.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every word, the command name included, as the bytes to send.
+    pub fn args(&self) -> &[Vec<u8>] {
+        &self.args
+    }
+
+    pub fn class(&self) -> OperationClass {
+        self.class
+    }
+}
+
+/// How the command table treats a command.
+enum Rule {
+    Class(OperationClass),
+    /// Never executable through the gateway, not even with break-glass.
+    Denied(&'static str),
+    /// A read for the listed subcommands, admin for any other.
+    ReadSubcommands(&'static [&'static str]),
+    /// Refused with a `BLOCK` option, otherwise the given class.
+    UnlessBlocking(&'static str, OperationClass),
+}
+
+fn classify(name: &str, args: &[Vec<u8>]) -> Result<OperationClass, RedisError> {
+    let Some(rule) = rule(name) else {
+        let name = name.chars().take(MAX_ECHOED_NAME).collect();
+        return Err(RedisError::UnknownCommand { name });
+    };
+    match rule {
+        Rule::Class(class) => Ok(class),
+        Rule::Denied(name) => Err(RedisError::DeniedCommand { name }),
+        Rule::ReadSubcommands(reads) => {
+            let read = args.get(1).is_some_and(|sub| reads.iter().any(|r| sub.eq_ignore_ascii_case(r.as_bytes())));
+            Ok(if read { OperationClass::Read } else { OperationClass::Admin })
+        }
+        Rule::UnlessBlocking(name, class) => {
+            // Options come before `STREAMS`; after it are key names, which may be anything.
+            let mut options = args.iter().skip(1).take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"));
+            if options.any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")) {
+                return Err(RedisError::DeniedCommand { name });
+            }
+            Ok(class)
+        }
+    }
+}
+
+/// The command table. Anything not listed is unknown and refused.
+fn rule(name: &str) -> Option<Rule> {
+    use OperationClass::{Admin, Read, Write};
+    let rule = match name {
+        // Strings, keys and server information.
+        "GET" | "MGET" | "STRLEN" | "GETRANGE" | "SUBSTR" | "LCS" | "EXISTS" | "TYPE" | "TTL" | "PTTL"
+        | "EXPIRETIME" | "PEXPIRETIME" | "SCAN" | "RANDOMKEY" | "DBSIZE" | "INFO" | "PING" | "ECHO" | "TIME"
+        | "GETBIT" | "BITCOUNT" | "BITPOS" | "PFCOUNT" => Rule::Class(Read),
+        // Hashes, lists, sets, sorted sets, streams, geo.
+        "HGET" | "HMGET" | "HGETALL" | "HKEYS" | "HVALS" | "HLEN" | "HEXISTS" | "HSTRLEN" | "HSCAN"
+        | "HRANDFIELD" | "LRANGE" | "LLEN" | "LINDEX" | "LPOS" | "SMEMBERS" | "SISMEMBER" | "SMISMEMBER"
+        | "SCARD" | "SRANDMEMBER" | "SINTER" | "SINTERCARD" | "SUNION" | "SDIFF" | "SSCAN" | "ZRANGE"
+        | "ZRANGEBYSCORE" | "ZREVRANGE" | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX" | "ZREVRANGEBYLEX" | "ZCARD"
+        | "ZSCORE" | "ZMSCORE" | "ZRANK" | "ZREVRANK" | "ZCOUNT" | "ZLEXCOUNT" | "ZSCAN" | "ZRANDMEMBER"
+        | "XRANGE" | "XREVRANGE" | "XLEN" | "XINFO" | "XPENDING" | "GEOPOS" | "GEODIST" | "GEOHASH"
+        | "GEOSEARCH" => Rule::Class(Read),
+        "OBJECT" => Rule::ReadSubcommands(&["ENCODING", "FREQ", "IDLETIME", "REFCOUNT"]),
+        "MEMORY" => Rule::ReadSubcommands(&["USAGE"]),
+        "XREAD" => Rule::UnlessBlocking("XREAD", Read),
+        "XREADGROUP" => Rule::UnlessBlocking("XREADGROUP", Write),
+
+        "SET" | "SETEX" | "PSETEX" | "SETNX" | "MSET" | "MSETNX" | "GETSET" | "GETDEL" | "GETEX" | "APPEND"
+        | "INCR" | "INCRBY" | "INCRBYFLOAT" | "DECR" | "DECRBY" | "SETRANGE" | "DEL" | "UNLINK" | "EXPIRE"
+        | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "PERSIST" | "RENAME" | "RENAMENX" | "COPY" | "SETBIT"
+        | "BITOP" | "PFADD" | "PFMERGE" | "PUBLISH" => Rule::Class(Write),
+        "HSET" | "HSETNX" | "HMSET" | "HDEL" | "HINCRBY" | "HINCRBYFLOAT" | "LPUSH" | "RPUSH" | "LPUSHX"
+        | "RPUSHX" | "LPOP" | "RPOP" | "LSET" | "LREM" | "LTRIM" | "LINSERT" | "LMOVE" | "RPOPLPUSH" | "SADD"
+        | "SREM" | "SPOP" | "SMOVE" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" | "ZADD" | "ZREM"
+        | "ZINCRBY" | "ZPOPMIN" | "ZPOPMAX" | "ZREMRANGEBYSCORE" | "ZREMRANGEBYRANK" | "ZREMRANGEBYLEX"
+        | "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" | "ZRANGESTORE" | "XADD" | "XDEL" | "XTRIM" | "XACK"
+        | "XCLAIM" | "XAUTOCLAIM" | "XGROUP" | "XSETID" | "GEOADD" => Rule::Class(Write),
+
+        // Server, persistence, replication, scripting and connection management: break-glass.
+        "FLUSHALL" | "FLUSHDB" | "CONFIG" | "SHUTDOWN" | "DEBUG" | "MODULE" | "SCRIPT" | "EVAL" | "EVALSHA"
+        | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" | "FUNCTION" | "MIGRATE" | "REPLICAOF" | "SLAVEOF"
+        | "ACL" | "CLIENT" | "BGSAVE" | "BGREWRITEAOF" | "SAVE" | "LASTSAVE" | "SWAPDB" | "FAILOVER"
+        | "CLUSTER" | "SLOWLOG" | "LATENCY" | "MONITOR" | "SYNC" | "PSYNC" | "RESTORE" | "DUMP" | "SELECT"
+        | "MOVE" => Rule::Class(Admin),
+
+        // Never through the gateway: whole-keyspace enumeration, transactions and connection
+        // state that a single dispatched command cannot hold, subscriptions and blocking calls.
+        "KEYS" => Rule::Denied("KEYS"),
+        "MULTI" => Rule::Denied("MULTI"),
+        "EXEC" => Rule::Denied("EXEC"),
+        "DISCARD" => Rule::Denied("DISCARD"),
+        "WATCH" => Rule::Denied("WATCH"),
+        "UNWATCH" => Rule::Denied("UNWATCH"),
+        "SUBSCRIBE" => Rule::Denied("SUBSCRIBE"),
+        "PSUBSCRIBE" => Rule::Denied("PSUBSCRIBE"),
+        "SSUBSCRIBE" => Rule::Denied("SSUBSCRIBE"),
+        "UNSUBSCRIBE" => Rule::Denied("UNSUBSCRIBE"),
+        "PUNSUBSCRIBE" => Rule::Denied("PUNSUBSCRIBE"),
+        "SUNSUBSCRIBE" => Rule::Denied("SUNSUBSCRIBE"),
+        "AUTH" => Rule::Denied("AUTH"),
+        "HELLO" => Rule::Denied("HELLO"),
+        "QUIT" => Rule::Denied("QUIT"),
+        "RESET" => Rule::Denied("RESET"),
+        "WAIT" => Rule::Denied("WAIT"),
+        "WAITAOF" => Rule::Denied("WAITAOF"),
+        "BLPOP" => Rule::Denied("BLPOP"),
+        "BRPOP" => Rule::Denied("BRPOP"),
+        "BLMOVE" => Rule::Denied("BLMOVE"),
+        "BRPOPLPUSH" => Rule::Denied("BRPOPLPUSH"),
+        "BLMPOP" => Rule::Denied("BLMPOP"),
+        "BZPOPMIN" => Rule::Denied("BZPOPMIN"),
+        "BZPOPMAX" => Rule::Denied("BZPOPMAX"),
+        "BZMPOP" => Rule::Denied("BZMPOP"),
+        _ => return None,
+    };
+    Some(rule)
+}
+
+/// Splits a command line like `redis-cli` (`sdssplitargs`): words separated by white space;
+/// `"…"` with `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\a` and `\xHH` escapes; `'…'` with `\'`;
+/// quoted parts may be glued to unquoted ones (`a"b c"` is one word); a closing quote must be
+/// followed by white space or the end.
+fn split_args(text: &str) -> Result<Vec<Vec<u8>>, RedisError> {
+    let bytes = text.as_bytes();
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < bytes.len() && is_space(bytes[i]) {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            return Ok(args);
+        }
+        let mut word = Vec::new();
+        while i < bytes.len() && !is_space(bytes[i]) {
+            match bytes[i] {
+                b'"' => i = double_quoted(bytes, i + 1, &mut word)?,
+                b'\'' => i = single_quoted(bytes, i + 1, &mut word)?,
+                byte => {
+                    word.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        args.push(word);
+    }
+}
+
+/// Reads a `"…"` part starting after the opening quote; returns the index after the closing one.
+fn double_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize, RedisError> {
+    loop {
+        match bytes.get(i) {
+            None => return Err(RedisError::Unparsable { reason: "unbalanced double quote" }),
+            Some(b'"') => return after_closing_quote(bytes, i + 1),
+            Some(b'\\') => {
+                let hex = (bytes.get(i + 2).copied().and_then(hex_value), bytes.get(i + 3).copied().and_then(hex_value));
+                match (bytes.get(i + 1), hex) {
+                    (Some(b'x'), (Some(high), Some(low))) => {
+                        word.push(high * 16 + low);
+                        i += 4;
+                    }
+                    (Some(&escaped), _) => {
+                        word.push(match escaped {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                        i += 2;
+                    }
+                    (None, _) => return Err(RedisError::Unparsable { reason: "unbalanced double quote" }),
+                }
+            }
+            Some(&byte) => {
+                word.push(byte);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Reads a `'…'` part starting after the opening quote; returns the index after the closing one.
+fn single_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize, RedisError> {
+    loop {
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (None, _) => return Err(RedisError::Unparsable { reason: "unbalanced single quote" }),
+            (Some(b'\\'), Some(b'\'')) => {
+                word.push(b'\'');
+                i += 2;
+            }
+            (Some(b'\''), _) => return after_closing_quote(bytes, i + 1),
+            (Some(&byte), _) => {
+                word.push(byte);
+                i += 1;
+            }
+        }
+    }
+}
+
+fn after_closing_quote(bytes: &[u8], i: usize) -> Result<usize, RedisError> {
+    match bytes.get(i) {
+        Some(&byte) if !is_space(byte) => {
+            Err(RedisError::Unparsable { reason: "closing quote must be followed by white space" })
+        }
+        _ => Ok(i),
+    }
+}
+
+/// White space as C `isspace` sees it in the "C" locale.
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}

@@ -1,0 +1,49 @@
+//! The agent protocol (`/api/v1/agent/*`): an agent connects out, long-polls for a job, and
+//! reports the outcome. Only agent tokens can call these routes.
+
+use portcullis_core::{ConnectionKind, ConnectionName, Environment, OperationClass};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::{ExecError, ExecResult};
+use crate::token::ExecutionToken;
+
+/// A connection the agent serves, as declared in its own config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServedConnection {
+    pub name: ConnectionName,
+    pub kind: ConnectionKind,
+    pub environment: Environment,
+}
+
+/// `POST /api/v1/agent/claim`: wait up to `wait_ms` for a job on one of `connections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub connections: Vec<ServedConnection>,
+    pub wait_ms: u64,
+}
+
+/// A leased job. The agent trusts nothing here until the token verifies against its own
+/// pinned keys and matches the statement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobAssignment {
+    pub job_id: Uuid,
+    pub request_id: Uuid,
+    pub connection: ConnectionName,
+    pub class: OperationClass,
+    pub statement: String,
+    pub token: ExecutionToken,
+    pub lease_ms: u64,
+}
+
+/// `POST /api/v1/agent/jobs/{id}/report`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JobReport {
+    Succeeded { result: ExecResult },
+    /// Execution was attempted and failed in the data store.
+    Failed { error: ExecError },
+    /// The agent refused before executing anything (token, capability or class check).
+    Refused { error: ExecError },
+}

@@ -1,0 +1,196 @@
+//! The public REST API's request and response bodies (`/api/v1`).
+
+use portcullis_core::policy::Decision;
+use portcullis_core::{ConnectionKind, ConnectionName, Environment, OperationClass, RequestState, Role};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `POST /api/v1/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub connection: ConnectionName,
+    pub statement: String,
+    pub reason: String,
+}
+
+/// Timestamps are RFC 3339 strings in UTC with microseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestView {
+    pub id: Uuid,
+    pub connection: ConnectionName,
+    pub kind: ConnectionKind,
+    pub environment: Environment,
+    pub class: OperationClass,
+    pub state: RequestState,
+    pub decision: Decision,
+    pub requester: String,
+    pub reason: String,
+    pub statement: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ExecError>,
+}
+
+/// A failure reported for an execution, safe to show to the requester.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One column of a result set: its name and the store's type name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// The result of an execution. Values are JSON: integers as numbers, exact decimals as
+/// strings, bytes as base64 strings, NULL as null.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub row_count: u64,
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affected_rows: Option<u64>,
+}
+
+/// The answer to creating or waiting for a request: the request, and its result when it
+/// finished within the wait.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestOutcome {
+    pub request: RequestView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ExecResult>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: Role,
+    /// Lifetime in seconds; mandatory, and at most the server's configured maximum.
+    pub ttl_seconds: u64,
+    /// Environments the token may act on; absent means all.
+    #[serde(default)]
+    pub environments: Option<Vec<Environment>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub owner: String,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(default)]
+    pub environments: Option<Vec<Environment>>,
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+    #[serde(default)]
+    pub last_used_addr: Option<String>,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+
+/// The only time a token's secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub info: TokenView,
+}
+
+/// `POST /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentView {
+    pub name: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
+    pub connected: bool,
+    pub connections: Vec<ConnectionName>,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentCreated {
+    pub token: String,
+    pub info: AgentView,
+}
+
+/// A connection the caller may use: never an address or a credential.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectionView {
+    pub name: ConnectionName,
+    pub kind: ConnectionKind,
+    pub environment: Environment,
+    pub classes: Vec<OperationClass>,
+}
+
+/// `GET /api/v1/public-key`: for operators to pin in agent configs. Never a trust decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublicKeyView {
+    pub algorithm: String,
+    pub key_id: String,
+    pub public_key: String,
+}
+
+/// One audit event as exported (JSON Lines) and listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEventView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub correlation_id: String,
+    pub client_addr: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `GET /api/v1/audit/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditVerifyView {
+    pub ok: bool,
+    pub events: u64,
+    pub head_seq: i64,
+    #[serde(default)]
+    pub first_bad_seq: Option<i64>,
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub principal: String,
+    pub role: Role,
+    pub permissions: Vec<portcullis_core::Permission>,
+}

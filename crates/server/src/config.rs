@@ -1,0 +1,156 @@
+//! Server configuration: one TOML file, `PORTCULLIS_*` environment overrides, a documented
+//! default for every setting. The server holds no secrets in config and no target addresses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use portcullis_core::{ConnectionKind, ConnectionName, Environment, PolicyRule};
+use serde::{Deserialize, Serialize};
+
+/// A connection the server knows about: a name, a kind and an environment. How to reach it
+/// and with which credential is known only to agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionDecl {
+    pub name: ConnectionName,
+    pub kind: ConnectionKind,
+    pub environment: Environment,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    /// The longest lifetime an API token may be created with.
+    pub max_ttl_days: u64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings { max_ttl_days: 90 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionSettings {
+    /// Rows returned at most; the agent applies the value signed into the token.
+    pub row_cap: u64,
+    /// Statement timeout the agent applies, in milliseconds.
+    pub timeout_ms: u64,
+    /// Execution-token lifetime in seconds (1–300).
+    pub token_ttl_secs: u64,
+    /// How long an agent holds a job without a heartbeat before it is considered lost.
+    pub lease_secs: u64,
+    /// How long an approved request may wait for an agent before it expires.
+    pub dispatch_timeout_secs: u64,
+    /// How long a pending request waits for approval before it expires.
+    pub approval_timeout_secs: u64,
+    /// The longest a client may wait on one HTTP call for a result.
+    pub max_wait_secs: u64,
+    /// How long a finished result stays available to its requester (stream-only otherwise).
+    pub result_retention_secs: u64,
+}
+
+impl Default for ExecutionSettings {
+    fn default() -> Self {
+        ExecutionSettings {
+            row_cap: 10_000,
+            timeout_ms: 30_000,
+            token_ttl_secs: 60,
+            lease_secs: 30,
+            dispatch_timeout_secs: 300,
+            approval_timeout_secs: 3_600,
+            max_wait_secs: 120,
+            result_retention_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Set when a TLS-terminating proxy is the only way to reach this server; without it the
+    /// server refuses to serve plain HTTP on a non-loopback address (NET-1).
+    pub behind_tls_proxy: bool,
+    pub connections: Vec<ConnectionDecl>,
+    pub policy: Vec<PolicyRule>,
+    pub tokens: TokenSettings,
+    pub execution: ExecutionSettings,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./portcullis-data"),
+            behind_tls_proxy: false,
+            connections: Vec::new(),
+            policy: Vec::new(),
+            tokens: TokenSettings::default(),
+            execution: ExecutionSettings::default(),
+        }
+    }
+}
+
+/// Top-level keys the environment may override (`PORTCULLIS_LISTEN`,
+/// `PORTCULLIS_EXECUTION__ROW_CAP`, …). Other `PORTCULLIS_*` variables belong to the CLI.
+const ENV_KEYS: &[&str] = &["listen", "data_dir", "behind_tls_proxy", "tokens", "execution"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Loads `path` (if given) over the defaults, then the environment over both.
+    pub fn load(path: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Missing { path: path.to_owned() });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = Env::prefixed("PORTCULLIS_")
+            .split("__")
+            .filter(|key| ENV_KEYS.iter().any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}."))));
+        let config: ServerConfig = figment.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.execution;
+        if e.token_ttl_secs == 0 || e.token_ttl_secs > 300 {
+            return Err(ConfigError::Invalid(format!(
+                "execution.token_ttl_secs must be between 1 and 300 (EX-1), got {}",
+                e.token_ttl_secs
+            )));
+        }
+        if e.row_cap == 0 || e.timeout_ms == 0 || e.lease_secs == 0 || e.max_wait_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "execution.row_cap, timeout_ms, lease_secs and max_wait_secs must be positive".into(),
+            ));
+        }
+        if self.tokens.max_ttl_days == 0 || self.tokens.max_ttl_days > 3_650 {
+            return Err(ConfigError::Invalid("tokens.max_ttl_days must be between 1 and 3650".into()));
+        }
+        let mut names: Vec<&ConnectionName> = self.connections.iter().map(|c| &c.name).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(format!("connection {} is declared twice", w[0])));
+        }
+        Ok(())
+    }
+
+    pub fn connection(&self, name: &ConnectionName) -> Option<&ConnectionDecl> {
+        self.connections.iter().find(|c| &c.name == name)
+    }
+}

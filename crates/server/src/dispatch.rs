@@ -1,0 +1,79 @@
+//! Push dispatch and result relay, in memory.
+//!
+//! Agents waiting in a long-poll are woken by [`Dispatch::jobs_ready`] the moment a job is
+//! queued: there is no polling interval anywhere on the dispatch path. Finished outcomes are
+//! handed to waiting clients through a per-request watch channel and kept only for the
+//! configured retention (results are stream-only by default; the store never holds them).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use portcullis_core::RequestState;
+use portcullis_proto::api::{ExecError, ExecResult};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+/// How a request ended, as relayed to its waiters.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub state: RequestState,
+    pub result: Option<Arc<ExecResult>>,
+    pub error: Option<ExecError>,
+}
+
+struct Slot {
+    sender: watch::Sender<Option<Arc<Finished>>>,
+    finished_at_ms: Option<i64>,
+}
+
+#[derive(Default)]
+pub struct Dispatch {
+    jobs_ready: Notify,
+    slots: Mutex<HashMap<Uuid, Slot>>,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch").finish_non_exhaustive()
+    }
+}
+
+impl Dispatch {
+    /// Wakes every agent waiting for work.
+    pub fn wake_agents(&self) {
+        self.jobs_ready.notify_waiters();
+    }
+
+    /// A future that completes at the next [`Dispatch::wake_agents`]. Create (and enable) it
+    /// *before* looking at the queue so that a job queued in between is not missed.
+    pub fn jobs_ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.jobs_ready.notified()
+    }
+
+    /// Subscribes to the outcome of `id`.
+    pub fn subscribe(&self, id: Uuid) -> watch::Receiver<Option<Arc<Finished>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(id)
+            .or_insert_with(|| Slot { sender: watch::channel(None).0, finished_at_ms: None })
+            .sender
+            .subscribe()
+    }
+
+    /// Publishes the outcome of `id` to every waiter, present and future (until retention).
+    pub fn complete(&self, id: Uuid, finished: Finished, now_ms: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(id).or_insert_with(|| Slot { sender: watch::channel(None).0, finished_at_ms: None });
+        slot.finished_at_ms = Some(now_ms);
+        slot.sender.send_replace(Some(Arc::new(finished)));
+    }
+
+    /// Drops outcomes older than the retention, and subscriptions nobody holds any more.
+    pub fn prune(&self, now_ms: i64, retention_ms: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| match slot.finished_at_ms {
+            Some(at) => now_ms - at < retention_ms,
+            None => slot.sender.receiver_count() > 0,
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! The one API error type. Each variant maps to a stable [`ErrorCode`]; internal errors reach
+//! the client as an opaque problem document whose error id points at the server's log line
+//! (WEB-6). No SQL, paths, stack traces or internal messages ever reach a response.
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_proto::{ErrorCode, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no valid credential.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// 403: the principal lacks the permission for this route or operation.
+    #[error("forbidden")]
+    Forbidden { reason: &'static str },
+    /// 404.
+    #[error("not found")]
+    NotFound,
+    /// 400: the body or a parameter is malformed; `detail` is safe to show.
+    #[error("bad request: {detail}")]
+    BadRequest { detail: String },
+    /// 413: the body exceeds the route's limit (WEB-3).
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 404: the connection is not declared on this server.
+    #[error("unknown connection")]
+    UnknownConnection,
+    /// 422: classification refused the statement; `reason` is a stable code.
+    #[error("statement denied: {reason}")]
+    StatementDenied { reason: &'static str, detail: String },
+    /// 403: the approval policy denies the operation.
+    #[error("denied by policy")]
+    PolicyDenied,
+    /// 409: the request is not in a state that allows this.
+    #[error("invalid state: {detail}")]
+    InvalidState { detail: String },
+    /// 409.
+    #[error("conflict: {detail}")]
+    Conflict { detail: String },
+    /// 503: a dependency (state store, audit chain) is unavailable; fails closed.
+    #[error("unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: anything else, logged with its error id.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Unavailable(e.into())
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        // AUD-2: an action whose audit record cannot be written fails.
+        ApiError::Unavailable(e.into())
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Unauthenticated => ErrorCode::Unauthenticated,
+            ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::BadRequest { .. } => ErrorCode::BadRequest,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::UnknownConnection => ErrorCode::UnknownConnection,
+            ApiError::StatementDenied { .. } => ErrorCode::StatementDenied,
+            ApiError::PolicyDenied => ErrorCode::PolicyDenied,
+            ApiError::InvalidState { .. } => ErrorCode::InvalidState,
+            ApiError::Conflict { .. } => ErrorCode::Conflict,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { detail: detail.into() }
+    }
+}
+
+pub fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(&problem)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error_id = uuid::Uuid::new_v4().to_string();
+        let code = self.code();
+        let (title, detail, reason) = match &self {
+            ApiError::Unauthenticated => ("Authentication required", None, None),
+            ApiError::Forbidden { reason } => ("Forbidden", None, Some((*reason).to_owned())),
+            ApiError::NotFound => ("Not found", None, None),
+            ApiError::BadRequest { detail } => ("Bad request", Some(detail.clone()), None),
+            ApiError::PayloadTooLarge => ("Payload too large", None, None),
+            ApiError::UnknownConnection => ("Unknown connection", None, None),
+            ApiError::StatementDenied { reason, detail } => ("Statement denied", Some(detail.clone()), Some((*reason).to_owned())),
+            ApiError::PolicyDenied => ("Denied by policy", None, None),
+            ApiError::InvalidState { detail } => ("Invalid state", Some(detail.clone()), None),
+            ApiError::Conflict { detail } => ("Conflict", Some(detail.clone()), None),
+            ApiError::Unavailable(e) => {
+                tracing::error!(%error_id, error = %format!("{e:#}"), "dependency unavailable");
+                ("Service unavailable", None, None)
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(%error_id, error = %format!("{e:#}"), "internal error");
+                ("Internal error", None, None)
+            }
+        };
+        let mut problem = Problem::new(code, title, error_id);
+        problem.detail = detail;
+        problem.reason = reason;
+        problem_response(problem)
+    }
+}
+
+/// A JSON body extractor whose rejections are problem documents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::bad_request("the request body could not be read")),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::bad_request("expected Content-Type: application/json"))
+            }
+            Err(rejection) => {
+                let text = rejection.body_text();
+                Err(ApiError::bad_request(text.chars().take(300).collect::<String>()))
+            }
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

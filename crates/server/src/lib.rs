@@ -1,0 +1,150 @@
+//! The Portcullis server: authentication, authorization, policy, dispatch to agents, the
+//! hash-chained audit log, and the REST API under `/api/v1`.
+//!
+//! The server decides; it never executes. It holds no data-store credential and no data-store
+//! address: its configuration knows connections only by name, kind and environment, and
+//! agents (which connect out to it) do the executing. `app(state)` builds the router;
+//! `Server::start` opens the state store and runs the background tasks.
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod keys;
+pub mod lifecycle;
+pub mod principals;
+pub mod routes;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_core::Policy;
+use portcullis_proto::token::TokenSigner;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::ServerConfig;
+pub use routes::app;
+
+use audit::{Audit, CheckpointFile};
+use auth::Authenticator;
+use dispatch::Dispatch;
+use store::Store;
+
+/// Creates the state directory owner-only (0700) when missing; an existing one is used as is.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Everything a handler needs, grouped by concern.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: ServerConfig,
+    pub policy: Policy,
+    pub store: Store,
+    pub audit: Arc<Audit>,
+    pub auth: Authenticator,
+    pub signer: TokenSigner,
+    /// The same key as `signer`'s, for signing audit checkpoints.
+    pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
+    pub dispatch: Dispatch,
+    pub presence: Mutex<lifecycle::Presence>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// A running server: its address, its state (for in-process callers such as `dev`), and the
+/// handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the state in `config.data_dir`, then serves on `listener` until stopped.
+    pub async fn start(config: ServerConfig, policy: Policy, listener: TcpListener) -> anyhow::Result<Server> {
+        let data_dir = config.data_dir.clone();
+        create_private_dir(&data_dir)?;
+        let signing_key = keys::load_or_create(&data_dir)?;
+        let store = Store::open(&data_dir).await?;
+        let checkpoint = CheckpointFile::in_dir(&data_dir);
+        let audit = Audit::open(&store, &checkpoint).await?;
+        let key = Arc::new(signing_key.clone());
+        let signer = TokenSigner::new(signing_key);
+        let state = AppState(Arc::new(Inner {
+            config,
+            policy,
+            store,
+            audit: audit.clone(),
+            auth: Authenticator::default(),
+            signer,
+            checkpoint_key: key.clone(),
+            dispatch: Dispatch::default(),
+            presence: Mutex::new(lifecycle::Presence::default()),
+        }));
+        let addr = listener.local_addr()?;
+        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(audit::run_checkpointer(audit.subscribe(), checkpoint, key)));
+        tasks.push(tokio::spawn(lifecycle::run_reaper(state.clone(), shutdown.subscribe())));
+        let router = app(state.clone());
+        tasks.push(tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(graceful).await {
+                tracing::error!(error = %e, "HTTP server stopped with an error");
+            }
+        }));
+        lifecycle::record_start(&state, addr).await?;
+        Ok(Server { addr, state, shutdown, tasks })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), flushes batched writes and
+    /// the audit checkpoint.
+    pub async fn stop(self) {
+        self.shutdown.send_replace(true);
+        let Server { state, tasks, .. } = self;
+        let mut tasks = tasks.into_iter();
+        let checkpointer = tasks.next();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        if let Err(e) = state.auth.flush_last_used(&state.store).await {
+            tracing::warn!(error = %e, "flushing token last-used times failed");
+        }
+        let head = state.audit.head();
+        if head.seq > 0 {
+            let cp = audit::Checkpoint::sign(head, &state.checkpoint_key);
+            if let Err(e) = CheckpointFile::in_dir(&state.config.data_dir).write(&cp) {
+                tracing::error!(error = %e, "writing the final audit checkpoint failed");
+            }
+        }
+        if let Some(t) = checkpointer {
+            t.abort();
+        }
+        state.store.close().await;
+    }
+}

@@ -1,0 +1,557 @@
+//! The request lifecycle: create → decide → queue → claim (sign) → report, plus the reaper
+//! that expires and reclaims. Every state change and its audit events commit together.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::policy::{Decision, Facts, Source};
+use portcullis_core::{ConnectionName, OperationClass, RequestState, authorize};
+use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
+use portcullis_proto::api::{CreateRequest, ExecError, RequestView};
+use portcullis_proto::token::{TokenClaims, statement_sha256};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::auth::{AgentPrincipal, UserPrincipal};
+use crate::clock;
+use crate::dispatch::Finished;
+use crate::error::ApiError;
+
+const MAX_REASON: usize = 1_000;
+const MAX_STATEMENT: usize = 64 * 1024;
+pub const CLAIM_WAIT_MAX_MS: u64 = 30_000;
+
+/// Which agents are connected and what they serve, as last seen by a claim.
+#[derive(Debug, Default)]
+pub struct Presence {
+    pub agents: HashMap<String, (i64, Vec<ConnectionName>)>,
+}
+
+/// Appends one event in its own transaction: for denials and other events with no state change.
+pub async fn audit_only(state: &AppState, ctx: &Context, event: Event) -> Result<(), ApiError> {
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    tx.append(ctx, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn record_start(state: &AppState, addr: SocketAddr) -> anyhow::Result<()> {
+    let event = Event {
+        actor: "system".into(),
+        action: Action::ServerStarted,
+        target: addr.to_string(),
+        outcome: Outcome::Success,
+        details: json!({ "version": env!("CARGO_PKG_VERSION"), "key_id": state.signer.key_id().to_hex() }),
+    };
+    audit_only(state, &Context::system("start"), event).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn deny(state: &AppState, ctx: &Context, who: &UserPrincipal, action: Action, target: &str, details: serde_json::Value, err: ApiError) -> ApiError {
+    let event = Event { actor: who.display(), action, target: target.to_owned(), outcome: Outcome::Denied, details };
+    match audit_only(state, ctx, event).await {
+        Ok(()) => err,
+        Err(audit_err) => audit_err,
+    }
+}
+
+fn approval_hash(request_id: Uuid, source: Source, statement_hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"portcullis/approval/v1\0");
+    h.update(request_id.as_bytes());
+    match source {
+        Source::Rule(i) => h.update(format!("policy-rule:{i}")),
+        Source::Default => h.update("policy-default"),
+    }
+    h.update(statement_hash);
+    h.finalize().into()
+}
+
+/// Validates, classifies, authorizes and decides a new request, then records it (and, when
+/// auto-approved, queues its job) in one transaction.
+pub async fn create_request(state: &AppState, who: &UserPrincipal, ctx: &Context, body: CreateRequest) -> Result<Uuid, ApiError> {
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(format!("reason must be 1-{MAX_REASON} printable characters")));
+    }
+    if body.statement.len() > MAX_STATEMENT {
+        return Err(ApiError::StatementDenied { reason: "statement_too_long", detail: format!("statements are limited to {MAX_STATEMENT} bytes") });
+    }
+    let target = body.connection.to_string();
+    let Some(decl) = state.config.connection(&body.connection).cloned() else {
+        let details = json!({ "reason": "unknown_connection" });
+        return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::UnknownConnection).await);
+    };
+    let statement_hash = statement_sha256(&body.statement);
+    let class = match portcullis_core::classify(decl.kind, &body.statement) {
+        Ok(class) => class,
+        Err(e) => {
+            let (reason, detail) = (e.code(), e.to_string());
+            let details = json!({ "reason": reason, "statement_sha256": hex::encode(statement_hash) });
+            return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::StatementDenied { reason, detail }).await);
+        }
+    };
+    if let Err(denied) = authorize(who.role, who.environments.as_deref(), decl.kind, decl.environment, class) {
+        let details = json!({ "reason": denied.to_string(), "class": class.as_str() });
+        let err = ApiError::Forbidden { reason: "operation_not_permitted" };
+        return Err(deny(state, ctx, who, Action::AccessDenied, &target, details, err).await);
+    }
+    let facts = Facts { connection: &decl.name, environment: decl.environment, class };
+    let (decision, source) = state.policy.evaluate(&facts);
+    let rule = match source {
+        Source::Rule(i) => Some(i as i64),
+        Source::Default => None,
+    };
+    if decision == Decision::Deny {
+        let details = json!({ "reason": "policy", "class": class.as_str(), "rule": rule });
+        return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::PolicyDenied).await);
+    }
+
+    let id = Uuid::new_v4();
+    let now = clock::now_ms();
+    let auto = decision == Decision::AutoApprove;
+    let approval = auto.then(|| approval_hash(id, source, &statement_hash));
+    let initial = if auto { RequestState::Approved } else { RequestState::PendingApproval };
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    sqlx::query(
+        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind(who.display())
+    .bind(&who.user_id)
+    .bind(&who.token_id)
+    .bind(decl.name.as_str())
+    .bind(decl.kind.as_str())
+    .bind(decl.environment.as_str())
+    .bind(class.as_str())
+    .bind(&body.statement)
+    .bind(&statement_hash[..])
+    .bind(reason)
+    .bind(initial.as_str())
+    .bind(decision.as_str())
+    .bind(rule)
+    .bind(approval.as_ref().map(|a| &a[..]))
+    .bind(now)
+    .bind(now)
+    .bind(auto.then_some(now))
+    .execute(tx.conn())
+    .await?;
+    let request_target = format!("request:{id}");
+    let created = Event {
+        actor: who.display(),
+        action: Action::RequestCreated,
+        target: request_target.clone(),
+        outcome: Outcome::Success,
+        details: json!({
+            "connection": decl.name.as_str(),
+            "environment": decl.environment.as_str(),
+            "class": class.as_str(),
+            "statement_sha256": hex::encode(statement_hash),
+            "decision": decision.as_str(),
+            "rule": rule,
+        }),
+    };
+    tx.append_at(ctx, created, now).await?;
+    if auto {
+        sqlx::query("INSERT INTO jobs (id, request_id, connection, state, created_at_ms) VALUES (?, ?, ?, 'queued', ?)")
+            .bind(Uuid::new_v4().to_string())
+            .bind(id.to_string())
+            .bind(decl.name.as_str())
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        let approved = Event {
+            actor: "policy".into(),
+            action: Action::RequestApproved,
+            target: request_target,
+            outcome: Outcome::Success,
+            details: json!({ "auto": true, "rule": rule }),
+        };
+        tx.append_at(ctx, approved, now).await?;
+    }
+    tx.commit().await?;
+    if auto {
+        state.dispatch.wake_agents();
+    }
+    Ok(id)
+}
+
+/// Long-polls for a job on the connections the agent serves, and leases it atomically.
+pub async fn claim_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context, claim: ClaimRequest) -> Result<Option<JobAssignment>, ApiError> {
+    let mut served = Vec::new();
+    for c in &claim.connections {
+        match state.config.connection(&c.name) {
+            Some(decl) if decl.kind == c.kind && decl.environment == c.environment => served.push(c.name.clone()),
+            Some(_) => tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection whose kind or environment differs from the server's; ignoring it"),
+            None => tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection the server does not know; ignoring it"),
+        }
+    }
+    if served.is_empty() {
+        return Err(ApiError::bad_request("none of the agent's connections is declared on the server with the same kind and environment"));
+    }
+    let now = clock::now_ms();
+    state.presence.lock().unwrap_or_else(|e| e.into_inner()).agents.insert(agent.name.clone(), (now, served.clone()));
+    let served_json = serde_json::to_string(&served).map_err(|e| ApiError::Internal(e.into()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
+    loop {
+        let ready = state.dispatch.jobs_ready();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if let Some(job) = try_claim(state, agent, ctx, &served_json).await? {
+            return Ok(Some(job));
+        }
+        tokio::select! {
+            _ = &mut ready => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+        }
+    }
+}
+
+async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, served_json: &str) -> Result<Option<JobAssignment>, ApiError> {
+    // Look with a reader first, so idle agents woken together do not queue on the writer.
+    let queued: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) LIMIT 1",
+    )
+    .bind(served_json)
+    .fetch_optional(state.store.reader())
+    .await?;
+    if queued.is_none() {
+        return Ok(None);
+    }
+    let now = clock::now_ms();
+    let ex = &state.config.execution;
+    let lease_ms = ex.lease_secs.saturating_mul(1000);
+    let nonce: [u8; 16] = rand::random();
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    let claimed = sqlx::query(
+        "UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ?
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) ORDER BY created_at_ms LIMIT 1)
+         RETURNING id, request_id",
+    )
+    .bind(&agent.name)
+    .bind(&nonce[..])
+    .bind(now)
+    .bind(now + lease_ms as i64)
+    .bind(served_json)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(claimed) = claimed else { return Ok(None) };
+    let job_id: Uuid = parse_uuid(claimed.try_get(0)?)?;
+    let request_id: Uuid = parse_uuid(claimed.try_get(1)?)?;
+    let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
+        .bind(request_id.to_string())
+        .fetch_one(tx.conn())
+        .await?;
+    let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
+    if !current.can_become(RequestState::Dispatched) {
+        return Err(ApiError::Internal(anyhow::anyhow!("job {job_id} queued for request {request_id} in state {current}")));
+    }
+    let claims = TokenClaims {
+        key_id: state.signer.key_id(),
+        job_id,
+        request_id,
+        agent: agent.name.clone(),
+        connection: parse(row.try_get::<String, _>(0)?)?,
+        environment: parse(row.try_get::<String, _>(1)?)?,
+        class: parse(row.try_get::<String, _>(2)?)?,
+        statement_sha256: to_hash(row.try_get(4)?),
+        row_cap: ex.row_cap,
+        timeout_ms: ex.timeout_ms,
+        approval_sha256: to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+        issued_at_ms: now,
+        expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
+        nonce,
+    };
+    let statement: String = row.try_get(3)?;
+    let token = state.signer.sign(&claims).map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
+    sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
+        .bind(&agent.name)
+        .bind(now)
+        .bind(now)
+        .bind(request_id.to_string())
+        .execute(tx.conn())
+        .await?;
+    let event = Event {
+        actor: format!("agent:{}", agent.name),
+        action: Action::RequestDispatched,
+        target: format!("request:{request_id}"),
+        outcome: Outcome::Success,
+        details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
+    };
+    tx.append_at(ctx, event, now).await?;
+    tx.commit().await?;
+    Ok(Some(JobAssignment {
+        job_id,
+        request_id,
+        connection: claims.connection,
+        class: claims.class,
+        statement,
+        token,
+        lease_ms,
+    }))
+}
+
+/// Records an agent's report. Only the agent holding the lease can report, once.
+pub async fn report_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context, job_id: Uuid, report: JobReport) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    let job = sqlx::query("SELECT request_id, agent, state FROM jobs WHERE id = ?")
+        .bind(job_id.to_string())
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let request_id = parse_uuid(job.try_get(0)?)?;
+    let holder: Option<String> = job.try_get(1)?;
+    let job_state: String = job.try_get(2)?;
+    if holder.as_deref() != Some(agent.name.as_str()) {
+        return Err(ApiError::Forbidden { reason: "job_not_leased_to_agent" });
+    }
+    if job_state != "leased" {
+        return Err(ApiError::InvalidState { detail: "the job is no longer leased (its lease expired or it was already reported)".into() });
+    }
+    let (next, result, error) = match report {
+        JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),
+        JobReport::Failed { error } | JobReport::Refused { error } => (RequestState::Failed, None, Some(sanitize(error))),
+    };
+    sqlx::query(
+        "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? WHERE id = ? AND state IN ('dispatched', 'running')",
+    )
+    .bind(next.as_str())
+    .bind(now)
+    .bind(now)
+    .bind(error.as_ref().map(|e| e.code.as_str()))
+    .bind(error.as_ref().map(|e| e.message.as_str()))
+    .bind(request_id.to_string())
+    .execute(tx.conn())
+    .await?;
+    sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?").bind(job_id.to_string()).execute(tx.conn()).await?;
+    let details = match (&result, &error) {
+        (Some(r), _) => json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows }),
+        (_, Some(e)) => json!({ "state": next.as_str(), "error": e.code }),
+        _ => json!({ "state": next.as_str() }),
+    };
+    let outcome = if next == RequestState::Succeeded { Outcome::Success } else { Outcome::Failure };
+    let event = Event { actor: format!("agent:{}", agent.name), action: Action::RequestFinished, target: format!("request:{request_id}"), outcome, details };
+    tx.append_at(ctx, event, now).await?;
+    tx.commit().await?;
+    state.dispatch.complete(request_id, Finished { state: next, result, error }, now);
+    Ok(())
+}
+
+/// Errors from agents are shown to requesters: bound their size and strip control characters.
+fn sanitize(e: ExecError) -> ExecError {
+    let clean = |s: String, n: usize| s.chars().filter(|c| !c.is_control() || *c == '\n').take(n).collect::<String>();
+    ExecError { code: clean(e.code, 64), message: clean(e.message, 2_000) }
+}
+
+/// Extends the lease of a running job; the first heartbeat marks the request running.
+pub async fn heartbeat(state: &AppState, agent: &AgentPrincipal, ctx: &Context, job_id: Uuid) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let lease = (state.config.execution.lease_secs as i64) * 1000;
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    let row = sqlx::query("UPDATE jobs SET lease_until_ms = ? WHERE id = ? AND agent = ? AND state = 'leased' RETURNING request_id")
+        .bind(now + lease)
+        .bind(job_id.to_string())
+        .bind(&agent.name)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(ApiError::InvalidState { detail: "no lease on this job for this agent".into() })?;
+    let request_id: String = row.try_get(0)?;
+    let moved = sqlx::query("UPDATE requests SET state = 'running', started_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'dispatched'")
+        .bind(now)
+        .bind(now)
+        .bind(&request_id)
+        .execute(tx.conn())
+        .await?;
+    if moved.rows_affected() == 1 {
+        let event = Event { actor: format!("agent:{}", agent.name), action: Action::RequestRunning, target: format!("request:{request_id}"), outcome: Outcome::Success, details: json!({}) };
+        tx.append_at(ctx, event, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Cancels a request that has not been dispatched. Only its requester may.
+pub async fn cancel(state: &AppState, who: &UserPrincipal, ctx: &Context, id: Uuid) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    let row = sqlx::query("SELECT state, requester_user_id FROM requests WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let owner: String = row.try_get(1)?;
+    if owner != who.user_id {
+        return Err(ApiError::NotFound);
+    }
+    let current: RequestState = parse(row.try_get::<String, _>(0)?)?;
+    if !current.can_become(RequestState::Cancelled) {
+        return Err(ApiError::InvalidState { detail: format!("a request in state {current} cannot be cancelled") });
+    }
+    end_undispatched(&mut tx, id, RequestState::Cancelled, now).await?;
+    let event = Event { actor: who.display(), action: Action::RequestCancelled, target: format!("request:{id}"), outcome: Outcome::Success, details: json!({ "from": current.as_str() }) };
+    tx.append_at(ctx, event, now).await?;
+    tx.commit().await?;
+    state.dispatch.complete(id, Finished { state: RequestState::Cancelled, result: None, error: None }, now);
+    Ok(())
+}
+
+async fn end_undispatched(tx: &mut AuditTx, id: Uuid, to: RequestState, now: i64) -> Result<(), ApiError> {
+    sqlx::query("UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(to.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(id.to_string())
+        .execute(tx.conn())
+        .await?;
+    sqlx::query("UPDATE jobs SET state = 'done' WHERE request_id = ? AND state = 'queued'").bind(id.to_string()).execute(tx.conn()).await?;
+    Ok(())
+}
+
+/// Expires what waited too long and settles jobs whose agent stopped heart-beating: a lost
+/// read fails, a lost write or DDL becomes `outcome_unknown` and is never re-run (EX-3).
+pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
+    let ex = &state.config.execution;
+    let lost = sqlx::query(
+        "SELECT j.id, j.request_id, r.class, j.agent FROM jobs j JOIN requests r ON r.id = j.request_id WHERE j.state = 'leased' AND j.lease_until_ms < ?",
+    )
+    .bind(now)
+    .fetch_all(state.store.reader())
+    .await?;
+    let ctx = Context::system("reaper");
+    for row in lost {
+        let job_id: String = row.try_get(0)?;
+        let request_id = parse_uuid(row.try_get(1)?)?;
+        let class: OperationClass = parse(row.try_get::<String, _>(2)?)?;
+        let agent: Option<String> = row.try_get(3)?;
+        let (to, code) = if class == OperationClass::Read { (RequestState::Failed, "agent_lost") } else { (RequestState::OutcomeUnknown, "outcome_unknown") };
+        let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+        let done = sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ? AND state = 'leased' AND lease_until_ms < ?")
+            .bind(&job_id)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            continue;
+        }
+        let message = "the agent stopped responding before reporting an outcome";
+        sqlx::query("UPDATE requests SET state = ?, error_code = ?, error_message = ?, finished_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state IN ('dispatched', 'running')")
+            .bind(to.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(now)
+            .bind(now)
+            .bind(request_id.to_string())
+            .execute(tx.conn())
+            .await?;
+        let event = Event { actor: "system".into(), action: Action::RequestLost, target: format!("request:{request_id}"), outcome: Outcome::Failure, details: json!({ "state": to.as_str(), "agent": agent, "job": job_id }) };
+        tx.append_at(&ctx, event, now).await?;
+        tx.commit().await?;
+        let error = ExecError { code: code.into(), message: message.into() };
+        state.dispatch.complete(request_id, Finished { state: to, result: None, error: Some(error) }, now);
+    }
+    let stale = sqlx::query(
+        "SELECT id, state FROM requests WHERE (state = 'approved' AND approved_at_ms < ?) OR (state = 'pending_approval' AND created_at_ms < ?)",
+    )
+    .bind(now - (ex.dispatch_timeout_secs as i64) * 1000)
+    .bind(now - (ex.approval_timeout_secs as i64) * 1000)
+    .fetch_all(state.store.reader())
+    .await?;
+    for row in stale {
+        let id = parse_uuid(row.try_get(0)?)?;
+        let from: String = row.try_get(1)?;
+        let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+        let still: Option<String> = sqlx::query_scalar("SELECT state FROM requests WHERE id = ?").bind(id.to_string()).fetch_optional(tx.conn()).await?;
+        if still.as_deref() != Some(from.as_str()) {
+            continue;
+        }
+        end_undispatched(&mut tx, id, RequestState::Expired, now).await?;
+        let event = Event { actor: "system".into(), action: Action::RequestExpired, target: format!("request:{id}"), outcome: Outcome::Failure, details: json!({ "from": from }) };
+        tx.append_at(&ctx, event, now).await?;
+        tx.commit().await?;
+        state.dispatch.complete(id, Finished { state: RequestState::Expired, result: None, error: None }, now);
+    }
+    state.dispatch.prune(now, (ex.result_retention_secs as i64) * 1000);
+    Ok(())
+}
+
+pub async fn run_reaper(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = reap(&state, clock::now_ms()).await {
+            tracing::error!(error = %e, "reaper pass failed");
+        }
+        n += 1;
+        if n % 5 == 0 {
+            if let Err(e) = state.auth.flush_last_used(&state.store).await {
+                tracing::warn!(error = %e, "flushing token last-used times failed");
+            }
+        }
+    }
+}
+
+/// Loads a request as its view. `None` when it does not exist.
+pub async fn load_view(state: &AppState, id: Uuid) -> Result<Option<(RequestView, String)>, ApiError> {
+    let row = sqlx::query(
+        "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
+                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, requester_user_id
+         FROM requests WHERE id = ?",
+    )
+    .bind(id.to_string())
+    .fetch_optional(state.store.reader())
+    .await?;
+    row.map(|r| Ok((row_to_view(&r)?, r.try_get(19)?))).transpose()
+}
+
+pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError> {
+    let ts = |i: usize| -> Result<Option<String>, ApiError> { Ok(r.try_get::<Option<i64>, _>(i)?.map(clock::format_ms)) };
+    let error_code: Option<String> = r.try_get(17)?;
+    let error_message: Option<String> = r.try_get(18)?;
+    Ok(RequestView {
+        id: parse_uuid(r.try_get(0)?)?,
+        connection: parse(r.try_get::<String, _>(1)?)?,
+        kind: parse(r.try_get::<String, _>(2)?)?,
+        environment: parse(r.try_get::<String, _>(3)?)?,
+        class: parse(r.try_get::<String, _>(4)?)?,
+        state: parse(r.try_get::<String, _>(5)?)?,
+        decision: parse(r.try_get::<String, _>(6)?)?,
+        requester: r.try_get(7)?,
+        reason: r.try_get(8)?,
+        statement: r.try_get(9)?,
+        created_at: clock::format_ms(r.try_get(10)?),
+        updated_at: clock::format_ms(r.try_get(11)?),
+        approved_at: ts(12)?,
+        dispatched_at: ts(13)?,
+        started_at: ts(14)?,
+        finished_at: ts(15)?,
+        agent: r.try_get(16)?,
+        error: error_code.map(|code| ExecError { code, message: error_message.unwrap_or_default() }),
+    })
+}
+
+fn parse<T: std::str::FromStr>(s: String) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt value in the state store: {e}")))
+}
+
+fn parse_uuid(s: String) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(&s).map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt id in the state store: {e}")))
+}
+
+fn to_hash(v: Vec<u8>) -> [u8; 32] {
+    <[u8; 32]>::try_from(v.as_slice()).unwrap_or([0; 32])
+}

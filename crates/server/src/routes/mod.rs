@@ -1,0 +1,234 @@
+//! The route table. Every route is declared once here with the guard it requires (AZ-2): the
+//! same table builds the router and drives the route × role test, so a route cannot exist
+//! without a declared permission.
+
+mod admin;
+mod agent;
+mod audit;
+mod health;
+mod requests;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use portcullis_core::Permission;
+use serde_json::json;
+
+use crate::AppState;
+use crate::audit::{Action, Context, Event, Outcome};
+use crate::auth::{AgentPrincipal, Principal, UserPrincipal};
+use crate::clock;
+use crate::error::ApiError;
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// No credential (health, readiness, the public key for operators).
+    Public,
+    /// Any API-token principal; the handler checks object-level rights.
+    User,
+    /// An API-token principal whose role grants this permission.
+    Permission(Permission),
+    /// An agent token; agents can only claim, heartbeat and report.
+    Agent,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub guard: Guard,
+}
+
+const BODY_LIMIT: usize = 1024 * 1024;
+const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
+
+fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Guard::*;
+    use portcullis_core::Permission::{AgentsManage, AuditRead, TokensManage};
+    let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| (RouteSpec { method, path, guard }, handler);
+    vec![
+        r(Method::GET, "/health", Public, get(health::health)),
+        r(Method::GET, "/ready", Public, get(health::ready)),
+        r(Method::GET, "/api/v1/public-key", Public, get(admin::public_key)),
+        r(Method::GET, "/api/v1/me", User, get(admin::me)),
+        r(Method::GET, "/api/v1/connections", User, get(admin::connections)),
+        r(Method::POST, "/api/v1/requests", User, post(requests::create)),
+        r(Method::GET, "/api/v1/requests", User, get(requests::list)),
+        r(Method::GET, "/api/v1/requests/{id}", User, get(requests::show)),
+        r(Method::GET, "/api/v1/requests/{id}/wait", User, get(requests::wait)),
+        r(Method::POST, "/api/v1/requests/{id}/cancel", User, post(requests::cancel)),
+        r(Method::POST, "/api/v1/tokens", Permission(TokensManage), post(admin::create_token)),
+        r(Method::GET, "/api/v1/tokens", Permission(TokensManage), get(admin::list_tokens)),
+        r(Method::DELETE, "/api/v1/tokens/{id}", Permission(TokensManage), delete(admin::revoke_token)),
+        r(Method::POST, "/api/v1/agents", Permission(AgentsManage), post(admin::create_agent)),
+        r(Method::GET, "/api/v1/agents", Permission(AgentsManage), get(admin::list_agents)),
+        r(Method::DELETE, "/api/v1/agents/{name}", Permission(AgentsManage), delete(admin::revoke_agent)),
+        r(Method::GET, "/api/v1/audit/verify", Permission(AuditRead), get(audit::verify)),
+        r(Method::GET, "/api/v1/audit/export", Permission(AuditRead), get(audit::export)),
+        r(Method::POST, "/api/v1/agent/claim", Agent, post(agent::claim)),
+        r(Method::POST, "/api/v1/agent/jobs/{id}/heartbeat", Agent, post(agent::heartbeat)),
+        r(
+            Method::POST,
+            "/api/v1/agent/jobs/{id}/report",
+            Agent,
+            post(agent::report).layer(DefaultBodyLimit::max(AGENT_REPORT_LIMIT)),
+        ),
+    ]
+}
+
+/// Every route with its guard, for documentation and the authorization matrix test.
+pub fn specs() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let guard = spec.guard;
+        let layer = middleware::from_fn_with_state(state.clone(), move |st: State<AppState>, req: Request, next: Next| {
+            guarded(guard, st, req, next)
+        });
+        router = router.route(spec.path, handler.route_layer(layer));
+    }
+    router
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(correlate))
+        .with_state(state)
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request a correlation id and client address (WEB-5), echoes the id, and marks
+/// API responses uncacheable.
+async fn correlate(mut req: Request, next: Next) -> Response {
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let client_addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "-".to_owned(), |ConnectInfo(a)| a.ip().to_string());
+    req.extensions_mut().insert(Context { correlation_id: correlation_id.clone(), client_addr });
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&correlation_id) {
+        headers.insert(REQUEST_ID.clone(), v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn context(req: &Request) -> Context {
+    req.extensions().get::<Context>().cloned().unwrap_or_else(|| Context::system("unknown"))
+}
+
+async fn guarded(guard: Guard, State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if guard == Guard::Public {
+        return next.run(req).await;
+    }
+    let ctx = context(&req);
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .map(str::to_owned);
+    let Some(bearer) = bearer else {
+        return ApiError::Unauthenticated.into_response();
+    };
+    let principal = match state.auth.authenticate(&state.store, &bearer, clock::now_ms(), &ctx.client_addr).await {
+        Ok(p) => p,
+        Err(failure) => {
+            let token_id = crate::auth::parse_bearer(&bearer).map(|(_, id)| id.to_owned());
+            let event = Event {
+                actor: "anonymous".into(),
+                action: Action::AuthFailed,
+                target: req.uri().path().to_owned(),
+                outcome: Outcome::Denied,
+                details: json!({ "reason": failure.as_str(), "token_id": token_id }),
+            };
+            if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
+                return e.into_response();
+            }
+            return ApiError::Unauthenticated.into_response();
+        }
+    };
+    let allowed = match (&guard, &principal) {
+        (Guard::Agent, Principal::Agent(_)) | (Guard::User, Principal::User(_)) => true,
+        (Guard::Permission(p), Principal::User(u)) => u.role.has(*p),
+        _ => false,
+    };
+    if !allowed {
+        let actor = match &principal {
+            Principal::User(u) => u.display(),
+            Principal::Agent(a) => format!("agent:{}", a.name),
+        };
+        let required = match guard {
+            Guard::Permission(p) => p.as_str(),
+            Guard::Agent => "agent",
+            Guard::User => "user",
+            Guard::Public => "none",
+        };
+        let event = Event {
+            actor,
+            action: Action::AccessDenied,
+            target: format!("{} {}", req.method(), req.uri().path()),
+            outcome: Outcome::Denied,
+            details: json!({ "required": required }),
+        };
+        if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
+            return e.into_response();
+        }
+        return ApiError::Forbidden { reason: "missing_permission" }.into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// The authenticated API-token principal of a `User` or `Permission` route.
+pub struct User(pub UserPrincipal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for User {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(Principal::User(u)) => Ok(User(u.clone())),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+}
+
+/// The authenticated agent of an `Agent` route.
+pub struct Agent(pub AgentPrincipal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Agent {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(Principal::Agent(a)) => Ok(Agent(a.clone())),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+}
+
+/// The correlation id and client address of the request.
+pub struct Ctx(pub Context);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Ctx(parts.extensions.get::<Context>().cloned().unwrap_or_else(|| Context::system("unknown"))))
+    }
+}
+
+/// Parses a path id, answering 404 (not 400) so that ids cannot be probed by shape.
+pub fn path_uuid(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+}

@@ -1,0 +1,118 @@
+//! `/api/v1/requests`: create, list, show, wait for and cancel requests.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use portcullis_core::{Permission, RequestState};
+use portcullis_proto::api::{CreateRequest, RequestOutcome, RequestView};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{Ctx, User, path_uuid};
+use crate::AppState;
+use crate::auth::UserPrincipal;
+use crate::error::{ApiError, ApiJson};
+use crate::lifecycle;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WaitParams {
+    /// Seconds to wait for the request to finish before answering with its current state.
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Query(params): Query<WaitParams>,
+    ApiJson(body): ApiJson<CreateRequest>,
+) -> Result<(StatusCode, Json<RequestOutcome>), ApiError> {
+    let id = lifecycle::create_request(&state, &who, &ctx, body).await?;
+    let outcome = wait_outcome(&state, &who, id, params.wait.unwrap_or(0)).await?;
+    Ok((StatusCode::CREATED, Json(outcome)))
+}
+
+pub(super) async fn wait(
+    State(state): State<AppState>,
+    User(who): User,
+    Path(id): Path<String>,
+    Query(params): Query<WaitParams>,
+) -> Result<Json<RequestOutcome>, ApiError> {
+    let id = path_uuid(&id)?;
+    Ok(Json(wait_outcome(&state, &who, id, params.wait.unwrap_or(30)).await?))
+}
+
+/// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
+/// requester who asked for them.
+async fn wait_outcome(state: &AppState, who: &UserPrincipal, id: Uuid, wait_secs: u64) -> Result<RequestOutcome, ApiError> {
+    let mut outcome = state.dispatch.subscribe(id);
+    let (mut view, owner) = lifecycle::load_view(state, id).await?.ok_or(ApiError::NotFound)?;
+    if owner != who.user_id {
+        return Err(ApiError::NotFound);
+    }
+    let wait = Duration::from_secs(wait_secs.min(state.config.execution.max_wait_secs));
+    if !view.state.is_terminal() && !wait.is_zero() {
+        let _ = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
+    }
+    let finished = outcome.borrow().clone();
+    if let Some(f) = &finished {
+        if f.state != view.state {
+            view = lifecycle::load_view(state, id).await?.ok_or(ApiError::NotFound)?.0;
+        }
+    }
+    let result = finished.and_then(|f| f.result.as_deref().cloned());
+    Ok(RequestOutcome { request: view, result })
+}
+
+pub(super) async fn show(State(state): State<AppState>, User(who): User, Path(id): Path<String>) -> Result<Json<RequestView>, ApiError> {
+    let id = path_uuid(&id)?;
+    let (view, owner) = lifecycle::load_view(&state, id).await?.ok_or(ApiError::NotFound)?;
+    if owner != who.user_id && !who.role.has(Permission::RequestsViewAll) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    #[serde(default)]
+    state: Option<RequestState>,
+    #[serde(default)]
+    limit: Option<u32>,
+    /// Everyone's requests (needs `requests:view_all`); otherwise only the caller's.
+    #[serde(default)]
+    all: bool,
+}
+
+pub(super) async fn list(State(state): State<AppState>, User(who): User, Query(p): Query<ListParams>) -> Result<Json<Vec<RequestView>>, ApiError> {
+    if p.all && !who.role.has(Permission::RequestsViewAll) {
+        return Err(ApiError::Forbidden { reason: "missing_permission" });
+    }
+    let limit = i64::from(p.limit.unwrap_or(50).clamp(1, 500));
+    let rows = sqlx::query(
+        "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
+                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message
+         FROM requests WHERE (? OR requester_user_id = ?) AND (? IS NULL OR state = ?)
+         ORDER BY created_at_ms DESC LIMIT ?",
+    )
+    .bind(p.all)
+    .bind(&who.user_id)
+    .bind(p.state.map(|s| s.as_str()))
+    .bind(p.state.map(|s| s.as_str()))
+    .bind(limit)
+    .fetch_all(state.store.reader())
+    .await?;
+    let views = rows.iter().map(lifecycle::row_to_view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(views))
+}
+
+pub(super) async fn cancel(State(state): State<AppState>, User(who): User, Ctx(ctx): Ctx, Path(id): Path<String>) -> Result<Json<RequestView>, ApiError> {
+    let id = path_uuid(&id)?;
+    lifecycle::cancel(&state, &who, &ctx, id).await?;
+    Ok(Json(lifecycle::load_view(&state, id).await?.ok_or(ApiError::NotFound)?.0))
+}

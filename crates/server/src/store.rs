@@ -1,0 +1,129 @@
+//! The state store: embedded SQLite in WAL mode at `<data dir>/portcullis.db`, with versioned
+//! migrations. Writes go through one connection so that every transaction is serialized
+//! (`BEGIN IMMEDIATE`) and the audit chain head is never raced; reads use a separate pool.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+pub const STATE_FILE: &str = "portcullis.db";
+
+/// One migration: applied once, in order, inside its own transaction.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") }];
+
+pub fn latest_migration() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+pub type Tx = Transaction<'static, Sqlite>;
+
+impl Store {
+    pub fn state_file(data_dir: &Path) -> PathBuf {
+        data_dir.join(STATE_FILE)
+    }
+
+    /// Opens (creating if needed) the state file and applies pending migrations.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        let path = Self::state_file(data_dir);
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit (and so every audit append) survives power loss, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.read_only(true))
+            .await?;
+        // The state holds credential hashes and the audit chain: owner-only.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            }
+        }
+        let store = Store { writer, reader, path };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+        if current > latest_migration() {
+            anyhow::bail!(
+                "state file {} has schema version {current}, newer than this binary's {}",
+                self.path.display(),
+                latest_migration()
+            );
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(crate::clock::now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Begins a write transaction. `IMMEDIATE` takes the write lock up front, so a
+    /// transaction never fails half-way on lock upgrade.
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// True when the store answers and every migration of this binary is applied.
+    pub async fn ready(&self) -> bool {
+        let version: Result<i64, _> = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&self.reader)
+            .await;
+        matches!(version, Ok(v) if v == latest_migration())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
