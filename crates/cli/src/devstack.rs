@@ -32,6 +32,8 @@ pub struct DevOptions {
     /// Classes the dev agent executes on `demo`.
     pub allow: Vec<OperationClass>,
     pub server: ServerConfig,
+    /// Start the in-process agent (tests that bring their own agents turn it off).
+    pub start_agent: bool,
 }
 
 impl DevOptions {
@@ -42,6 +44,7 @@ impl DevOptions {
             policy: Policy::permissive_dev(),
             allow: vec![OperationClass::Read, OperationClass::Write, OperationClass::Ddl],
             server: ServerConfig::default(),
+            start_agent: true,
         }
     }
 }
@@ -52,8 +55,7 @@ pub struct DevStack {
     pub admin_token: String,
     pub data_dir: PathBuf,
     pub demo_db: PathBuf,
-    agent_stop: watch::Sender<bool>,
-    agent_task: JoinHandle<anyhow::Result<()>>,
+    agent: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
 impl DevStack {
@@ -84,36 +86,46 @@ impl DevStack {
                 .to_owned(),
         };
         let url = format!("http://{}", server.addr);
+        if !opts.start_agent {
+            return Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent: None });
+        }
         let ctx = Context::system("dev");
         let agent_name = format!("dev-agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let (agent_token, _) = principals::create_agent(&state, &ctx, "system", &agent_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let agent_config = AgentConfig {
-            name: agent_name,
-            server_url: url.clone(),
-            trusted_keys: vec![PinnedKey {
-                key_id: state.signer.key_id().to_hex(),
-                public_key: public_key_base64(&state.signer.verifying_key()),
-            }],
-            connections: vec![TargetConfig {
-                name: demo,
-                kind: ConnectionKind::Sqlite,
-                environment: Environment::Development,
-                allow: opts.allow.clone(),
-                path: Some(demo_db.clone()),
-            }],
-            max_concurrent_jobs: 16,
-            ..AgentConfig::default()
-        };
+        let mut agent_config = demo_agent_config(&agent_name, &url, &server, &demo_db);
+        agent_config.connections[0].allow = opts.allow.clone();
         let agent = Agent::new(agent_config, &agent_token).await?;
         let (agent_stop, stop) = watch::channel(false);
         let agent_task = tokio::spawn(agent_run(agent, stop));
-        Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent_stop, agent_task })
+        Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent: Some((agent_stop, agent_task)) })
     }
 
     pub async fn stop(self) {
-        self.agent_stop.send_replace(true);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.agent_task).await;
+        if let Some((stop, task)) = self.agent {
+            stop.send_replace(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
         self.server.stop().await;
+    }
+}
+
+/// An agent configuration serving the demo database, pinning `server`'s key.
+pub fn demo_agent_config(name: &str, url: &str, server: &Server, demo_db: &Path) -> AgentConfig {
+    let signer = &server.state.signer;
+    AgentConfig {
+        name: name.to_owned(),
+        server_url: url.to_owned(),
+        trusted_keys: vec![PinnedKey { key_id: signer.key_id().to_hex(), public_key: public_key_base64(&signer.verifying_key()) }],
+        connections: vec![TargetConfig {
+            // Invariant: "demo" is a valid connection name.
+            name: ConnectionName::try_from("demo".to_owned()).unwrap_or_else(|_| unreachable!("a valid literal")),
+            kind: ConnectionKind::Sqlite,
+            environment: Environment::Development,
+            allow: vec![OperationClass::Read, OperationClass::Write, OperationClass::Ddl],
+            path: Some(demo_db.to_owned()),
+        }],
+        max_concurrent_jobs: 16,
+        ..AgentConfig::default()
     }
 }
 

@@ -115,21 +115,24 @@ pub enum AuditError {
     Store(#[from] sqlx::Error),
 }
 
-/// Row fields in hashing order.
-struct RowFields<'a> {
-    seq: i64,
-    prev_hash: &'a [u8],
-    at: &'a str,
-    actor: &'a str,
-    action: &'a str,
-    target: &'a str,
-    outcome: &'a str,
-    correlation_id: &'a str,
-    client_addr: &'a str,
-    details: &'a str,
+/// An event's columns in hashing order. The algorithm is public on purpose: anyone can
+/// recompute the chain; what an attacker cannot produce is the server's signed checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct RowFields<'a> {
+    pub seq: i64,
+    pub prev_hash: &'a [u8],
+    pub at: &'a str,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub correlation_id: &'a str,
+    pub client_addr: &'a str,
+    pub details: &'a str,
 }
 
-fn hash_row(f: &RowFields<'_>) -> [u8; 32] {
+/// SHA-256 over the domain prefix, the sequence number and every length-prefixed column.
+pub fn hash_row(f: &RowFields<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(HASH_DOMAIN);
     h.update(f.seq.to_be_bytes());

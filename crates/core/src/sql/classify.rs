@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, ObjectName, ObjectNamePart, ObjectType, Query, Select, SetExpr, ShowCreateObject, Statement,
-    TableFactor, TableObject, Visit, Visitor,
+    AlterSchemaOperation, AlterTableOperation, Expr, ObjectName, ObjectNamePart, ObjectType, OptimizerHint, Query,
+    Select, SetExpr, ShowCreateObject, Statement, TableFactor, TableObject, Visit, Visitor,
 };
 
 use super::{SqlDialect, SqlError, denylist};
@@ -80,6 +80,16 @@ impl Visitor for Walker {
         }
         self.add_unvisited_tables(statement);
         self.frames.push(OperationClass::Read);
+        let hints = match statement {
+            Statement::Insert(insert) => &insert.optimizer_hints,
+            Statement::Update(update) => &update.optimizer_hints,
+            Statement::Delete(delete) => &delete.optimizer_hints,
+            Statement::Merge(merge) => &merge.optimizer_hints,
+            _ => &Vec::new(),
+        };
+        if sets_variables(hints) {
+            self.raise(OperationClass::Admin);
+        }
         ControlFlow::Continue(())
     }
 
@@ -121,8 +131,7 @@ impl Visitor for Walker {
                 SqlDialect::Mysql | SqlDialect::Sqlite => OperationClass::Admin,
             });
         }
-        // MySQL `/*+ SET_VAR(…) */` sets a session variable for the statement.
-        if select.optimizer_hints.iter().any(|hint| hint.text.to_ascii_lowercase().contains("set_var")) {
+        if sets_variables(&select.optimizer_hints) {
             self.raise(OperationClass::Admin);
         }
         ControlFlow::Continue(())
@@ -257,6 +266,13 @@ fn shallow_class(dialect: SqlDialect, statement: &Statement) -> OperationClass {
 
         Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Write,
 
+        Statement::AlterTable(alter) if alter.operations.iter().any(is_privileged_alter) => Admin,
+        Statement::AlterSchema(alter)
+            if alter.operations.iter().any(|op| matches!(op, AlterSchemaOperation::OwnerTo { .. })) =>
+        {
+            Admin
+        }
+
         Statement::CreateView(_)
         | Statement::CreateTable(_)
         | Statement::CreateVirtualTable { .. }
@@ -297,6 +313,33 @@ fn shallow_class(dialect: SqlDialect, statement: &Statement) -> OperationClass {
         // every statement kind not recognised above.
         _ => Admin,
     }
+}
+
+/// MySQL `/*+ SET_VAR(…) */` sets a session variable for the statement.
+fn sets_variables(hints: &[OptimizerHint]) -> bool {
+    hints.iter().any(|hint| hint.text.to_ascii_lowercase().contains("set_var"))
+}
+
+/// `ALTER TABLE` operations that change ownership or switch off row security, triggers or
+/// rules: privilege management rather than schema changes.
+fn is_privileged_alter(operation: &AlterTableOperation) -> bool {
+    matches!(
+        operation,
+        AlterTableOperation::OwnerTo { .. }
+            | AlterTableOperation::EnableRowLevelSecurity
+            | AlterTableOperation::DisableRowLevelSecurity
+            | AlterTableOperation::ForceRowLevelSecurity
+            | AlterTableOperation::NoForceRowLevelSecurity
+            | AlterTableOperation::EnableTrigger { .. }
+            | AlterTableOperation::DisableTrigger { .. }
+            | AlterTableOperation::EnableAlwaysTrigger { .. }
+            | AlterTableOperation::EnableReplicaTrigger { .. }
+            | AlterTableOperation::EnableRule { .. }
+            | AlterTableOperation::DisableRule { .. }
+            | AlterTableOperation::EnableAlwaysRule { .. }
+            | AlterTableOperation::EnableReplicaRule { .. }
+            | AlterTableOperation::ReplicaIdentity { .. }
+    )
 }
 
 fn is_read_pragma(name: &ObjectName) -> bool {

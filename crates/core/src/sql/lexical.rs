@@ -15,6 +15,12 @@ use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace
 
 use super::{DeniedReason, MAX_EXPRESSION_DEPTH, MAX_NESTING, SqlDialect, SqlError};
 
+/// The largest estimated depth of an expression that uses an operator sqlparser parses by
+/// copying its whole left operand (MySQL `DIV`; SQLite `GLOB`, `REGEXP`, `MATCH`). The copy
+/// recurses through the operand with large stack frames: in a debug build a 2 MiB stack holds
+/// about 330 levels.
+const MAX_COPYING_DEPTH: usize = 64;
+
 /// Runs every token-level check on `text`.
 pub(super) fn check(dialect: SqlDialect, parser_dialect: &dyn Dialect, text: &str) -> Result<(), SqlError> {
     // Raw mode keeps string contents as written, so escapes can be inspected.
@@ -23,7 +29,7 @@ pub(super) fn check(dialect: SqlDialect, parser_dialect: &dyn Dialect, text: &st
         .tokenize_with_location()
         .map_err(|_| SqlError::Unparsable { reason: "invalid token" })?;
     let mut source = SourceCursor::new(text);
-    let mut depth = DepthEstimate::new();
+    let mut depth = DepthEstimate::new(dialect);
     for (index, token) in tokens.iter().enumerate() {
         check_position(dialect, &mut source, token)?;
         check_token(dialect, &token.token)?;
@@ -48,9 +54,8 @@ fn check_position(dialect: SqlDialect, source: &mut SourceCursor<'_>, token: &To
         _ if dialect == SqlDialect::Mysql && rest.starts_with("/*") => {
             Err(SqlError::Denied { reason: DeniedReason::ExecutableComment })
         }
-        // sqlparser separates tokens with any Unicode white space; servers only with ASCII.
         Token::Whitespace(Whitespace::Space) if !rest.starts_with([' ', '\x0c']) => {
-            Err(SqlError::Denied { reason: DeniedReason::NonAsciiWhitespace })
+            Err(SqlError::Denied { reason: DeniedReason::UnusualWhitespace })
         }
         _ => Ok(()),
     }
@@ -170,6 +175,7 @@ impl<'a> SourceCursor<'a> {
 /// commas, so their keywords are counted for the whole level. Every other token that is not a
 /// literal, an identifier or punctuation is counted as one level, which over-estimates.
 struct DepthEstimate {
+    dialect: SqlDialect,
     levels: Vec<Level>,
     deepest: usize,
 }
@@ -182,26 +188,34 @@ struct Level {
     operators: usize,
     /// The deepest bracketed sub-tree in the current element.
     child: usize,
+    /// Whether the current element uses an operator that copies its left operand.
+    copying: bool,
     /// The deepest finished element.
     best: usize,
 }
 
 impl Level {
-    fn end_element(&mut self) {
-        self.best = self.best.max(self.operators + self.child);
+    fn end_element(&mut self) -> Result<(), SqlError> {
+        let depth = self.operators + self.child;
+        if self.copying && depth > MAX_COPYING_DEPTH {
+            return Err(SqlError::TooDeep { depth, max: MAX_COPYING_DEPTH });
+        }
+        self.best = self.best.max(depth);
         self.operators = 0;
         self.child = 0;
+        self.copying = false;
+        Ok(())
     }
 
-    fn depth(mut self) -> usize {
-        self.end_element();
-        self.set_operations + self.best
+    fn depth(mut self) -> Result<usize, SqlError> {
+        self.end_element()?;
+        Ok(self.set_operations + self.best)
     }
 }
 
 impl DepthEstimate {
-    fn new() -> Self {
-        DepthEstimate { levels: vec![Level::default()], deepest: 0 }
+    fn new(dialect: SqlDialect) -> Self {
+        DepthEstimate { dialect, levels: vec![Level::default()], deepest: 0 }
     }
 
     fn push(&mut self, token: &Token) -> Result<(), SqlError> {
@@ -223,8 +237,13 @@ impl DepthEstimate {
                     self.close_level()?;
                 }
             }
-            Token::Comma | Token::SemiColon => self.current().end_element(),
+            Token::Comma | Token::SemiColon => self.current().end_element()?,
             Token::Word(word) if is_set_operation(word.keyword) => self.current().set_operations += 1,
+            Token::Word(word) if copies_left_operand(self.dialect, word.keyword) => {
+                let level = self.current();
+                level.operators += 1;
+                level.copying = true;
+            }
             token if counts_as_operator(token) => self.current().operators += 1,
             _ => {}
         }
@@ -236,14 +255,14 @@ impl DepthEstimate {
             self.close_level()?;
         }
         if let Some(level) = self.levels.pop() {
-            self.record(level.depth())?;
+            self.record(level.depth()?)?;
         }
         Ok(())
     }
 
     fn close_level(&mut self) -> Result<(), SqlError> {
         if let Some(level) = self.levels.pop() {
-            let depth = level.depth() + 1;
+            let depth = level.depth()? + 1;
             self.record(depth)?;
             let parent = self.current();
             parent.child = parent.child.max(depth);
@@ -265,6 +284,14 @@ impl DepthEstimate {
         }
         let last = self.levels.len() - 1;
         &mut self.levels[last]
+    }
+}
+
+fn copies_left_operand(dialect: SqlDialect, keyword: Keyword) -> bool {
+    match dialect {
+        SqlDialect::Mysql => keyword == Keyword::DIV,
+        SqlDialect::Sqlite => matches!(keyword, Keyword::GLOB | Keyword::REGEXP | Keyword::MATCH),
+        SqlDialect::Postgres => false,
     }
 }
 

@@ -29,7 +29,7 @@ pub const MAX_NESTING: usize = 200;
 /// (`a OR b OR c …`, `x::t::t …`, `s1 UNION s2 UNION …`) parse into trees as deep as the chain
 /// is long, and walking or dropping such a tree recurses once per level; this bound keeps that
 /// well inside a 2 MiB thread stack.
-pub const MAX_EXPRESSION_DEPTH: usize = 4000;
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
 
 /// The SQL dialect a statement is parsed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +112,10 @@ pub enum DeniedReason {
     BackslashQuoteEscape,
     /// PostgreSQL `U&"…"`: sqlparser reads it as `U & "…"`, the server as an escaped identifier.
     UnicodeEscapedIdentifier,
-    /// Non-ASCII white space between tokens: sqlparser separates tokens with it, servers may not.
-    NonAsciiWhitespace,
+    /// White space other than space, tab, line feed, carriage return and form feed between
+    /// tokens (in practice a vertical tab): sqlparser separates tokens with any Unicode white
+    /// space that cannot start an identifier, servers do not all agree.
+    UnusualWhitespace,
     /// MySQL `--` followed by non-ASCII white space: a comment to sqlparser, not to the server.
     AmbiguousComment,
 }
@@ -124,7 +126,7 @@ impl DeniedReason {
             DeniedReason::ExecutableComment => "executable comment",
             DeniedReason::BackslashQuoteEscape => "backslash-escaped quote in a string",
             DeniedReason::UnicodeEscapedIdentifier => "unicode-escaped identifier",
-            DeniedReason::NonAsciiWhitespace => "non-ASCII white space",
+            DeniedReason::UnusualWhitespace => "unusual white space",
             DeniedReason::AmbiguousComment => "ambiguous comment",
         }
     }

@@ -1,0 +1,18 @@
+//! Integration tests: real server, real agents, real SQLite state and targets, over real
+//! HTTP on 127.0.0.1, driven through the project's own typed client and binary. Modules are
+//! named by behaviour or attack class; each test names the control it proves.
+
+#![allow(unreachable_pub)]
+
+mod harness;
+
+mod agent_config;
+mod agent_tokens;
+mod audit_tamper;
+mod authz_matrix;
+mod dev_mode;
+mod dispatch;
+mod requests;
+mod secrets_at_rest;
+mod tidy;
+mod tokens;
