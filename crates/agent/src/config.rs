@@ -104,7 +104,9 @@ impl AgentConfig {
         }
         check_server_url(&self.server_url, self.allow_insecure)?;
         if self.trusted_keys.is_empty() {
-            return invalid("trusted_keys must pin at least one signing key (see `portcullis key show`)".into());
+            return invalid(
+                "trusted_keys must pin at least one signing key (see `portcullis key show`)".into(),
+            );
         }
         self.trusted_keys()?;
         if self.connections.is_empty() {
@@ -120,12 +122,22 @@ impl AgentConfig {
         }
         for c in &self.connections {
             if c.allow.is_empty() {
-                return invalid(format!("connection {}: allow must list at least one operation class", c.name));
+                return invalid(format!(
+                    "connection {}: allow must list at least one operation class",
+                    c.name
+                ));
             }
             match c.kind {
-                ConnectionKind::Sqlite if c.path.is_none() => return invalid(format!("connection {}: sqlite needs path", c.name)),
+                ConnectionKind::Sqlite if c.path.is_none() => {
+                    return invalid(format!("connection {}: sqlite needs path", c.name));
+                }
                 ConnectionKind::Sqlite => {}
-                other => return invalid(format!("connection {}: kind {other} is not supported by this agent yet", c.name)),
+                other => {
+                    return invalid(format!(
+                        "connection {}: kind {other} is not supported by this agent yet",
+                        c.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -135,10 +147,17 @@ impl AgentConfig {
     pub fn trusted_keys(&self) -> Result<TrustedKeys, ConfigError> {
         let mut keys = TrustedKeys::new();
         for pin in &self.trusted_keys {
-            let expected = KeyId::from_hex(&pin.key_id).map_err(|e| ConfigError::Invalid(format!("trusted key id {:?}: {e}", pin.key_id)))?;
-            let id = keys.pin_base64(&pin.public_key).map_err(|e| ConfigError::Invalid(format!("trusted key {}: {e}", pin.key_id)))?;
+            let expected = KeyId::from_hex(&pin.key_id).map_err(|e| {
+                ConfigError::Invalid(format!("trusted key id {:?}: {e}", pin.key_id))
+            })?;
+            let id = keys
+                .pin_base64(&pin.public_key)
+                .map_err(|e| ConfigError::Invalid(format!("trusted key {}: {e}", pin.key_id)))?;
             if id != expected {
-                return Err(ConfigError::Invalid(format!("trusted key {}: the public key's id is {id}", pin.key_id)));
+                return Err(ConfigError::Invalid(format!(
+                    "trusted key {}: the public key's id is {id}",
+                    pin.key_id
+                )));
             }
         }
         Ok(keys)
@@ -151,18 +170,32 @@ impl AgentConfig {
 
 /// NET-4: the agent only connects out, and never in plain HTTP beyond loopback unless told.
 pub fn check_server_url(url: &str, allow_insecure: bool) -> Result<(), ConfigError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::Invalid(format!("server_url {url:?}: {e}")))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError::Invalid(format!("server_url {url:?}: {e}")))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ConfigError::Invalid("server_url must not carry credentials".into()));
+        return Err(ConfigError::Invalid(
+            "server_url must not carry credentials".into(),
+        ));
     }
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
             let host = parsed.host_str().unwrap_or("");
-            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
-            let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
-            if loopback || allow_insecure { Ok(()) } else { Err(ConfigError::InsecureServerUrl(url.to_owned())) }
+            let ip = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok();
+            let loopback =
+                host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+            if loopback || allow_insecure {
+                Ok(())
+            } else {
+                Err(ConfigError::InsecureServerUrl(url.to_owned()))
+            }
         }
-        other => Err(ConfigError::Invalid(format!("server_url scheme {other:?} is not http or https"))),
+        other => Err(ConfigError::Invalid(format!(
+            "server_url scheme {other:?} is not http or https"
+        ))),
     }
 }

@@ -35,21 +35,24 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("name", &self.config.name).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
     }
 }
 
 /// Reads the agent token from `PORTCULLIS_AGENT_TOKEN` or the configured file.
 pub fn load_token(config: &AgentConfig) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    if let Ok(t) = std::env::var("PORTCULLIS_AGENT_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok(zeroize::Zeroizing::new(t.trim().to_owned()));
-        }
+    if let Ok(t) = std::env::var("PORTCULLIS_AGENT_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(zeroize::Zeroizing::new(t.trim().to_owned()));
     }
     let Some(path) = &config.token_file else {
         anyhow::bail!("no agent token: set PORTCULLIS_AGENT_TOKEN or token_file");
     };
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the agent token file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the agent token file {}: {e}", path.display()))?;
     Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
 }
 
@@ -60,7 +63,13 @@ impl Agent {
         let keys = config.trusted_keys()?;
         let targets = Targets::open(&config).await?;
         let client = Client::new(&config.server_url, Some(token))?;
-        Ok(Arc::new(Agent { config, keys, replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)), targets, client }))
+        Ok(Arc::new(Agent {
+            config,
+            keys,
+            replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)),
+            targets,
+            client,
+        }))
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -71,7 +80,11 @@ impl Agent {
         self.config
             .connections
             .iter()
-            .map(|c| ServedConnection { name: c.name.clone(), kind: c.kind, environment: c.environment })
+            .map(|c| ServedConnection {
+                name: c.name.clone(),
+                kind: c.kind,
+                environment: c.environment,
+            })
             .collect()
     }
 
@@ -86,7 +99,12 @@ impl Agent {
             Ok(p) => p,
             Err(refusal) => {
                 tracing::warn!(job = %job.job_id, code = refusal.code, "refused a job: {}", refusal.message);
-                return JobReport::Refused { error: ExecError { code: refusal.code.to_owned(), message: refusal.message } };
+                return JobReport::Refused {
+                    error: ExecError {
+                        code: refusal.code.to_owned(),
+                        message: refusal.message,
+                    },
+                };
             }
         };
         match self.targets.execute(&permit).await {
@@ -123,7 +141,10 @@ impl Agent {
     }
 
     async fn work(&self, worker: usize, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let claim = ClaimRequest { connections: self.served(), wait_ms: CLAIM_WAIT_MS };
+        let claim = ClaimRequest {
+            connections: self.served(),
+            wait_ms: CLAIM_WAIT_MS,
+        };
         let mut backoff = Backoff::default();
         loop {
             if *stop.borrow() {
@@ -142,7 +163,9 @@ impl Agent {
                     }
                 }
                 Err(e) if matches!(e.status(), Some(401 | 403)) => {
-                    anyhow::bail!("the server refused this agent's credential ({e}); was the agent revoked?");
+                    anyhow::bail!(
+                        "the server refused this agent's credential ({e}); was the agent revoked?"
+                    );
                 }
                 Err(e) => {
                     let delay = backoff.next();
@@ -192,17 +215,16 @@ impl Agent {
         if !first_worker {
             return;
         }
-        if let Some(ready) = &self.config.ready_file {
-            if !ready.exists() {
-                if let Err(e) = std::fs::write(ready, b"ready\n") {
-                    tracing::warn!(error = %e, "cannot write the ready file");
-                }
-            }
+        if let Some(ready) = &self.config.ready_file
+            && !ready.exists()
+            && let Err(e) = std::fs::write(ready, b"ready\n")
+        {
+            tracing::warn!(error = %e, "cannot write the ready file");
         }
-        if let Some(alive) = &self.config.liveness_file {
-            if let Err(e) = std::fs::write(alive, now_ms().to_string()) {
-                tracing::warn!(error = %e, "cannot write the liveness file");
-            }
+        if let Some(alive) = &self.config.liveness_file
+            && let Err(e) = std::fs::write(alive, now_ms().to_string())
+        {
+            tracing::warn!(error = %e, "cannot write the liveness file");
         }
     }
 }
@@ -225,5 +247,7 @@ impl Backoff {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

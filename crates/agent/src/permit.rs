@@ -46,7 +46,10 @@ pub struct Refusal {
 }
 
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal {
+        code,
+        message: message.into(),
+    }
 }
 
 pub fn check<'a>(
@@ -56,25 +59,54 @@ pub fn check<'a>(
     job: &'a JobAssignment,
     now_ms: i64,
 ) -> Result<Permit<'a>, Refusal> {
-    let expected = Expected { agent: &config.name, job_id: job.job_id, statement: &job.statement, now_ms };
-    let verified = verify(keys, &job.token, &expected, replay).map_err(|e| refuse(e.code(), format!("execution token refused: {e}")))?;
+    let expected = Expected {
+        agent: &config.name,
+        job_id: job.job_id,
+        statement: &job.statement,
+        now_ms,
+    };
+    let verified = verify(keys, &job.token, &expected, replay)
+        .map_err(|e| refuse(e.code(), format!("execution token refused: {e}")))?;
     let claims = verified.claims().clone();
     // From here on only signed values are used, never the unsigned copies in the assignment.
-    let target = config
-        .target(&claims.connection)
-        .ok_or_else(|| refuse("capability_connection", format!("this agent does not serve connection {}", claims.connection)))?;
+    let target = config.target(&claims.connection).ok_or_else(|| {
+        refuse(
+            "capability_connection",
+            format!("this agent does not serve connection {}", claims.connection),
+        )
+    })?;
     if target.environment != claims.environment {
         return Err(refuse(
             "capability_environment",
-            format!("connection {} is {} here, the token says {}", target.name, target.environment, claims.environment),
+            format!(
+                "connection {} is {} here, the token says {}",
+                target.name, target.environment, claims.environment
+            ),
         ));
     }
     if !target.allow.contains(&claims.class) {
-        return Err(refuse("capability_class", format!("this agent does not run {} operations on {}", claims.class, target.name)));
+        return Err(refuse(
+            "capability_class",
+            format!(
+                "this agent does not run {} operations on {}",
+                claims.class, target.name
+            ),
+        ));
     }
-    let class = classify(target.kind, &job.statement).map_err(|e| refuse("statement_denied", format!("statement refused: {e}")))?;
+    let class = classify(target.kind, &job.statement)
+        .map_err(|e| refuse("statement_denied", format!("statement refused: {e}")))?;
     if class > claims.class {
-        return Err(refuse("class_escalation", format!("the statement is {class} but the token allows only {}", claims.class)));
+        return Err(refuse(
+            "class_escalation",
+            format!(
+                "the statement is {class} but the token allows only {}",
+                claims.class
+            ),
+        ));
     }
-    Ok(Permit { claims, statement: &job.statement, target })
+    Ok(Permit {
+        claims,
+        statement: &job.statement,
+        target,
+    })
 }

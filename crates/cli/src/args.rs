@@ -23,7 +23,12 @@ pub(crate) struct Cli {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Remote {
     /// Server URL, for example http://127.0.0.1:7070.
-    #[arg(long, env = "PORTCULLIS_SERVER", global = true, default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_SERVER",
+        global = true,
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub(crate) server: String,
     /// API token. Prefer the environment variable: arguments are visible to other users.
     #[arg(long, env = "PORTCULLIS_TOKEN", global = true, hide_env_values = true)]

@@ -21,7 +21,9 @@ pub const ADMIN_TOKEN_FILE: &str = "dev-admin.token";
 pub const DEMO_DB_FILE: &str = "demo.db";
 
 #[derive(Debug, thiserror::Error)]
-#[error("portcullis dev binds loopback addresses only, and {0} is not one; run `portcullis server` for anything reachable from elsewhere")]
+#[error(
+    "portcullis dev binds loopback addresses only, and {0} is not one; run `portcullis server` for anything reachable from elsewhere"
+)]
 pub struct NotLoopback(pub SocketAddr);
 
 #[derive(Debug, Clone)]
@@ -42,7 +44,11 @@ impl DevOptions {
             listen,
             data_dir,
             policy: Policy::permissive_dev(),
-            allow: vec![OperationClass::Read, OperationClass::Write, OperationClass::Ddl],
+            allow: vec![
+                OperationClass::Read,
+                OperationClass::Write,
+                OperationClass::Ddl,
+            ],
             server: ServerConfig::default(),
             start_agent: true,
         }
@@ -71,33 +77,63 @@ impl DevStack {
         config.listen = opts.listen;
         config.data_dir = opts.data_dir.clone();
         if config.connection(&demo).is_none() {
-            config.connections.push(ConnectionDecl { name: demo.clone(), kind: ConnectionKind::Sqlite, environment: Environment::Development });
+            config.connections.push(ConnectionDecl {
+                name: demo.clone(),
+                kind: ConnectionKind::Sqlite,
+                environment: Environment::Development,
+            });
         }
         config.validate()?;
-        let listener = TcpListener::bind(opts.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
         let server = Server::start(config, opts.policy.clone(), listener).await?;
         let state = server.state.clone();
         let token_file = opts.data_dir.join(ADMIN_TOKEN_FILE);
         let admin_token = match principals::provision_admin(&state, &token_file).await? {
             Some(t) => t,
             None => std::fs::read_to_string(&token_file)
-                .map_err(|e| anyhow::anyhow!("this data directory was set up before, but {} is unreadable: {e}", token_file.display()))?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "this data directory was set up before, but {} is unreadable: {e}",
+                        token_file.display()
+                    )
+                })?
                 .trim()
                 .to_owned(),
         };
         let url = format!("http://{}", server.addr);
         if !opts.start_agent {
-            return Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent: None });
+            return Ok(DevStack {
+                server,
+                url,
+                admin_token,
+                data_dir: opts.data_dir,
+                demo_db,
+                agent: None,
+            });
         }
         let ctx = Context::system("dev");
-        let agent_name = format!("dev-agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let (agent_token, _) = principals::create_agent(&state, &ctx, "system", &agent_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let agent_name = format!(
+            "dev-agent-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let (agent_token, _) = principals::create_agent(&state, &ctx, "system", &agent_name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut agent_config = demo_agent_config(&agent_name, &url, &server, &demo_db);
         agent_config.connections[0].allow = opts.allow.clone();
         let agent = Agent::new(agent_config, &agent_token).await?;
         let (agent_stop, stop) = watch::channel(false);
         let agent_task = tokio::spawn(agent_run(agent, stop));
-        Ok(DevStack { server, url, admin_token, data_dir: opts.data_dir, demo_db, agent: Some((agent_stop, agent_task)) })
+        Ok(DevStack {
+            server,
+            url,
+            admin_token,
+            data_dir: opts.data_dir,
+            demo_db,
+            agent: Some((agent_stop, agent_task)),
+        })
     }
 
     pub async fn stop(self) {
@@ -115,13 +151,21 @@ pub fn demo_agent_config(name: &str, url: &str, server: &Server, demo_db: &Path)
     AgentConfig {
         name: name.to_owned(),
         server_url: url.to_owned(),
-        trusted_keys: vec![PinnedKey { key_id: signer.key_id().to_hex(), public_key: public_key_base64(&signer.verifying_key()) }],
+        trusted_keys: vec![PinnedKey {
+            key_id: signer.key_id().to_hex(),
+            public_key: public_key_base64(&signer.verifying_key()),
+        }],
         connections: vec![TargetConfig {
             // Invariant: "demo" is a valid connection name.
-            name: ConnectionName::try_from("demo".to_owned()).unwrap_or_else(|_| unreachable!("a valid literal")),
+            name: ConnectionName::try_from("demo".to_owned())
+                .unwrap_or_else(|_| unreachable!("a valid literal")),
             kind: ConnectionKind::Sqlite,
             environment: Environment::Development,
-            allow: vec![OperationClass::Read, OperationClass::Write, OperationClass::Ddl],
+            allow: vec![
+                OperationClass::Read,
+                OperationClass::Write,
+                OperationClass::Ddl,
+            ],
             path: Some(demo_db.to_owned()),
         }],
         max_concurrent_jobs: 16,
@@ -144,7 +188,12 @@ pub async fn create_demo_db(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path).create_if_missing(true)).await?;
+    let mut conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true),
+    )
+    .await?;
     sqlx::raw_sql(DEMO_SCHEMA).execute(&mut conn).await?;
     conn.close().await?;
     Ok(())

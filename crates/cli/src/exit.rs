@@ -23,7 +23,10 @@ pub(crate) struct Exit {
 
 impl Exit {
     pub(crate) fn new(code: u8, message: impl Into<String>) -> Exit {
-        Exit { code, message: message.into() }
+        Exit {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,7 +42,12 @@ impl std::error::Error for Exit {}
 pub(crate) fn for_client_error(e: &ClientError) -> u8 {
     match e.code() {
         Some(ErrorCode::Unauthenticated) => UNAUTHENTICATED,
-        Some(ErrorCode::Forbidden | ErrorCode::PolicyDenied | ErrorCode::StatementDenied | ErrorCode::UnknownConnection) => DENIED,
+        Some(
+            ErrorCode::Forbidden
+            | ErrorCode::PolicyDenied
+            | ErrorCode::StatementDenied
+            | ErrorCode::UnknownConnection,
+        ) => DENIED,
         Some(ErrorCode::BadRequest | ErrorCode::PayloadTooLarge) => USAGE,
         _ => ERROR,
     }
@@ -52,6 +60,9 @@ pub(crate) fn for_state(state: RequestState) -> u8 {
         RequestState::Rejected => DENIED,
         RequestState::Failed | RequestState::Expired | RequestState::Cancelled => FAILED,
         RequestState::OutcomeUnknown => OUTCOME_UNKNOWN,
-        RequestState::PendingApproval | RequestState::Approved | RequestState::Dispatched | RequestState::Running => TIMED_OUT,
+        RequestState::PendingApproval
+        | RequestState::Approved
+        | RequestState::Dispatched
+        | RequestState::Running => TIMED_OUT,
     }
 }

@@ -11,7 +11,9 @@ pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     for r in rows {
         t.add_row(r);
     }

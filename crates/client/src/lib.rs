@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
 use portcullis_proto::api::{
-    AgentCreated, AgentView, AuditVerifyView, ConnectionView, CreateAgent, CreateRequest, CreateToken, PublicKeyView, RequestOutcome,
-    RequestView, TokenCreated, TokenView, WhoAmI,
+    AgentCreated, AgentView, AuditVerifyView, ConnectionView, CreateAgent, CreateRequest,
+    CreateToken, PublicKeyView, RequestOutcome, RequestView, TokenCreated, TokenView, WhoAmI,
 };
 use portcullis_proto::{ErrorCode, Problem};
 use reqwest::{Method, StatusCode, Url};
@@ -66,13 +66,18 @@ pub struct Client {
 impl Client {
     /// A client for `base` (for example `http://127.0.0.1:7070`) acting with `token`.
     pub fn new(base: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidUrl { url: base.to_owned(), reason: reason.to_owned() };
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: base.to_owned(),
+            reason: reason.to_owned(),
+        };
         let base = Url::parse(base).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https"));
         }
         if !base.username().is_empty() || base.password().is_some() {
-            return Err(invalid("credentials do not belong in the URL; pass a token"));
+            return Err(invalid(
+                "credentials do not belong in the URL; pass a token",
+            ));
         }
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -82,7 +87,11 @@ impl Client {
             .tcp_nodelay(true)
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Client { http, base, token: token.map(|t| Bearer(t.trim().to_owned())) })
+        Ok(Client {
+            http,
+            base,
+            token: token.map(|t| Bearer(t.trim().to_owned())),
+        })
     }
 
     pub fn base(&self) -> &Url {
@@ -90,10 +99,18 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> Result<Url, ClientError> {
-        self.base.join(path).map_err(|e| ClientError::InvalidUrl { url: path.to_owned(), reason: e.to_string() })
+        self.base.join(path).map_err(|e| ClientError::InvalidUrl {
+            url: path.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
-    fn request(&self, method: Method, path: &str, timeout: Duration) -> Result<reqwest::RequestBuilder, ClientError> {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let mut rb = self.http.request(method, self.url(path)?).timeout(timeout);
         if let Some(Bearer(t)) = &self.token {
             rb = rb.bearer_auth(t);
@@ -109,8 +126,13 @@ impl Client {
         }
         let bytes = response.bytes().await?;
         match serde_json::from_slice::<Problem>(&bytes) {
-            Ok(problem) => Err(ClientError::Api { status: status.as_u16(), problem: Box::new(problem) }),
-            Err(_) => Err(ClientError::Status { status: status.as_u16() }),
+            Ok(problem) => Err(ClientError::Api {
+                status: status.as_u16(),
+                problem: Box::new(problem),
+            }),
+            Err(_) => Err(ClientError::Status {
+                status: status.as_u16(),
+            }),
         }
     }
 
@@ -125,18 +147,32 @@ impl Client {
         Self::json(self.request(Method::GET, path, Self::DEFAULT_TIMEOUT)?).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        Self::json(self.request(Method::POST, path, Self::DEFAULT_TIMEOUT)?.json(body)).await
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        Self::json(
+            self.request(Method::POST, path, Self::DEFAULT_TIMEOUT)?
+                .json(body),
+        )
+        .await
     }
 
     /// `GET /health`: true on 200.
     pub async fn health(&self) -> Result<bool, ClientError> {
-        let r = self.request(Method::GET, "/health", Duration::from_secs(5))?.send().await?;
+        let r = self
+            .request(Method::GET, "/health", Duration::from_secs(5))?
+            .send()
+            .await?;
         Ok(r.status() == StatusCode::OK)
     }
 
     pub async fn ready(&self) -> Result<bool, ClientError> {
-        let r = self.request(Method::GET, "/ready", Duration::from_secs(5))?.send().await?;
+        let r = self
+            .request(Method::GET, "/ready", Duration::from_secs(5))?
+            .send()
+            .await?;
         Ok(r.status() == StatusCode::OK)
     }
 
@@ -153,12 +189,24 @@ impl Client {
     }
 
     /// Creates a request and waits up to `wait` for it to finish (zero: do not wait).
-    pub async fn create_request(&self, body: &CreateRequest, wait: Duration) -> Result<RequestOutcome, ClientError> {
+    pub async fn create_request(
+        &self,
+        body: &CreateRequest,
+        wait: Duration,
+    ) -> Result<RequestOutcome, ClientError> {
         let path = format!("/api/v1/requests?wait={}", wait.as_secs());
-        Self::json(self.request(Method::POST, &path, wait + Self::DEFAULT_TIMEOUT)?.json(body)).await
+        Self::json(
+            self.request(Method::POST, &path, wait + Self::DEFAULT_TIMEOUT)?
+                .json(body),
+        )
+        .await
     }
 
-    pub async fn wait_request(&self, id: Uuid, wait: Duration) -> Result<RequestOutcome, ClientError> {
+    pub async fn wait_request(
+        &self,
+        id: Uuid,
+        wait: Duration,
+    ) -> Result<RequestOutcome, ClientError> {
         let path = format!("/api/v1/requests/{id}/wait?wait={}", wait.as_secs());
         Self::json(self.request(Method::GET, &path, wait + Self::DEFAULT_TIMEOUT)?).await
     }
@@ -167,7 +215,12 @@ impl Client {
         self.get(&format!("/api/v1/requests/{id}")).await
     }
 
-    pub async fn list_requests(&self, all: bool, state: Option<&str>, limit: u32) -> Result<Vec<RequestView>, ClientError> {
+    pub async fn list_requests(
+        &self,
+        all: bool,
+        state: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RequestView>, ClientError> {
         let mut url = self.url("/api/v1/requests")?;
         {
             let mut q = url.query_pairs_mut();
@@ -179,11 +232,16 @@ impl Client {
                 q.append_pair("state", s);
             }
         }
-        self.get(&format!("{}?{}", url.path(), url.query().unwrap_or(""))).await
+        self.get(&format!("{}?{}", url.path(), url.query().unwrap_or("")))
+            .await
     }
 
     pub async fn cancel_request(&self, id: Uuid) -> Result<RequestView, ClientError> {
-        self.post(&format!("/api/v1/requests/{id}/cancel"), &serde_json::json!({})).await
+        self.post(
+            &format!("/api/v1/requests/{id}/cancel"),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     pub async fn create_token(&self, body: &CreateToken) -> Result<TokenCreated, ClientError> {
@@ -191,16 +249,29 @@ impl Client {
     }
 
     pub async fn list_tokens(&self, unused: bool) -> Result<Vec<TokenView>, ClientError> {
-        self.get(if unused { "/api/v1/tokens?unused=true" } else { "/api/v1/tokens" }).await
+        self.get(if unused {
+            "/api/v1/tokens?unused=true"
+        } else {
+            "/api/v1/tokens"
+        })
+        .await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
         let path = format!("/api/v1/tokens/{}", encode_segment(id));
-        Self::send(self.request(Method::DELETE, &path, Self::DEFAULT_TIMEOUT)?).await.map(drop)
+        Self::send(self.request(Method::DELETE, &path, Self::DEFAULT_TIMEOUT)?)
+            .await
+            .map(drop)
     }
 
     pub async fn create_agent(&self, name: &str) -> Result<AgentCreated, ClientError> {
-        self.post("/api/v1/agents", &CreateAgent { name: name.to_owned() }).await
+        self.post(
+            "/api/v1/agents",
+            &CreateAgent {
+                name: name.to_owned(),
+            },
+        )
+        .await
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentView>, ClientError> {
@@ -209,7 +280,9 @@ impl Client {
 
     pub async fn revoke_agent(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v1/agents/{}", encode_segment(name));
-        Self::send(self.request(Method::DELETE, &path, Self::DEFAULT_TIMEOUT)?).await.map(drop)
+        Self::send(self.request(Method::DELETE, &path, Self::DEFAULT_TIMEOUT)?)
+            .await
+            .map(drop)
     }
 
     pub async fn audit_verify(&self) -> Result<AuditVerifyView, ClientError> {
@@ -218,34 +291,57 @@ impl Client {
 
     /// The whole audit log as JSON Lines.
     pub async fn audit_export(&self) -> Result<Vec<u8>, ClientError> {
-        let r = Self::send(self.request(Method::GET, "/api/v1/audit/export", Duration::from_secs(300))?).await?;
+        let r = Self::send(self.request(
+            Method::GET,
+            "/api/v1/audit/export",
+            Duration::from_secs(300),
+        )?)
+        .await?;
         Ok(r.bytes().await?.to_vec())
     }
 
     /// Agent protocol: waits up to `claim.wait_ms` for a job. `None` when none arrived.
     pub async fn claim(&self, claim: &ClaimRequest) -> Result<Option<JobAssignment>, ClientError> {
         let timeout = Duration::from_millis(claim.wait_ms) + Self::DEFAULT_TIMEOUT;
-        let r = Self::send(self.request(Method::POST, "/api/v1/agent/claim", timeout)?.json(claim)).await?;
+        let r = Self::send(
+            self.request(Method::POST, "/api/v1/agent/claim", timeout)?
+                .json(claim),
+        )
+        .await?;
         if r.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         let bytes = r.bytes().await?;
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Decode(e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn heartbeat(&self, job_id: Uuid) -> Result<(), ClientError> {
         let path = format!("/api/v1/agent/jobs/{job_id}/heartbeat");
-        Self::send(self.request(Method::POST, &path, Self::DEFAULT_TIMEOUT)?).await.map(drop)
+        Self::send(self.request(Method::POST, &path, Self::DEFAULT_TIMEOUT)?)
+            .await
+            .map(drop)
     }
 
     pub async fn report(&self, job_id: Uuid, report: &JobReport) -> Result<(), ClientError> {
         let path = format!("/api/v1/agent/jobs/{job_id}/report");
-        Self::send(self.request(Method::POST, &path, Duration::from_secs(120))?.json(report)).await.map(drop)
+        Self::send(
+            self.request(Method::POST, &path, Duration::from_secs(120))?
+                .json(report),
+        )
+        .await
+        .map(drop)
     }
 
     /// A raw call, for tests that probe the API with arbitrary methods and bodies. Returns
     /// the status and the body bytes, whatever the status.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(u16, Vec<u8>), ClientError> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut rb = self.request(method, path, Self::DEFAULT_TIMEOUT)?;
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -258,7 +354,13 @@ impl Client {
 
 fn encode_segment(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.@".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

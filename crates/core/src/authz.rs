@@ -32,7 +32,10 @@ pub enum Denied {
     #[error("role {role} lacks permission {permission}")]
     MissingPermission { role: Role, permission: Permission },
     #[error("operations of class {class} on {kind} connections need break-glass")]
-    ClassNotGrantable { kind: ConnectionKind, class: OperationClass },
+    ClassNotGrantable {
+        kind: ConnectionKind,
+        class: OperationClass,
+    },
     #[error("the credential is not scoped to environment {environment}")]
     EnvironmentOutOfScope { environment: Environment },
 }
@@ -46,16 +49,21 @@ pub fn authorize(
     environment: Environment,
     class: OperationClass,
 ) -> Result<Authorized, Denied> {
-    if let Some(scope) = scope {
-        if !scope.contains(&environment) {
-            return Err(Denied::EnvironmentOutOfScope { environment });
-        }
+    if let Some(scope) = scope
+        && !scope.contains(&environment)
+    {
+        return Err(Denied::EnvironmentOutOfScope { environment });
     }
-    let permission = permission_for(kind, class).ok_or(Denied::ClassNotGrantable { kind, class })?;
+    let permission =
+        permission_for(kind, class).ok_or(Denied::ClassNotGrantable { kind, class })?;
     if !role.has(permission) {
         return Err(Denied::MissingPermission { role, permission });
     }
-    Ok(Authorized { kind, environment, class })
+    Ok(Authorized {
+        kind,
+        environment,
+        class,
+    })
 }
 
 #[cfg(test)]
@@ -65,9 +73,19 @@ mod tests {
     use Environment::*;
     use OperationClass::*;
 
-    fn check(role: Role, scope: Option<&[Environment]>, kind: ConnectionKind, class: OperationClass, allowed: bool) {
+    fn check(
+        role: Role,
+        scope: Option<&[Environment]>,
+        kind: ConnectionKind,
+        class: OperationClass,
+        allowed: bool,
+    ) {
         let got = authorize(role, scope, kind, Production, class);
-        assert_eq!(got.is_ok(), allowed, "{role} {kind} {class} scope={scope:?}: {got:?}");
+        assert_eq!(
+            got.is_ok(),
+            allowed,
+            "{role} {kind} {class} scope={scope:?}: {got:?}"
+        );
     }
 
     #[test]
@@ -87,7 +105,13 @@ mod tests {
     #[test]
     fn environment_scope_limits_a_credential() {
         check(Role::Admin, Some(&[Staging]), Postgres, Read, false);
-        check(Role::Admin, Some(&[Staging, Production]), Postgres, Read, true);
+        check(
+            Role::Admin,
+            Some(&[Staging, Production]),
+            Postgres,
+            Read,
+            true,
+        );
         check(Role::Admin, Some(&[]), Postgres, Read, false);
     }
 }

@@ -15,8 +15,8 @@ pub mod request;
 pub mod sql;
 
 pub use authz::{Authorized, Denied, authorize};
-pub use operation::{ClassifyError, classify};
 pub use names::{ConnectionKind, ConnectionName, Environment, OperationClass, ParseError};
-pub use rbac::{Permission, Role};
+pub use operation::{ClassifyError, classify};
 pub use policy::{Decision, Policy, PolicyRule};
+pub use rbac::{Permission, Role};
 pub use request::RequestState;

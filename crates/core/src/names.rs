@@ -111,8 +111,11 @@ impl FromStr for ConnectionName {
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let valid = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if valid {
             Ok(ConnectionName(s.to_owned()))
         } else {

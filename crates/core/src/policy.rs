@@ -30,7 +30,8 @@ impl TryFrom<String> for ConnectionPattern {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_*".contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_*".contains(&b));
         if ok {
             Ok(ConnectionPattern(s))
         } else {
@@ -72,7 +73,9 @@ pub struct PolicyRule {
 
 impl PolicyRule {
     fn matches(&self, facts: &Facts<'_>) -> bool {
-        self.connection.as_ref().is_none_or(|p| p.matches(facts.connection))
+        self.connection
+            .as_ref()
+            .is_none_or(|p| p.matches(facts.connection))
             && self.environment.is_none_or(|e| e == facts.environment)
             && self.class.is_none_or(|c| c == facts.class)
     }
@@ -108,8 +111,18 @@ impl Policy {
     /// Dev mode: everything but admin operations is auto-approved.
     pub fn permissive_dev() -> Policy {
         Policy::new(vec![
-            PolicyRule { connection: None, environment: None, class: Some(OperationClass::Admin), decision: Decision::Deny },
-            PolicyRule { connection: None, environment: None, class: None, decision: Decision::AutoApprove },
+            PolicyRule {
+                connection: None,
+                environment: None,
+                class: Some(OperationClass::Admin),
+                decision: Decision::Deny,
+            },
+            PolicyRule {
+                connection: None,
+                environment: None,
+                class: None,
+                decision: Decision::AutoApprove,
+            },
         ])
     }
 
@@ -118,7 +131,12 @@ impl Policy {
     }
 
     pub fn evaluate(&self, facts: &Facts<'_>) -> (Decision, Source) {
-        if let Some((i, rule)) = self.rules.iter().enumerate().find(|(_, r)| r.matches(facts)) {
+        if let Some((i, rule)) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(facts))
+        {
             // Admin operations are never auto-approved, whatever a rule says.
             if facts.class == OperationClass::Admin && rule.decision == Decision::AutoApprove {
                 return (Decision::Deny, Source::Rule(i));
@@ -140,7 +158,12 @@ mod tests {
     use Decision::*;
     use OperationClass::*;
 
-    fn rule(connection: Option<&str>, environment: Option<Environment>, class: Option<OperationClass>, decision: Decision) -> PolicyRule {
+    fn rule(
+        connection: Option<&str>,
+        environment: Option<Environment>,
+        class: Option<OperationClass>,
+        decision: Decision,
+    ) -> PolicyRule {
         PolicyRule {
             connection: connection.map(|c| ConnectionPattern::try_from(c.to_owned()).unwrap()),
             environment,
@@ -149,19 +172,57 @@ mod tests {
         }
     }
 
-    fn check(policy: &Policy, connection: &str, environment: Environment, class: OperationClass, expect: (Decision, Source)) {
+    fn check(
+        policy: &Policy,
+        connection: &str,
+        environment: Environment,
+        class: OperationClass,
+        expect: (Decision, Source),
+    ) {
         let connection: ConnectionName = connection.parse().unwrap();
-        let facts = Facts { connection: &connection, environment, class };
-        assert_eq!(policy.evaluate(&facts), expect, "{connection} {environment} {class}");
+        let facts = Facts {
+            connection: &connection,
+            environment,
+            class,
+        };
+        assert_eq!(
+            policy.evaluate(&facts),
+            expect,
+            "{connection} {environment} {class}"
+        );
     }
 
     #[test]
     fn defaults_are_safe() {
         let p = Policy::default();
-        check(&p, "primary", Environment::Production, Read, (AutoApprove, Source::Default));
-        check(&p, "primary", Environment::Production, Write, (RequireApproval, Source::Default));
-        check(&p, "primary", Environment::Development, Ddl, (RequireApproval, Source::Default));
-        check(&p, "primary", Environment::Development, Admin, (Deny, Source::Default));
+        check(
+            &p,
+            "primary",
+            Environment::Production,
+            Read,
+            (AutoApprove, Source::Default),
+        );
+        check(
+            &p,
+            "primary",
+            Environment::Production,
+            Write,
+            (RequireApproval, Source::Default),
+        );
+        check(
+            &p,
+            "primary",
+            Environment::Development,
+            Ddl,
+            (RequireApproval, Source::Default),
+        );
+        check(
+            &p,
+            "primary",
+            Environment::Development,
+            Admin,
+            (Deny, Source::Default),
+        );
     }
 
     #[test]
@@ -171,16 +232,46 @@ mod tests {
             rule(None, Some(Environment::Staging), Some(Write), AutoApprove),
             rule(Some("*"), None, None, RequireApproval),
         ]);
-        check(&p, "billing-eu", Environment::Staging, Read, (Deny, Source::Rule(0)));
-        check(&p, "primary", Environment::Staging, Write, (AutoApprove, Source::Rule(1)));
-        check(&p, "primary", Environment::Production, Read, (RequireApproval, Source::Rule(2)));
+        check(
+            &p,
+            "billing-eu",
+            Environment::Staging,
+            Read,
+            (Deny, Source::Rule(0)),
+        );
+        check(
+            &p,
+            "primary",
+            Environment::Staging,
+            Write,
+            (AutoApprove, Source::Rule(1)),
+        );
+        check(
+            &p,
+            "primary",
+            Environment::Production,
+            Read,
+            (RequireApproval, Source::Rule(2)),
+        );
     }
 
     #[test]
     fn admin_operations_are_never_auto_approved() {
         let p = Policy::new(vec![rule(None, None, None, AutoApprove)]);
-        check(&p, "x", Environment::Development, Admin, (Deny, Source::Rule(0)));
-        check(&Policy::permissive_dev(), "x", Environment::Development, Admin, (Deny, Source::Rule(0)));
+        check(
+            &p,
+            "x",
+            Environment::Development,
+            Admin,
+            (Deny, Source::Rule(0)),
+        );
+        check(
+            &Policy::permissive_dev(),
+            "x",
+            Environment::Development,
+            Admin,
+            (Deny, Source::Rule(0)),
+        );
     }
 
     #[test]

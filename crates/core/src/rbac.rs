@@ -41,7 +41,9 @@ impl Role {
         use Permission::*;
         match self {
             Role::Viewer => &[SqlRead, RedisRead, HttpRead],
-            Role::Developer => &[SqlRead, SqlWrite, RedisRead, RedisWrite, HttpRead, HttpWrite],
+            Role::Developer => &[
+                SqlRead, SqlWrite, RedisRead, RedisWrite, HttpRead, HttpWrite,
+            ],
             Role::Ops => &[
                 SqlRead,
                 SqlWrite,
@@ -100,13 +102,21 @@ mod tests {
             assert!(Role::Admin.covers(*role), "{role}");
             assert_eq!(Role::Viewer.covers(*role), *role == Role::Viewer, "{role}");
         }
-        assert!(!Role::Developer.covers(Role::Ci), "developer cannot mint DDL-capable ci tokens");
+        assert!(
+            !Role::Developer.covers(Role::Ci),
+            "developer cannot mint DDL-capable ci tokens"
+        );
         assert!(!Role::Ci.covers(Role::Developer));
     }
 
     #[test]
     fn ci_role_is_narrow() {
-        for p in [Permission::TokensManage, Permission::RequestsApprove, Permission::RequestsBreakGlass, Permission::AuditRead] {
+        for p in [
+            Permission::TokensManage,
+            Permission::RequestsApprove,
+            Permission::RequestsBreakGlass,
+            Permission::AuditRead,
+        ] {
             assert!(!Role::Ci.has(p), "{p}");
         }
     }
@@ -116,6 +126,9 @@ mod tests {
         for kind in ConnectionKind::ALL {
             assert_eq!(permission_for(*kind, OperationClass::Admin), None);
         }
-        assert_eq!(permission_for(ConnectionKind::Sqlite, OperationClass::Read), Some(Permission::SqlRead));
+        assert_eq!(
+            permission_for(ConnectionKind::Sqlite, OperationClass::Read),
+            Some(Permission::SqlRead)
+        );
     }
 }

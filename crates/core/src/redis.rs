@@ -54,7 +54,10 @@ impl RedisCommand {
     /// Splits and classifies one command line (EX-2).
     pub fn parse(text: &str) -> Result<RedisCommand, RedisError> {
         if text.len() > MAX_REDIS_LEN {
-            return Err(RedisError::TooLong { len: text.len(), max: MAX_REDIS_LEN });
+            return Err(RedisError::TooLong {
+                len: text.len(),
+                max: MAX_REDIS_LEN,
+            });
         }
         let args = split_args(text)?;
         let Some(first) = args.first() else {
@@ -100,12 +103,21 @@ fn classify(name: &str, args: &[Vec<u8>]) -> Result<OperationClass, RedisError> 
         Rule::Class(class) => Ok(class),
         Rule::Denied(name) => Err(RedisError::DeniedCommand { name }),
         Rule::ReadSubcommands(reads) => {
-            let read = args.get(1).is_some_and(|sub| reads.iter().any(|r| sub.eq_ignore_ascii_case(r.as_bytes())));
-            Ok(if read { OperationClass::Read } else { OperationClass::Admin })
+            let read = args
+                .get(1)
+                .is_some_and(|sub| reads.iter().any(|r| sub.eq_ignore_ascii_case(r.as_bytes())));
+            Ok(if read {
+                OperationClass::Read
+            } else {
+                OperationClass::Admin
+            })
         }
         Rule::UnlessBlocking(name, class) => {
             // Options come before `STREAMS`; after it are key names, which may be anything.
-            let mut options = args.iter().skip(1).take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"));
+            let mut options = args
+                .iter()
+                .skip(1)
+                .take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"));
             if options.any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")) {
                 return Err(RedisError::DeniedCommand { name });
             }
@@ -119,39 +131,44 @@ fn rule(name: &str) -> Option<Rule> {
     use OperationClass::{Admin, Read, Write};
     let rule = match name {
         // Strings, keys and server information.
-        "GET" | "MGET" | "STRLEN" | "GETRANGE" | "SUBSTR" | "LCS" | "EXISTS" | "TYPE" | "TTL" | "PTTL"
-        | "EXPIRETIME" | "PEXPIRETIME" | "SCAN" | "RANDOMKEY" | "DBSIZE" | "INFO" | "PING" | "ECHO" | "TIME"
-        | "GETBIT" | "BITCOUNT" | "BITPOS" | "PFCOUNT" => Rule::Class(Read),
+        "GET" | "MGET" | "STRLEN" | "GETRANGE" | "SUBSTR" | "LCS" | "EXISTS" | "TYPE" | "TTL"
+        | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "SCAN" | "RANDOMKEY" | "DBSIZE" | "INFO"
+        | "PING" | "ECHO" | "TIME" | "GETBIT" | "BITCOUNT" | "BITPOS" | "PFCOUNT" => {
+            Rule::Class(Read)
+        }
         // Hashes, lists, sets, sorted sets, streams, geo.
-        "HGET" | "HMGET" | "HGETALL" | "HKEYS" | "HVALS" | "HLEN" | "HEXISTS" | "HSTRLEN" | "HSCAN"
-        | "HRANDFIELD" | "LRANGE" | "LLEN" | "LINDEX" | "LPOS" | "SMEMBERS" | "SISMEMBER" | "SMISMEMBER"
-        | "SCARD" | "SRANDMEMBER" | "SINTER" | "SINTERCARD" | "SUNION" | "SDIFF" | "SSCAN" | "ZRANGE"
-        | "ZRANGEBYSCORE" | "ZREVRANGE" | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX" | "ZREVRANGEBYLEX" | "ZCARD"
-        | "ZSCORE" | "ZMSCORE" | "ZRANK" | "ZREVRANK" | "ZCOUNT" | "ZLEXCOUNT" | "ZSCAN" | "ZRANDMEMBER"
-        | "XRANGE" | "XREVRANGE" | "XLEN" | "XINFO" | "XPENDING" | "GEOPOS" | "GEODIST" | "GEOHASH"
-        | "GEOSEARCH" => Rule::Class(Read),
+        "HGET" | "HMGET" | "HGETALL" | "HKEYS" | "HVALS" | "HLEN" | "HEXISTS" | "HSTRLEN"
+        | "HSCAN" | "HRANDFIELD" | "LRANGE" | "LLEN" | "LINDEX" | "LPOS" | "SMEMBERS"
+        | "SISMEMBER" | "SMISMEMBER" | "SCARD" | "SRANDMEMBER" | "SINTER" | "SINTERCARD"
+        | "SUNION" | "SDIFF" | "SSCAN" | "ZRANGE" | "ZRANGEBYSCORE" | "ZREVRANGE"
+        | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX" | "ZREVRANGEBYLEX" | "ZCARD" | "ZSCORE"
+        | "ZMSCORE" | "ZRANK" | "ZREVRANK" | "ZCOUNT" | "ZLEXCOUNT" | "ZSCAN" | "ZRANDMEMBER"
+        | "XRANGE" | "XREVRANGE" | "XLEN" | "XINFO" | "XPENDING" | "GEOPOS" | "GEODIST"
+        | "GEOHASH" | "GEOSEARCH" => Rule::Class(Read),
         "OBJECT" => Rule::ReadSubcommands(&["ENCODING", "FREQ", "IDLETIME", "REFCOUNT"]),
         "MEMORY" => Rule::ReadSubcommands(&["USAGE"]),
         "XREAD" => Rule::UnlessBlocking("XREAD", Read),
         "XREADGROUP" => Rule::UnlessBlocking("XREADGROUP", Write),
 
-        "SET" | "SETEX" | "PSETEX" | "SETNX" | "MSET" | "MSETNX" | "GETSET" | "GETDEL" | "GETEX" | "APPEND"
-        | "INCR" | "INCRBY" | "INCRBYFLOAT" | "DECR" | "DECRBY" | "SETRANGE" | "DEL" | "UNLINK" | "EXPIRE"
-        | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "PERSIST" | "RENAME" | "RENAMENX" | "COPY" | "SETBIT"
-        | "BITOP" | "PFADD" | "PFMERGE" | "PUBLISH" => Rule::Class(Write),
-        "HSET" | "HSETNX" | "HMSET" | "HDEL" | "HINCRBY" | "HINCRBYFLOAT" | "LPUSH" | "RPUSH" | "LPUSHX"
-        | "RPUSHX" | "LPOP" | "RPOP" | "LSET" | "LREM" | "LTRIM" | "LINSERT" | "LMOVE" | "RPOPLPUSH" | "SADD"
-        | "SREM" | "SPOP" | "SMOVE" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" | "ZADD" | "ZREM"
-        | "ZINCRBY" | "ZPOPMIN" | "ZPOPMAX" | "ZREMRANGEBYSCORE" | "ZREMRANGEBYRANK" | "ZREMRANGEBYLEX"
-        | "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" | "ZRANGESTORE" | "XADD" | "XDEL" | "XTRIM" | "XACK"
+        "SET" | "SETEX" | "PSETEX" | "SETNX" | "MSET" | "MSETNX" | "GETSET" | "GETDEL"
+        | "GETEX" | "APPEND" | "INCR" | "INCRBY" | "INCRBYFLOAT" | "DECR" | "DECRBY"
+        | "SETRANGE" | "DEL" | "UNLINK" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT"
+        | "PERSIST" | "RENAME" | "RENAMENX" | "COPY" | "SETBIT" | "BITOP" | "PFADD" | "PFMERGE"
+        | "PUBLISH" => Rule::Class(Write),
+        "HSET" | "HSETNX" | "HMSET" | "HDEL" | "HINCRBY" | "HINCRBYFLOAT" | "LPUSH" | "RPUSH"
+        | "LPUSHX" | "RPUSHX" | "LPOP" | "RPOP" | "LSET" | "LREM" | "LTRIM" | "LINSERT"
+        | "LMOVE" | "RPOPLPUSH" | "SADD" | "SREM" | "SPOP" | "SMOVE" | "SINTERSTORE"
+        | "SUNIONSTORE" | "SDIFFSTORE" | "ZADD" | "ZREM" | "ZINCRBY" | "ZPOPMIN" | "ZPOPMAX"
+        | "ZREMRANGEBYSCORE" | "ZREMRANGEBYRANK" | "ZREMRANGEBYLEX" | "ZUNIONSTORE"
+        | "ZINTERSTORE" | "ZDIFFSTORE" | "ZRANGESTORE" | "XADD" | "XDEL" | "XTRIM" | "XACK"
         | "XCLAIM" | "XAUTOCLAIM" | "XGROUP" | "XSETID" | "GEOADD" => Rule::Class(Write),
 
         // Server, persistence, replication, scripting and connection management: break-glass.
-        "FLUSHALL" | "FLUSHDB" | "CONFIG" | "SHUTDOWN" | "DEBUG" | "MODULE" | "SCRIPT" | "EVAL" | "EVALSHA"
-        | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" | "FUNCTION" | "MIGRATE" | "REPLICAOF" | "SLAVEOF"
-        | "ACL" | "CLIENT" | "BGSAVE" | "BGREWRITEAOF" | "SAVE" | "LASTSAVE" | "SWAPDB" | "FAILOVER"
-        | "CLUSTER" | "SLOWLOG" | "LATENCY" | "MONITOR" | "SYNC" | "PSYNC" | "RESTORE" | "DUMP" | "SELECT"
-        | "MOVE" => Rule::Class(Admin),
+        "FLUSHALL" | "FLUSHDB" | "CONFIG" | "SHUTDOWN" | "DEBUG" | "MODULE" | "SCRIPT" | "EVAL"
+        | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" | "FUNCTION" | "MIGRATE"
+        | "REPLICAOF" | "SLAVEOF" | "ACL" | "CLIENT" | "BGSAVE" | "BGREWRITEAOF" | "SAVE"
+        | "LASTSAVE" | "SWAPDB" | "FAILOVER" | "CLUSTER" | "SLOWLOG" | "LATENCY" | "MONITOR"
+        | "SYNC" | "PSYNC" | "RESTORE" | "DUMP" | "SELECT" | "MOVE" => Rule::Class(Admin),
 
         // Never through the gateway: whole-keyspace enumeration, transactions and connection
         // state that a single dispatched command cannot hold, subscriptions and blocking calls.
@@ -220,10 +237,17 @@ fn split_args(text: &str) -> Result<Vec<Vec<u8>>, RedisError> {
 fn double_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize, RedisError> {
     loop {
         match bytes.get(i) {
-            None => return Err(RedisError::Unparsable { reason: "unbalanced double quote" }),
+            None => {
+                return Err(RedisError::Unparsable {
+                    reason: "unbalanced double quote",
+                });
+            }
             Some(b'"') => return after_closing_quote(bytes, i + 1),
             Some(b'\\') => {
-                let hex = (bytes.get(i + 2).copied().and_then(hex_value), bytes.get(i + 3).copied().and_then(hex_value));
+                let hex = (
+                    bytes.get(i + 2).copied().and_then(hex_value),
+                    bytes.get(i + 3).copied().and_then(hex_value),
+                );
                 match (bytes.get(i + 1), hex) {
                     (Some(b'x'), (Some(high), Some(low))) => {
                         word.push(high * 16 + low);
@@ -240,7 +264,11 @@ fn double_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize
                         });
                         i += 2;
                     }
-                    (None, _) => return Err(RedisError::Unparsable { reason: "unbalanced double quote" }),
+                    (None, _) => {
+                        return Err(RedisError::Unparsable {
+                            reason: "unbalanced double quote",
+                        });
+                    }
                 }
             }
             Some(&byte) => {
@@ -255,7 +283,11 @@ fn double_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize
 fn single_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize, RedisError> {
     loop {
         match (bytes.get(i), bytes.get(i + 1)) {
-            (None, _) => return Err(RedisError::Unparsable { reason: "unbalanced single quote" }),
+            (None, _) => {
+                return Err(RedisError::Unparsable {
+                    reason: "unbalanced single quote",
+                });
+            }
             (Some(b'\\'), Some(b'\'')) => {
                 word.push(b'\'');
                 i += 2;
@@ -271,9 +303,9 @@ fn single_quoted(bytes: &[u8], mut i: usize, word: &mut Vec<u8>) -> Result<usize
 
 fn after_closing_quote(bytes: &[u8], i: usize) -> Result<usize, RedisError> {
     match bytes.get(i) {
-        Some(&byte) if !is_space(byte) => {
-            Err(RedisError::Unparsable { reason: "closing quote must be followed by white space" })
-        }
+        Some(&byte) if !is_space(byte) => Err(RedisError::Unparsable {
+            reason: "closing quote must be followed by white space",
+        }),
         _ => Ok(i),
     }
 }
@@ -289,5 +321,191 @@ fn hex_value(byte: u8) -> Option<u8> {
         b'a'..=b'f' => Some(byte - b'a' + 10),
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! EX-2: Redis commands are classified from a closed table and split like `redis-cli`.
+
+    use proptest::prelude::*;
+
+    use super::{MAX_REDIS_LEN, RedisCommand, RedisError};
+    use crate::names::OperationClass::{self, Admin, Read, Write};
+
+    /// An expected outcome: a class, or the stable code of the error.
+    type Expect = Result<OperationClass, &'static str>;
+
+    fn check_redis(input: &str, expect: Expect) -> Result<(), String> {
+        let got = RedisCommand::parse(input)
+            .map(|c| c.class())
+            .map_err(|e| e.code());
+        if got == expect {
+            Ok(())
+        } else {
+            Err(format!("{input:?}: expected {expect:?}, got {got:?}"))
+        }
+    }
+
+    #[test]
+    fn ex2_redis_commands_are_classified_from_a_closed_table() {
+        let cases: &[(&str, Expect)] = &[
+            ("GET k", Ok(Read)),
+            ("get k", Ok(Read)),
+            ("MGET a b", Ok(Read)),
+            ("HGETALL h", Ok(Read)),
+            ("SCAN 0 MATCH user:* COUNT 100", Ok(Read)),
+            ("ZRANGE z 0 -1 WITHSCORES", Ok(Read)),
+            ("XINFO STREAM s", Ok(Read)),
+            ("XREAD COUNT 10 STREAMS s 0", Ok(Read)),
+            ("XREAD STREAMS block 0", Ok(Read)),
+            ("OBJECT ENCODING k", Ok(Read)),
+            ("object freq k", Ok(Read)),
+            ("MEMORY USAGE k", Ok(Read)),
+            ("TTL k", Ok(Read)),
+            ("PING", Ok(Read)),
+            ("INFO memory", Ok(Read)),
+            ("DBSIZE", Ok(Read)),
+            ("GEOSEARCH g FROMLONLAT 0 0 BYRADIUS 1 km", Ok(Read)),
+            ("SET k v EX 10 NX", Ok(Write)),
+            ("DEL a b", Ok(Write)),
+            ("HSET h f v", Ok(Write)),
+            ("LPUSH l x", Ok(Write)),
+            ("ZADD z 1 m", Ok(Write)),
+            ("XADD s * f v", Ok(Write)),
+            ("EXPIRE k 10", Ok(Write)),
+            ("PUBLISH ch msg", Ok(Write)),
+            ("RENAME a b", Ok(Write)),
+            ("GETDEL k", Ok(Write)),
+            ("BITOP AND d a b", Ok(Write)),
+            ("XREADGROUP GROUP g c STREAMS s >", Ok(Write)),
+            ("FLUSHALL", Ok(Admin)),
+            ("flushdb async", Ok(Admin)),
+            ("CONFIG SET dir /tmp", Ok(Admin)),
+            ("CONFIG GET *", Ok(Admin)),
+            ("CLIENT KILL ID 5", Ok(Admin)),
+            ("CLIENT LIST", Ok(Admin)),
+            ("EVAL \"return 1\" 0", Ok(Admin)),
+            ("FCALL f 0", Ok(Admin)),
+            ("SCRIPT FLUSH", Ok(Admin)),
+            ("DEBUG SLEEP 0", Ok(Admin)),
+            ("SHUTDOWN NOSAVE", Ok(Admin)),
+            ("OBJECT HELP", Ok(Admin)),
+            ("OBJECT", Ok(Admin)),
+            ("MEMORY DOCTOR", Ok(Admin)),
+            ("SELECT 1", Ok(Admin)),
+            ("MOVE k 1", Ok(Admin)),
+            ("DUMP k", Ok(Admin)),
+            ("RESTORE k 0 x", Ok(Admin)),
+            ("REPLICAOF host 6379", Ok(Admin)),
+            ("ACL SETUSER x on", Ok(Admin)),
+            ("MODULE LOAD /tmp/x.so", Ok(Admin)),
+            ("MONITOR", Ok(Admin)),
+            ("SWAPDB 0 1", Ok(Admin)),
+            ("KEYS *", Err("redis_denied_command")),
+            ("MULTI", Err("redis_denied_command")),
+            ("EXEC", Err("redis_denied_command")),
+            ("WATCH k", Err("redis_denied_command")),
+            ("SUBSCRIBE ch", Err("redis_denied_command")),
+            ("PSUBSCRIBE *", Err("redis_denied_command")),
+            ("AUTH secret", Err("redis_denied_command")),
+            ("HELLO 3", Err("redis_denied_command")),
+            ("QUIT", Err("redis_denied_command")),
+            ("RESET", Err("redis_denied_command")),
+            ("WAIT 1 0", Err("redis_denied_command")),
+            ("BLPOP l 0", Err("redis_denied_command")),
+            ("BRPOP l 0", Err("redis_denied_command")),
+            ("BLMOVE a b LEFT RIGHT 0", Err("redis_denied_command")),
+            ("BZPOPMIN z 0", Err("redis_denied_command")),
+            ("BLMPOP 0 1 l LEFT", Err("redis_denied_command")),
+            ("XREAD BLOCK 0 STREAMS s $", Err("redis_denied_command")),
+            (
+                "xread count 1 block 100 streams s 0",
+                Err("redis_denied_command"),
+            ),
+            (
+                "XREADGROUP GROUP g c BLOCK 0 STREAMS s >",
+                Err("redis_denied_command"),
+            ),
+            ("JSON.GET k", Err("redis_unknown_command")),
+            ("GETT k", Err("redis_unknown_command")),
+            ("\"\"", Err("redis_unknown_command")),
+            ("ſet k v", Err("redis_unknown_command")),
+            ("", Err("redis_empty")),
+            ("  \t\r\n ", Err("redis_empty")),
+            ("GET \"k", Err("redis_unparsable")),
+            ("GET 'k", Err("redis_unparsable")),
+            ("GET \"k\"x", Err("redis_unparsable")),
+            ("GET 'k'x", Err("redis_unparsable")),
+            ("GET \"k\\", Err("redis_unparsable")),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(input, expect)| check_redis(input, *expect).err())
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn ex2_redis_command_lines_are_split_like_redis_cli() {
+        let cases: &[(&str, &[&[u8]])] = &[
+            ("  GET   k  ", &[b"GET", b"k"]),
+            ("get k", &[b"get", b"k"]),
+            ("SET k \"hello world\"", &[b"SET", b"k", b"hello world"]),
+            (
+                "SET k \"a\\\"b\\\\c\\n\\t\"",
+                &[b"SET", b"k", b"a\"b\\c\n\t"],
+            ),
+            (
+                "SET k \"\\x41\\x4a\\xff\"",
+                &[b"SET", b"k", b"\x41\x4a\xff"],
+            ),
+            ("SET k \"\\xZZ\"", &[b"SET", b"k", b"xZZ"]),
+            ("SET k 'it\\'s'", &[b"SET", b"k", b"it's"]),
+            ("SET k 'a\\nb'", &[b"SET", b"k", b"a\\nb"]),
+            ("SET k \"\"", &[b"SET", b"k", b""]),
+            ("SET k a\"b c\"", &[b"SET", b"k", b"ab c"]),
+            ("SET 'k;DEL' x", &[b"SET", b"k;DEL", b"x"]),
+        ];
+        for (input, expect) in cases {
+            let command = match RedisCommand::parse(input) {
+                Ok(command) => command,
+                Err(error) => panic!("{input:?}: {error}"),
+            };
+            let expect: Vec<Vec<u8>> = expect.iter().map(|a| a.to_vec()).collect();
+            assert_eq!(command.args(), expect.as_slice(), "{input:?}");
+        }
+        let client = RedisCommand::parse("client kill id 5").map(|c| c.name().to_owned());
+        assert_eq!(client, Ok("CLIENT".to_owned()));
+        let long = format!("GET {}", "k".repeat(MAX_REDIS_LEN));
+        assert_eq!(
+            RedisCommand::parse(&long).err(),
+            Some(RedisError::TooLong {
+                len: long.len(),
+                max: MAX_REDIS_LEN
+            })
+        );
+        assert_eq!(
+            RedisCommand::parse("BLPOP l 0").err(),
+            Some(RedisError::DeniedCommand { name: "BLPOP" })
+        );
+        assert_eq!(
+            RedisCommand::parse(&format!("{} x", "Z".repeat(100))).err(),
+            Some(RedisError::UnknownCommand {
+                name: "Z".repeat(64)
+            })
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn ex2_redis_parsing_never_panics(text in prop_oneof![any::<String>(), "[a-zA-Z \"'\\\\x0-9]{0,40}"]) {
+            if let Ok(command) = RedisCommand::parse(&text) {
+                prop_assert!(!command.args().is_empty());
+                prop_assert_eq!(command.name().to_owned(), command.name().to_ascii_uppercase());
+            }
+        }
     }
 }

@@ -41,9 +41,15 @@ pub struct JobAssignment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum JobReport {
-    Succeeded { result: ExecResult },
+    Succeeded {
+        result: ExecResult,
+    },
     /// Execution was attempted and failed in the data store.
-    Failed { error: ExecError },
+    Failed {
+        error: ExecError,
+    },
     /// The agent refused before executing anything (token, capability or class check).
-    Refused { error: ExecError },
+    Refused {
+        error: ExecError,
+    },
 }

@@ -1,7 +1,9 @@
 //! The public REST API's request and response bodies (`/api/v1`).
 
 use portcullis_core::policy::Decision;
-use portcullis_core::{ConnectionKind, ConnectionName, Environment, OperationClass, RequestState, Role};
+use portcullis_core::{
+    ConnectionKind, ConnectionName, Environment, OperationClass, RequestState, Role,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

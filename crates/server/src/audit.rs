@@ -84,7 +84,10 @@ pub struct Context {
 
 impl Context {
     pub fn system(task: &str) -> Context {
-        Context { correlation_id: format!("system:{task}"), client_addr: "-".to_owned() }
+        Context {
+            correlation_id: format!("system:{task}"),
+            client_addr: "-".to_owned(),
+        }
     }
 }
 
@@ -104,12 +107,17 @@ pub struct Head {
 }
 
 impl Head {
-    const GENESIS: Head = Head { seq: 0, hash: [0; 32] };
+    const GENESIS: Head = Head {
+        seq: 0,
+        hash: [0; 32],
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("the audit chain head in the store (seq {found}) is not the last one this server committed (seq {expected}): the log was altered")]
+    #[error(
+        "the audit chain head in the store (seq {found}) is not the last one this server committed (seq {expected}): the log was altered"
+    )]
     HeadMismatch { expected: i64, found: i64 },
     #[error(transparent)]
     Store(#[from] sqlx::Error),
@@ -154,10 +162,15 @@ pub fn hash_row(f: &RowFields<'_>) -> [u8; 32] {
 }
 
 async fn read_head(conn: &mut SqliteConnection) -> sqlx::Result<Head> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(conn).await?;
+    let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
     Ok(match row {
         None => Head::GENESIS,
-        Some(row) => Head { seq: row.try_get(0)?, hash: to_hash(row.try_get::<Vec<u8>, _>(1)?) },
+        Some(row) => Head {
+            seq: row.try_get(0)?,
+            hash: to_hash(row.try_get::<Vec<u8>, _>(1)?),
+        },
     })
 }
 
@@ -178,10 +191,11 @@ impl Audit {
         let mut conn = store.reader().acquire().await?;
         let head = read_head(&mut conn).await?;
         if let Some(cp) = checkpoint.read()? {
-            let at: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = ?")
-                .bind(cp.seq)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let at: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = ?")
+                    .bind(cp.seq)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             match at {
                 Some(ref hash) if hash.as_slice() == cp.hash => {}
                 _ => anyhow::bail!(
@@ -192,7 +206,10 @@ impl Audit {
             }
         }
         let (committed, _) = watch::channel(head);
-        Ok(Arc::new(Audit { head: Mutex::new(head), committed }))
+        Ok(Arc::new(Audit {
+            head: Mutex::new(head),
+            committed,
+        }))
     }
 
     pub fn head(&self) -> Head {
@@ -218,9 +235,16 @@ impl AuditTx {
         let found = read_head(&mut tx).await?;
         let expected = audit.head();
         if found != expected {
-            return Err(AuditError::HeadMismatch { expected: expected.seq, found: found.seq });
+            return Err(AuditError::HeadMismatch {
+                expected: expected.seq,
+                found: found.seq,
+            });
         }
-        Ok(AuditTx { tx, head: found, audit: audit.clone() })
+        Ok(AuditTx {
+            tx,
+            head: found,
+            audit: audit.clone(),
+        })
     }
 
     pub fn conn(&mut self) -> &mut SqliteConnection {
@@ -231,7 +255,12 @@ impl AuditTx {
         self.append_at(ctx, event, clock::now_ms()).await
     }
 
-    pub async fn append_at(&mut self, ctx: &Context, event: Event, now_ms: i64) -> Result<i64, AuditError> {
+    pub async fn append_at(
+        &mut self,
+        ctx: &Context,
+        event: Event,
+        now_ms: i64,
+    ) -> Result<i64, AuditError> {
         let seq = self.head.seq + 1;
         let at = clock::format_ms(now_ms);
         let details = event.details.to_string();
@@ -295,7 +324,8 @@ mod hex_hash {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
         let v = hex::decode(s).map_err(serde::de::Error::custom)?;
-        <[u8; 32]>::try_from(v.as_slice()).map_err(|_| serde::de::Error::custom("hash must be 32 bytes"))
+        <[u8; 32]>::try_from(v.as_slice())
+            .map_err(|_| serde::de::Error::custom("hash must be 32 bytes"))
     }
 }
 
@@ -311,13 +341,26 @@ impl Checkpoint {
     pub fn sign(head: Head, key: &SigningKey) -> Checkpoint {
         let key_id = portcullis_proto::token::KeyId::of(&key.verifying_key()).to_hex();
         let signature = key.sign(&checkpoint_message(head.seq, &head.hash));
-        Checkpoint { version: 1, seq: head.seq, hash: head.hash, key_id, signature: STANDARD.encode(signature.to_bytes()) }
+        Checkpoint {
+            version: 1,
+            seq: head.seq,
+            hash: head.hash,
+            key_id,
+            signature: STANDARD.encode(signature.to_bytes()),
+        }
     }
 
     pub fn verify(&self, key: &VerifyingKey) -> bool {
-        let Ok(bytes) = STANDARD.decode(&self.signature) else { return false };
-        let Ok(sig) = Signature::from_slice(&bytes) else { return false };
-        self.version == 1 && key.verify_strict(&checkpoint_message(self.seq, &self.hash), &sig).is_ok()
+        let Ok(bytes) = STANDARD.decode(&self.signature) else {
+            return false;
+        };
+        let Ok(sig) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        self.version == 1
+            && key
+                .verify_strict(&checkpoint_message(self.seq, &self.hash), &sig)
+                .is_ok()
     }
 }
 
@@ -329,13 +372,18 @@ pub struct CheckpointFile {
 
 impl CheckpointFile {
     pub fn in_dir(data_dir: &Path) -> CheckpointFile {
-        CheckpointFile { path: data_dir.join(CHECKPOINT_FILE) }
+        CheckpointFile {
+            path: data_dir.join(CHECKPOINT_FILE),
+        }
     }
 
     pub fn read(&self) -> anyhow::Result<Option<Checkpoint>> {
         match std::fs::read(&self.path) {
             Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!("audit checkpoint {} is unreadable: {e}", self.path.display())
+                anyhow::anyhow!(
+                    "audit checkpoint {} is unreadable: {e}",
+                    self.path.display()
+                )
             })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -351,7 +399,11 @@ impl CheckpointFile {
 
 /// Keeps the checkpoint file at the committed head. Writes as soon as the head moves;
 /// changes that arrive during a write are coalesced into the next one.
-pub async fn run_checkpointer(mut head: watch::Receiver<Head>, file: CheckpointFile, key: Arc<SigningKey>) {
+pub async fn run_checkpointer(
+    mut head: watch::Receiver<Head>,
+    file: CheckpointFile,
+    key: Arc<SigningKey>,
+) {
     loop {
         let current = *head.borrow_and_update();
         if current.seq > 0 {
@@ -387,7 +439,10 @@ impl VerifyReport {
 /// Checks the whole chain in `pool` and, when given, the signed checkpoint: dense sequence
 /// from 1, each `prev_hash` equal to the previous row's hash, each hash recomputed, and the
 /// checkpoint's row present with the checkpoint's hash. Names the first bad sequence number.
-pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &VerifyingKey)>) -> anyhow::Result<VerifyReport> {
+pub async fn verify(
+    pool: &SqlitePool,
+    checkpoint: Option<(&Checkpoint, &VerifyingKey)>,
+) -> anyhow::Result<VerifyReport> {
     let mut rows = sqlx::query(
         "SELECT seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash FROM audit_events ORDER BY seq",
     )
@@ -405,16 +460,34 @@ pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &Verifyi
         let seq: i64 = row.try_get(0)?;
         let expected = prev.seq + 1;
         if seq != expected {
-            return Ok(bad(expected, events, prev.seq, format!("sequence {expected} is missing (next row is {seq})")));
+            return Ok(bad(
+                expected,
+                events,
+                prev.seq,
+                format!("sequence {expected} is missing (next row is {seq})"),
+            ));
         }
         let prev_hash: Vec<u8> = row.try_get(9)?;
         let stored: Vec<u8> = row.try_get(10)?;
         if prev_hash.as_slice() != prev.hash {
-            return Ok(bad(seq, events, prev.seq, format!("sequence {seq} does not link to sequence {}", prev.seq)));
+            return Ok(bad(
+                seq,
+                events,
+                prev.seq,
+                format!("sequence {seq} does not link to sequence {}", prev.seq),
+            ));
         }
         let text = |i: usize| row.try_get::<String, _>(i);
-        let (at, actor, action, target, outcome, correlation_id, client_addr, details) =
-            (text(1)?, text(2)?, text(3)?, text(4)?, text(5)?, text(6)?, text(7)?, text(8)?);
+        let (at, actor, action, target, outcome, correlation_id, client_addr, details) = (
+            text(1)?,
+            text(2)?,
+            text(3)?,
+            text(4)?,
+            text(5)?,
+            text(6)?,
+            text(7)?,
+            text(8)?,
+        );
         let hash = hash_row(&RowFields {
             seq,
             prev_hash: &prev_hash,
@@ -428,19 +501,29 @@ pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &Verifyi
             details: &details,
         });
         if stored.as_slice() != hash {
-            return Ok(bad(seq, events, prev.seq, format!("sequence {seq} was altered (hash mismatch)")));
+            return Ok(bad(
+                seq,
+                events,
+                prev.seq,
+                format!("sequence {seq} was altered (hash mismatch)"),
+            ));
         }
-        if let Some((cp, _)) = checkpoint {
-            if cp.seq == seq {
-                checkpoint_hash = Some(hash);
-            }
+        if let Some((cp, _)) = checkpoint
+            && cp.seq == seq
+        {
+            checkpoint_hash = Some(hash);
         }
         events += 1;
         prev = Head { seq, hash };
     }
     if let Some((cp, key)) = checkpoint {
         if !cp.verify(key) {
-            return Ok(bad(cp.seq, events, prev.seq, "the audit checkpoint signature is invalid".to_owned()));
+            return Ok(bad(
+                cp.seq,
+                events,
+                prev.seq,
+                "the audit checkpoint signature is invalid".to_owned(),
+            ));
         }
         match checkpoint_hash {
             None => {
@@ -448,7 +531,10 @@ pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &Verifyi
                     prev.seq + 1,
                     events,
                     prev.seq,
-                    format!("the chain ends at sequence {} but the signed checkpoint covers sequence {}: events were truncated", prev.seq, cp.seq),
+                    format!(
+                        "the chain ends at sequence {} but the signed checkpoint covers sequence {}: events were truncated",
+                        prev.seq, cp.seq
+                    ),
                 ));
             }
             Some(h) if h != cp.hash => {
@@ -456,7 +542,10 @@ pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &Verifyi
                     cp.seq,
                     events,
                     prev.seq,
-                    format!("sequence {} differs from the signed checkpoint: the chain was truncated and rewritten", cp.seq),
+                    format!(
+                        "sequence {} differs from the signed checkpoint: the chain was truncated and rewritten",
+                        cp.seq
+                    ),
                 ));
             }
             Some(_) => {}
@@ -469,7 +558,12 @@ pub async fn verify(pool: &SqlitePool, checkpoint: Option<(&Checkpoint, &Verifyi
             problem: Some("no signed audit checkpoint was found beside the state file".to_owned()),
         });
     }
-    Ok(VerifyReport { events, head_seq: prev.seq, first_bad_seq: None, problem: None })
+    Ok(VerifyReport {
+        events,
+        head_seq: prev.seq,
+        first_bad_seq: None,
+        problem: None,
+    })
 }
 
 /// Offline verification of a data directory (`portcullis audit verify --data DIR`): opens
@@ -484,7 +578,10 @@ pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyReport> {
     let checkpoint = CheckpointFile::in_dir(data_dir).read()?;
     let key = crate::keys::load_verifying_key(data_dir)?;
     let options = SqliteConnectOptions::new().filename(&state).read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
     let report = verify(&pool, checkpoint.as_ref().map(|c| (c, &key))).await;
     pool.close().await;
     report
@@ -507,7 +604,9 @@ pub async fn export<W: std::io::Write>(pool: &SqlitePool, mut out: W) -> anyhow:
     Ok(n)
 }
 
-pub fn row_to_view(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<portcullis_proto::api::AuditEventView> {
+pub fn row_to_view(
+    row: &sqlx::sqlite::SqliteRow,
+) -> anyhow::Result<portcullis_proto::api::AuditEventView> {
     let details: String = row.try_get(8)?;
     Ok(portcullis_proto::api::AuditEventView {
         seq: row.try_get(0)?,

@@ -31,7 +31,11 @@ pub fn mint(prefix: &str) -> Minted {
     let id = hex::encode(rand::random::<[u8; 8]>());
     let secret_bytes = rand::random::<[u8; 32]>();
     let secret = format!("{prefix}_{id}_{}", URL_SAFE_NO_PAD.encode(secret_bytes));
-    Minted { secret_hash: hash_secret(&secret), id, secret }
+    Minted {
+        secret_hash: hash_secret(&secret),
+        id,
+        secret,
+    }
 }
 
 pub fn hash_secret(secret: &str) -> [u8; 32] {
@@ -42,8 +46,14 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 pub fn parse_bearer(token: &str) -> Option<(&str, &str)> {
     let mut parts = token.splitn(3, '_');
     let (prefix, id, secret) = (parts.next()?, parts.next()?, parts.next()?);
-    let id_ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let id_ok = id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let secret_ok = secret.len() == 43
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some((prefix, id))
 }
 
@@ -121,9 +131,20 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub async fn authenticate(&self, store: &Store, bearer: &str, now_ms: i64, addr: &str) -> Result<Principal, AuthFailure> {
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        bearer: &str,
+        now_ms: i64,
+        addr: &str,
+    ) -> Result<Principal, AuthFailure> {
         let (prefix, id) = parse_bearer(bearer).ok_or(AuthFailure::Malformed)?;
-        let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
         let credential = match cached {
             Some(c) => c,
             None => {
@@ -137,7 +158,10 @@ impl Authenticator {
                     AuthFailure::Unknown
                 })?
                 .ok_or(AuthFailure::Unknown)?;
-                self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), c.clone());
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_owned(), c.clone());
                 c
             }
         };
@@ -156,14 +180,20 @@ impl Authenticator {
             return Err(AuthFailure::Expired);
         }
         if matches!(credential.principal, Principal::User(_)) {
-            self.last_used.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (now_ms, addr.to_owned()));
+            self.last_used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned(), (now_ms, addr.to_owned()));
         }
         Ok(credential.principal)
     }
 
     /// Drops a cached credential; call after revoking it in the store.
     pub fn forget(&self, id: &str) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     pub fn forget_all(&self) {
@@ -172,19 +202,25 @@ impl Authenticator {
 
     /// Writes the batched last-used times and addresses of API tokens.
     pub async fn flush_last_used(&self, store: &Store) -> sqlx::Result<()> {
-        let pending: Vec<(String, (i64, String))> =
-            self.last_used.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let pending: Vec<(String, (i64, String))> = self
+            .last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let mut tx = store.begin().await?;
         for (id, (at, addr)) in pending {
-            sqlx::query("UPDATE api_tokens SET last_used_at_ms = ?, last_used_addr = ? WHERE id = ?")
-                .bind(at)
-                .bind(addr)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE api_tokens SET last_used_at_ms = ?, last_used_addr = ? WHERE id = ?",
+            )
+            .bind(at)
+            .bind(addr)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await
     }
@@ -200,8 +236,11 @@ async fn load_api_token(store: &Store, id: &str) -> anyhow::Result<Option<Creden
     .await?;
     let Some(row) = row else { return Ok(None) };
     let environments: Option<String> = row.try_get(3)?;
-    let environments = environments.map(|e| serde_json::from_str::<Vec<Environment>>(&e)).transpose()?;
-    let revoked = row.try_get::<Option<i64>, _>(5)?.is_some() || row.try_get::<Option<i64>, _>(8)?.is_some();
+    let environments = environments
+        .map(|e| serde_json::from_str::<Vec<Environment>>(&e))
+        .transpose()?;
+    let revoked =
+        row.try_get::<Option<i64>, _>(5)?.is_some() || row.try_get::<Option<i64>, _>(8)?.is_some();
     Ok(Some(Credential {
         secret_hash: to_hash(row.try_get(0)?),
         principal: Principal::User(UserPrincipal {
@@ -225,7 +264,10 @@ async fn load_agent(store: &Store, id: &str) -> anyhow::Result<Option<Credential
     let Some(row) = row else { return Ok(None) };
     Ok(Some(Credential {
         secret_hash: to_hash(row.try_get(0)?),
-        principal: Principal::Agent(AgentPrincipal { id: id.to_owned(), name: row.try_get(1)? }),
+        principal: Principal::Agent(AgentPrincipal {
+            id: id.to_owned(),
+            name: row.try_get(1)?,
+        }),
         expires_at_ms: None,
         revoked: row.try_get::<Option<i64>, _>(2)?.is_some(),
     }))
@@ -243,7 +285,10 @@ mod tests {
     #[test]
     fn minted_tokens_parse_and_carry_256_bits() {
         let m = mint(API_TOKEN_PREFIX);
-        assert_eq!(parse_bearer(&m.secret), Some((API_TOKEN_PREFIX, m.id.as_str())));
+        assert_eq!(
+            parse_bearer(&m.secret),
+            Some((API_TOKEN_PREFIX, m.id.as_str()))
+        );
         let secret = m.secret.rsplit('_').next().unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(secret).unwrap().len(), 32);
         assert_ne!(mint(API_TOKEN_PREFIX).secret, m.secret);
@@ -251,7 +296,13 @@ mod tests {
 
     #[test]
     fn malformed_bearers_are_refused_before_any_lookup() {
-        for bad in ["", "pct", "pct_abc_def", "pct_0123456789abcdef_short", "pct_0123456789ABCDEF_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        for bad in [
+            "",
+            "pct",
+            "pct_abc_def",
+            "pct_0123456789abcdef_short",
+            "pct_0123456789ABCDEF_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
             assert_eq!(parse_bearer(bad), None, "{bad}");
         }
     }

@@ -98,7 +98,13 @@ impl Default for ServerConfig {
 
 /// Top-level keys the environment may override (`PORTCULLIS_LISTEN`,
 /// `PORTCULLIS_EXECUTION__ROW_CAP`, …). Other `PORTCULLIS_*` variables belong to the CLI.
-const ENV_KEYS: &[&str] = &["listen", "data_dir", "behind_tls_proxy", "tokens", "execution"];
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "behind_tls_proxy",
+    "tokens",
+    "execution",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -114,14 +120,21 @@ impl ServerConfig {
         let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
         if let Some(path) = path {
             if !path.exists() {
-                return Err(ConfigError::Missing { path: path.to_owned() });
+                return Err(ConfigError::Missing {
+                    path: path.to_owned(),
+                });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let env = Env::prefixed("PORTCULLIS_")
-            .split("__")
-            .filter(|key| ENV_KEYS.iter().any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}."))));
-        let config: ServerConfig = figment.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let env = Env::prefixed("PORTCULLIS_").split("__").filter(|key| {
+            ENV_KEYS
+                .iter()
+                .any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}.")))
+        });
+        let config: ServerConfig = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -136,16 +149,22 @@ impl ServerConfig {
         }
         if e.row_cap == 0 || e.timeout_ms == 0 || e.lease_secs == 0 || e.max_wait_secs == 0 {
             return Err(ConfigError::Invalid(
-                "execution.row_cap, timeout_ms, lease_secs and max_wait_secs must be positive".into(),
+                "execution.row_cap, timeout_ms, lease_secs and max_wait_secs must be positive"
+                    .into(),
             ));
         }
         if self.tokens.max_ttl_days == 0 || self.tokens.max_ttl_days > 3_650 {
-            return Err(ConfigError::Invalid("tokens.max_ttl_days must be between 1 and 3650".into()));
+            return Err(ConfigError::Invalid(
+                "tokens.max_ttl_days must be between 1 and 3650".into(),
+            ));
         }
         let mut names: Vec<&ConnectionName> = self.connections.iter().map(|c| &c.name).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(ConfigError::Invalid(format!("connection {} is declared twice", w[0])));
+            return Err(ConfigError::Invalid(format!(
+                "connection {} is declared twice",
+                w[0]
+            )));
         }
         Ok(())
     }

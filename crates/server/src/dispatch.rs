@@ -55,7 +55,10 @@ impl Dispatch {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .entry(id)
-            .or_insert_with(|| Slot { sender: watch::channel(None).0, finished_at_ms: None })
+            .or_insert_with(|| Slot {
+                sender: watch::channel(None).0,
+                finished_at_ms: None,
+            })
             .sender
             .subscribe()
     }
@@ -63,7 +66,10 @@ impl Dispatch {
     /// Publishes the outcome of `id` to every waiter, present and future (until retention).
     pub fn complete(&self, id: Uuid, finished: Finished, now_ms: i64) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.entry(id).or_insert_with(|| Slot { sender: watch::channel(None).0, finished_at_ms: None });
+        let slot = slots.entry(id).or_insert_with(|| Slot {
+            sender: watch::channel(None).0,
+            finished_at_ms: None,
+        });
         slot.finished_at_ms = Some(now_ms);
         slot.sender.send_replace(Some(Arc::new(finished)));
     }

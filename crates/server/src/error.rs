@@ -30,7 +30,10 @@ pub enum ApiError {
     UnknownConnection,
     /// 422: classification refused the statement; `reason` is a stable code.
     #[error("statement denied: {reason}")]
-    StatementDenied { reason: &'static str, detail: String },
+    StatementDenied {
+        reason: &'static str,
+        detail: String,
+    },
     /// 403: the approval policy denies the operation.
     #[error("denied by policy")]
     PolicyDenied,
@@ -80,16 +83,23 @@ impl ApiError {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { detail: detail.into() }
+        ApiError::BadRequest {
+            detail: detail.into(),
+        }
     }
 }
 
 pub fn problem_response(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, axum::Json(&problem)).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }
@@ -105,7 +115,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { detail } => ("Bad request", Some(detail.clone()), None),
             ApiError::PayloadTooLarge => ("Payload too large", None, None),
             ApiError::UnknownConnection => ("Unknown connection", None, None),
-            ApiError::StatementDenied { reason, detail } => ("Statement denied", Some(detail.clone()), Some((*reason).to_owned())),
+            ApiError::StatementDenied { reason, detail } => (
+                "Statement denied",
+                Some(detail.clone()),
+                Some((*reason).to_owned()),
+            ),
             ApiError::PolicyDenied => ("Denied by policy", None, None),
             ApiError::InvalidState { detail } => ("Invalid state", Some(detail.clone()), None),
             ApiError::Conflict { detail } => ("Conflict", Some(detail.clone()), None),
@@ -139,14 +153,20 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
-            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::bad_request("the request body could not be read")),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::bad_request("expected Content-Type: application/json"))
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
             }
+            Err(JsonRejection::BytesRejection(_)) => {
+                Err(ApiError::bad_request("the request body could not be read"))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
+                "expected Content-Type: application/json",
+            )),
             Err(rejection) => {
                 let text = rejection.body_text();
-                Err(ApiError::bad_request(text.chars().take(300).collect::<String>()))
+                Err(ApiError::bad_request(
+                    text.chars().take(300).collect::<String>(),
+                ))
             }
         }
     }

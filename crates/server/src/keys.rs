@@ -16,7 +16,9 @@ pub const SIGNING_KEY_FILE: &str = "signing.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{path} has mode {mode:o}; it must not be accessible to group or others (chmod {want:o} {path})")]
+    #[error(
+        "{path} has mode {mode:o}; it must not be accessible to group or others (chmod {want:o} {path})"
+    )]
     TooOpen { path: PathBuf, mode: u32, want: u32 },
     #[error("{path} is not a regular file or directory as expected")]
     WrongType { path: PathBuf },
@@ -25,11 +27,17 @@ pub enum KeyError {
     #[error("no signing key at {path}")]
     Missing { path: PathBuf },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io { path: path.to_owned(), source }
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub fn key_path(data_dir: &Path) -> PathBuf {
@@ -39,11 +47,17 @@ pub fn key_path(data_dir: &Path) -> PathBuf {
 fn check_mode(path: &Path, want_dir: bool) -> Result<(), KeyError> {
     let meta = fs::symlink_metadata(path).map_err(io(path))?;
     if meta.is_dir() != want_dir || meta.file_type().is_symlink() {
-        return Err(KeyError::WrongType { path: path.to_owned() });
+        return Err(KeyError::WrongType {
+            path: path.to_owned(),
+        });
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::TooOpen { path: path.to_owned(), mode, want: if want_dir { 0o700 } else { 0o600 } });
+        return Err(KeyError::TooOpen {
+            path: path.to_owned(),
+            mode,
+            want: if want_dir { 0o700 } else { 0o600 },
+        });
     }
     Ok(())
 }
@@ -53,14 +67,25 @@ fn check_mode(path: &Path, want_dir: bool) -> Result<(), KeyError> {
 pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, KeyError> {
     let dir = data_dir.join(KEY_DIR);
     if !dir.exists() {
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
     }
     check_mode(&dir, true)?;
     let path = dir.join(SIGNING_KEY_FILE);
     if !path.exists() {
         let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|_| KeyError::Unparsable { path: path.clone() })?;
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io(&path))?;
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| KeyError::Unparsable { path: path.clone() })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
         file.write_all(pem.as_bytes()).map_err(io(&path))?;
         file.sync_all().map_err(io(&path))?;
         tracing::info!(path = %path.display(), "generated a new execution-token signing key");
@@ -71,7 +96,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, KeyError> {
 
 fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
     let pem = fs::read_to_string(path).map_err(io(path))?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::Unparsable { path: path.to_owned() })
+    SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::Unparsable {
+        path: path.to_owned(),
+    })
 }
 
 /// The public half, for offline audit verification and for printing the agent pin.
@@ -91,7 +118,11 @@ mod tests {
     fn key_is_created_private_and_reloaded_identically() {
         let dir = tempfile::tempdir().unwrap();
         let a = load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(key_path(dir.path())).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(key_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let b = load_or_create(dir.path()).unwrap();
         assert_eq!(a.verifying_key(), b.verifying_key());
@@ -104,9 +135,15 @@ mod tests {
         load_or_create(dir.path()).unwrap();
         let path = key_path(dir.path());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(KeyError::TooOpen { mode: 0o644, .. })));
+        assert!(matches!(
+            load_or_create(dir.path()),
+            Err(KeyError::TooOpen { mode: 0o644, .. })
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(dir.path().join(KEY_DIR), fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(KeyError::TooOpen { mode: 0o755, .. })));
+        assert!(matches!(
+            load_or_create(dir.path()),
+            Err(KeyError::TooOpen { mode: 0o755, .. })
+        ));
     }
 }

@@ -83,7 +83,11 @@ pub struct Server {
 
 impl Server {
     /// Opens the state in `config.data_dir`, then serves on `listener` until stopped.
-    pub async fn start(config: ServerConfig, policy: Policy, listener: TcpListener) -> anyhow::Result<Server> {
+    pub async fn start(
+        config: ServerConfig,
+        policy: Policy,
+        listener: TcpListener,
+    ) -> anyhow::Result<Server> {
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         let signing_key = keys::load_or_create(&data_dir)?;
@@ -106,20 +110,35 @@ impl Server {
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(audit::run_checkpointer(audit.subscribe(), checkpoint, key)));
-        tasks.push(tokio::spawn(lifecycle::run_reaper(state.clone(), shutdown.subscribe())));
+        tasks.push(tokio::spawn(audit::run_checkpointer(
+            audit.subscribe(),
+            checkpoint,
+            key,
+        )));
+        tasks.push(tokio::spawn(lifecycle::run_reaper(
+            state.clone(),
+            shutdown.subscribe(),
+        )));
         let router = app(state.clone());
         tasks.push(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
             let graceful = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(graceful).await {
+            if let Err(e) = axum::serve(listener, service)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server stopped with an error");
             }
         }));
         lifecycle::record_start(&state, addr).await?;
-        Ok(Server { addr, state, shutdown, tasks })
+        Ok(Server {
+            addr,
+            state,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), flushes batched writes and

@@ -49,11 +49,27 @@ pub async fn record_start(state: &AppState, addr: SocketAddr) -> anyhow::Result<
         outcome: Outcome::Success,
         details: json!({ "version": env!("CARGO_PKG_VERSION"), "key_id": state.signer.key_id().to_hex() }),
     };
-    audit_only(state, &Context::system("start"), event).await.map_err(|e| anyhow::anyhow!("{e}"))
+    audit_only(state, &Context::system("start"), event)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn deny(state: &AppState, ctx: &Context, who: &UserPrincipal, action: Action, target: &str, details: serde_json::Value, err: ApiError) -> ApiError {
-    let event = Event { actor: who.display(), action, target: target.to_owned(), outcome: Outcome::Denied, details };
+async fn deny(
+    state: &AppState,
+    ctx: &Context,
+    who: &UserPrincipal,
+    action: Action,
+    target: &str,
+    details: serde_json::Value,
+    err: ApiError,
+) -> ApiError {
+    let event = Event {
+        actor: who.display(),
+        action,
+        target: target.to_owned(),
+        outcome: Outcome::Denied,
+        details,
+    };
     match audit_only(state, ctx, event).await {
         Ok(()) => err,
         Err(audit_err) => audit_err,
@@ -74,34 +90,78 @@ fn approval_hash(request_id: Uuid, source: Source, statement_hash: &[u8; 32]) ->
 
 /// Validates, classifies, authorizes and decides a new request, then records it (and, when
 /// auto-approved, queues its job) in one transaction.
-pub async fn create_request(state: &AppState, who: &UserPrincipal, ctx: &Context, body: CreateRequest) -> Result<Uuid, ApiError> {
+pub async fn create_request(
+    state: &AppState,
+    who: &UserPrincipal,
+    ctx: &Context,
+    body: CreateRequest,
+) -> Result<Uuid, ApiError> {
     let reason = body.reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(format!("reason must be 1-{MAX_REASON} printable characters")));
+    if reason.is_empty()
+        || reason.chars().count() > MAX_REASON
+        || reason.chars().any(|c| c.is_control())
+    {
+        return Err(ApiError::bad_request(format!(
+            "reason must be 1-{MAX_REASON} printable characters"
+        )));
     }
     if body.statement.len() > MAX_STATEMENT {
-        return Err(ApiError::StatementDenied { reason: "statement_too_long", detail: format!("statements are limited to {MAX_STATEMENT} bytes") });
+        return Err(ApiError::StatementDenied {
+            reason: "statement_too_long",
+            detail: format!("statements are limited to {MAX_STATEMENT} bytes"),
+        });
     }
     let target = body.connection.to_string();
     let Some(decl) = state.config.connection(&body.connection).cloned() else {
         let details = json!({ "reason": "unknown_connection" });
-        return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::UnknownConnection).await);
+        return Err(deny(
+            state,
+            ctx,
+            who,
+            Action::RequestDenied,
+            &target,
+            details,
+            ApiError::UnknownConnection,
+        )
+        .await);
     };
     let statement_hash = statement_sha256(&body.statement);
     let class = match portcullis_core::classify(decl.kind, &body.statement) {
         Ok(class) => class,
         Err(e) => {
             let (reason, detail) = (e.code(), e.to_string());
-            let details = json!({ "reason": reason, "statement_sha256": hex::encode(statement_hash) });
-            return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::StatementDenied { reason, detail }).await);
+            let details =
+                json!({ "reason": reason, "statement_sha256": hex::encode(statement_hash) });
+            return Err(deny(
+                state,
+                ctx,
+                who,
+                Action::RequestDenied,
+                &target,
+                details,
+                ApiError::StatementDenied { reason, detail },
+            )
+            .await);
         }
     };
-    if let Err(denied) = authorize(who.role, who.environments.as_deref(), decl.kind, decl.environment, class) {
+    if let Err(denied) = authorize(
+        who.role,
+        who.environments.as_deref(),
+        decl.kind,
+        decl.environment,
+        class,
+    ) {
         let details = json!({ "reason": denied.to_string(), "class": class.as_str() });
-        let err = ApiError::Forbidden { reason: "operation_not_permitted" };
+        let err = ApiError::Forbidden {
+            reason: "operation_not_permitted",
+        };
         return Err(deny(state, ctx, who, Action::AccessDenied, &target, details, err).await);
     }
-    let facts = Facts { connection: &decl.name, environment: decl.environment, class };
+    let facts = Facts {
+        connection: &decl.name,
+        environment: decl.environment,
+        class,
+    };
     let (decision, source) = state.policy.evaluate(&facts);
     let rule = match source {
         Source::Rule(i) => Some(i as i64),
@@ -109,14 +169,27 @@ pub async fn create_request(state: &AppState, who: &UserPrincipal, ctx: &Context
     };
     if decision == Decision::Deny {
         let details = json!({ "reason": "policy", "class": class.as_str(), "rule": rule });
-        return Err(deny(state, ctx, who, Action::RequestDenied, &target, details, ApiError::PolicyDenied).await);
+        return Err(deny(
+            state,
+            ctx,
+            who,
+            Action::RequestDenied,
+            &target,
+            details,
+            ApiError::PolicyDenied,
+        )
+        .await);
     }
 
     let id = Uuid::new_v4();
     let now = clock::now_ms();
     let auto = decision == Decision::AutoApprove;
     let approval = auto.then(|| approval_hash(id, source, &statement_hash));
-    let initial = if auto { RequestState::Approved } else { RequestState::PendingApproval };
+    let initial = if auto {
+        RequestState::Approved
+    } else {
+        RequestState::PendingApproval
+    };
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query(
         "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms)
@@ -183,22 +256,41 @@ pub async fn create_request(state: &AppState, who: &UserPrincipal, ctx: &Context
 }
 
 /// Long-polls for a job on the connections the agent serves, and leases it atomically.
-pub async fn claim_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context, claim: ClaimRequest) -> Result<Option<JobAssignment>, ApiError> {
+pub async fn claim_job(
+    state: &AppState,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    claim: ClaimRequest,
+) -> Result<Option<JobAssignment>, ApiError> {
     let mut served = Vec::new();
     for c in &claim.connections {
         match state.config.connection(&c.name) {
-            Some(decl) if decl.kind == c.kind && decl.environment == c.environment => served.push(c.name.clone()),
-            Some(_) => tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection whose kind or environment differs from the server's; ignoring it"),
-            None => tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection the server does not know; ignoring it"),
+            Some(decl) if decl.kind == c.kind && decl.environment == c.environment => {
+                served.push(c.name.clone())
+            }
+            Some(_) => {
+                tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection whose kind or environment differs from the server's; ignoring it")
+            }
+            None => {
+                tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection the server does not know; ignoring it")
+            }
         }
     }
     if served.is_empty() {
-        return Err(ApiError::bad_request("none of the agent's connections is declared on the server with the same kind and environment"));
+        return Err(ApiError::bad_request(
+            "none of the agent's connections is declared on the server with the same kind and environment",
+        ));
     }
     let now = clock::now_ms();
-    state.presence.lock().unwrap_or_else(|e| e.into_inner()).agents.insert(agent.name.clone(), (now, served.clone()));
+    state
+        .presence
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .agents
+        .insert(agent.name.clone(), (now, served.clone()));
     let served_json = serde_json::to_string(&served).map_err(|e| ApiError::Internal(e.into()))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
     loop {
         let ready = state.dispatch.jobs_ready();
         tokio::pin!(ready);
@@ -213,7 +305,12 @@ pub async fn claim_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context, 
     }
 }
 
-async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, served_json: &str) -> Result<Option<JobAssignment>, ApiError> {
+async fn try_claim(
+    state: &AppState,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    served_json: &str,
+) -> Result<Option<JobAssignment>, ApiError> {
     // Look with a reader first, so idle agents woken together do not queue on the writer.
     let queued: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) LIMIT 1",
@@ -241,7 +338,9 @@ async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, serv
     .bind(served_json)
     .fetch_optional(tx.conn())
     .await?;
-    let Some(claimed) = claimed else { return Ok(None) };
+    let Some(claimed) = claimed else {
+        return Ok(None);
+    };
     let job_id: Uuid = parse_uuid(claimed.try_get(0)?)?;
     let request_id: Uuid = parse_uuid(claimed.try_get(1)?)?;
     let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
@@ -250,7 +349,9 @@ async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, serv
         .await?;
     let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
     if !current.can_become(RequestState::Dispatched) {
-        return Err(ApiError::Internal(anyhow::anyhow!("job {job_id} queued for request {request_id} in state {current}")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "job {job_id} queued for request {request_id} in state {current}"
+        )));
     }
     let claims = TokenClaims {
         key_id: state.signer.key_id(),
@@ -269,7 +370,10 @@ async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, serv
         nonce,
     };
     let statement: String = row.try_get(3)?;
-    let token = state.signer.sign(&claims).map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
+    let token = state
+        .signer
+        .sign(&claims)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
     sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
         .bind(&agent.name)
         .bind(now)
@@ -298,7 +402,13 @@ async fn try_claim(state: &AppState, agent: &AgentPrincipal, ctx: &Context, serv
 }
 
 /// Records an agent's report. Only the agent holding the lease can report, once.
-pub async fn report_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context, job_id: Uuid, report: JobReport) -> Result<(), ApiError> {
+pub async fn report_job(
+    state: &AppState,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    job_id: Uuid,
+    report: JobReport,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     let job = sqlx::query("SELECT request_id, agent, state FROM jobs WHERE id = ?")
@@ -310,14 +420,21 @@ pub async fn report_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context,
     let holder: Option<String> = job.try_get(1)?;
     let job_state: String = job.try_get(2)?;
     if holder.as_deref() != Some(agent.name.as_str()) {
-        return Err(ApiError::Forbidden { reason: "job_not_leased_to_agent" });
+        return Err(ApiError::Forbidden {
+            reason: "job_not_leased_to_agent",
+        });
     }
     if job_state != "leased" {
-        return Err(ApiError::InvalidState { detail: "the job is no longer leased (its lease expired or it was already reported)".into() });
+        return Err(ApiError::InvalidState {
+            detail: "the job is no longer leased (its lease expired or it was already reported)"
+                .into(),
+        });
     }
     let (next, result, error) = match report {
         JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),
-        JobReport::Failed { error } | JobReport::Refused { error } => (RequestState::Failed, None, Some(sanitize(error))),
+        JobReport::Failed { error } | JobReport::Refused { error } => {
+            (RequestState::Failed, None, Some(sanitize(error)))
+        }
     };
     sqlx::query(
         "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? WHERE id = ? AND state IN ('dispatched', 'running')",
@@ -330,28 +447,64 @@ pub async fn report_job(state: &AppState, agent: &AgentPrincipal, ctx: &Context,
     .bind(request_id.to_string())
     .execute(tx.conn())
     .await?;
-    sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?").bind(job_id.to_string()).execute(tx.conn()).await?;
+    sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?")
+        .bind(job_id.to_string())
+        .execute(tx.conn())
+        .await?;
     let details = match (&result, &error) {
-        (Some(r), _) => json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows }),
+        (Some(r), _) => {
+            json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows })
+        }
         (_, Some(e)) => json!({ "state": next.as_str(), "error": e.code }),
         _ => json!({ "state": next.as_str() }),
     };
-    let outcome = if next == RequestState::Succeeded { Outcome::Success } else { Outcome::Failure };
-    let event = Event { actor: format!("agent:{}", agent.name), action: Action::RequestFinished, target: format!("request:{request_id}"), outcome, details };
+    let outcome = if next == RequestState::Succeeded {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    let event = Event {
+        actor: format!("agent:{}", agent.name),
+        action: Action::RequestFinished,
+        target: format!("request:{request_id}"),
+        outcome,
+        details,
+    };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
-    state.dispatch.complete(request_id, Finished { state: next, result, error }, now);
+    state.dispatch.complete(
+        request_id,
+        Finished {
+            state: next,
+            result,
+            error,
+        },
+        now,
+    );
     Ok(())
 }
 
 /// Errors from agents are shown to requesters: bound their size and strip control characters.
 fn sanitize(e: ExecError) -> ExecError {
-    let clean = |s: String, n: usize| s.chars().filter(|c| !c.is_control() || *c == '\n').take(n).collect::<String>();
-    ExecError { code: clean(e.code, 64), message: clean(e.message, 2_000) }
+    let clean = |s: String, n: usize| {
+        s.chars()
+            .filter(|c| !c.is_control() || *c == '\n')
+            .take(n)
+            .collect::<String>()
+    };
+    ExecError {
+        code: clean(e.code, 64),
+        message: clean(e.message, 2_000),
+    }
 }
 
 /// Extends the lease of a running job; the first heartbeat marks the request running.
-pub async fn heartbeat(state: &AppState, agent: &AgentPrincipal, ctx: &Context, job_id: Uuid) -> Result<(), ApiError> {
+pub async fn heartbeat(
+    state: &AppState,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    job_id: Uuid,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let lease = (state.config.execution.lease_secs as i64) * 1000;
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
@@ -370,7 +523,13 @@ pub async fn heartbeat(state: &AppState, agent: &AgentPrincipal, ctx: &Context, 
         .execute(tx.conn())
         .await?;
     if moved.rows_affected() == 1 {
-        let event = Event { actor: format!("agent:{}", agent.name), action: Action::RequestRunning, target: format!("request:{request_id}"), outcome: Outcome::Success, details: json!({}) };
+        let event = Event {
+            actor: format!("agent:{}", agent.name),
+            action: Action::RequestRunning,
+            target: format!("request:{request_id}"),
+            outcome: Outcome::Success,
+            details: json!({}),
+        };
         tx.append_at(ctx, event, now).await?;
     }
     tx.commit().await?;
@@ -378,7 +537,12 @@ pub async fn heartbeat(state: &AppState, agent: &AgentPrincipal, ctx: &Context, 
 }
 
 /// Cancels a request that has not been dispatched. Only its requester may.
-pub async fn cancel(state: &AppState, who: &UserPrincipal, ctx: &Context, id: Uuid) -> Result<(), ApiError> {
+pub async fn cancel(
+    state: &AppState,
+    who: &UserPrincipal,
+    ctx: &Context,
+    id: Uuid,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     let row = sqlx::query("SELECT state, requester_user_id FROM requests WHERE id = ?")
@@ -392,25 +556,51 @@ pub async fn cancel(state: &AppState, who: &UserPrincipal, ctx: &Context, id: Uu
     }
     let current: RequestState = parse(row.try_get::<String, _>(0)?)?;
     if !current.can_become(RequestState::Cancelled) {
-        return Err(ApiError::InvalidState { detail: format!("a request in state {current} cannot be cancelled") });
+        return Err(ApiError::InvalidState {
+            detail: format!("a request in state {current} cannot be cancelled"),
+        });
     }
     end_undispatched(&mut tx, id, RequestState::Cancelled, now).await?;
-    let event = Event { actor: who.display(), action: Action::RequestCancelled, target: format!("request:{id}"), outcome: Outcome::Success, details: json!({ "from": current.as_str() }) };
+    let event = Event {
+        actor: who.display(),
+        action: Action::RequestCancelled,
+        target: format!("request:{id}"),
+        outcome: Outcome::Success,
+        details: json!({ "from": current.as_str() }),
+    };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
-    state.dispatch.complete(id, Finished { state: RequestState::Cancelled, result: None, error: None }, now);
+    state.dispatch.complete(
+        id,
+        Finished {
+            state: RequestState::Cancelled,
+            result: None,
+            error: None,
+        },
+        now,
+    );
     Ok(())
 }
 
-async fn end_undispatched(tx: &mut AuditTx, id: Uuid, to: RequestState, now: i64) -> Result<(), ApiError> {
-    sqlx::query("UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ? WHERE id = ?")
-        .bind(to.as_str())
-        .bind(now)
-        .bind(now)
+async fn end_undispatched(
+    tx: &mut AuditTx,
+    id: Uuid,
+    to: RequestState,
+    now: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(now)
+    .bind(id.to_string())
+    .execute(tx.conn())
+    .await?;
+    sqlx::query("UPDATE jobs SET state = 'done' WHERE request_id = ? AND state = 'queued'")
         .bind(id.to_string())
         .execute(tx.conn())
         .await?;
-    sqlx::query("UPDATE jobs SET state = 'done' WHERE request_id = ? AND state = 'queued'").bind(id.to_string()).execute(tx.conn()).await?;
     Ok(())
 }
 
@@ -430,7 +620,11 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
         let request_id = parse_uuid(row.try_get(1)?)?;
         let class: OperationClass = parse(row.try_get::<String, _>(2)?)?;
         let agent: Option<String> = row.try_get(3)?;
-        let (to, code) = if class == OperationClass::Read { (RequestState::Failed, "agent_lost") } else { (RequestState::OutcomeUnknown, "outcome_unknown") };
+        let (to, code) = if class == OperationClass::Read {
+            (RequestState::Failed, "agent_lost")
+        } else {
+            (RequestState::OutcomeUnknown, "outcome_unknown")
+        };
         let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
         let done = sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ? AND state = 'leased' AND lease_until_ms < ?")
             .bind(&job_id)
@@ -450,11 +644,28 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
             .bind(request_id.to_string())
             .execute(tx.conn())
             .await?;
-        let event = Event { actor: "system".into(), action: Action::RequestLost, target: format!("request:{request_id}"), outcome: Outcome::Failure, details: json!({ "state": to.as_str(), "agent": agent, "job": job_id }) };
+        let event = Event {
+            actor: "system".into(),
+            action: Action::RequestLost,
+            target: format!("request:{request_id}"),
+            outcome: Outcome::Failure,
+            details: json!({ "state": to.as_str(), "agent": agent, "job": job_id }),
+        };
         tx.append_at(&ctx, event, now).await?;
         tx.commit().await?;
-        let error = ExecError { code: code.into(), message: message.into() };
-        state.dispatch.complete(request_id, Finished { state: to, result: None, error: Some(error) }, now);
+        let error = ExecError {
+            code: code.into(),
+            message: message.into(),
+        };
+        state.dispatch.complete(
+            request_id,
+            Finished {
+                state: to,
+                result: None,
+                error: Some(error),
+            },
+            now,
+        );
     }
     let stale = sqlx::query(
         "SELECT id, state FROM requests WHERE (state = 'approved' AND approved_at_ms < ?) OR (state = 'pending_approval' AND created_at_ms < ?)",
@@ -467,17 +678,36 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
         let id = parse_uuid(row.try_get(0)?)?;
         let from: String = row.try_get(1)?;
         let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-        let still: Option<String> = sqlx::query_scalar("SELECT state FROM requests WHERE id = ?").bind(id.to_string()).fetch_optional(tx.conn()).await?;
+        let still: Option<String> = sqlx::query_scalar("SELECT state FROM requests WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(tx.conn())
+            .await?;
         if still.as_deref() != Some(from.as_str()) {
             continue;
         }
         end_undispatched(&mut tx, id, RequestState::Expired, now).await?;
-        let event = Event { actor: "system".into(), action: Action::RequestExpired, target: format!("request:{id}"), outcome: Outcome::Failure, details: json!({ "from": from }) };
+        let event = Event {
+            actor: "system".into(),
+            action: Action::RequestExpired,
+            target: format!("request:{id}"),
+            outcome: Outcome::Failure,
+            details: json!({ "from": from }),
+        };
         tx.append_at(&ctx, event, now).await?;
         tx.commit().await?;
-        state.dispatch.complete(id, Finished { state: RequestState::Expired, result: None, error: None }, now);
+        state.dispatch.complete(
+            id,
+            Finished {
+                state: RequestState::Expired,
+                result: None,
+                error: None,
+            },
+            now,
+        );
     }
-    state.dispatch.prune(now, (ex.result_retention_secs as i64) * 1000);
+    state
+        .dispatch
+        .prune(now, (ex.result_retention_secs as i64) * 1000);
     Ok(())
 }
 
@@ -494,16 +724,19 @@ pub async fn run_reaper(state: AppState, mut stop: tokio::sync::watch::Receiver<
             tracing::error!(error = %e, "reaper pass failed");
         }
         n += 1;
-        if n % 5 == 0 {
-            if let Err(e) = state.auth.flush_last_used(&state.store).await {
-                tracing::warn!(error = %e, "flushing token last-used times failed");
-            }
+        if n.is_multiple_of(5)
+            && let Err(e) = state.auth.flush_last_used(&state.store).await
+        {
+            tracing::warn!(error = %e, "flushing token last-used times failed");
         }
     }
 }
 
 /// Loads a request as its view. `None` when it does not exist.
-pub async fn load_view(state: &AppState, id: Uuid) -> Result<Option<(RequestView, String)>, ApiError> {
+pub async fn load_view(
+    state: &AppState,
+    id: Uuid,
+) -> Result<Option<(RequestView, String)>, ApiError> {
     let row = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
                 approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, requester_user_id
@@ -512,11 +745,14 @@ pub async fn load_view(state: &AppState, id: Uuid) -> Result<Option<(RequestView
     .bind(id.to_string())
     .fetch_optional(state.store.reader())
     .await?;
-    row.map(|r| Ok((row_to_view(&r)?, r.try_get(19)?))).transpose()
+    row.map(|r| Ok((row_to_view(&r)?, r.try_get(19)?)))
+        .transpose()
 }
 
 pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError> {
-    let ts = |i: usize| -> Result<Option<String>, ApiError> { Ok(r.try_get::<Option<i64>, _>(i)?.map(clock::format_ms)) };
+    let ts = |i: usize| -> Result<Option<String>, ApiError> {
+        Ok(r.try_get::<Option<i64>, _>(i)?.map(clock::format_ms))
+    };
     let error_code: Option<String> = r.try_get(17)?;
     let error_message: Option<String> = r.try_get(18)?;
     Ok(RequestView {
@@ -537,7 +773,10 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
         started_at: ts(14)?,
         finished_at: ts(15)?,
         agent: r.try_get(16)?,
-        error: error_code.map(|code| ExecError { code, message: error_message.unwrap_or_default() }),
+        error: error_code.map(|code| ExecError {
+            code,
+            message: error_message.unwrap_or_default(),
+        }),
     })
 }
 
@@ -545,11 +784,13 @@ fn parse<T: std::str::FromStr>(s: String) -> Result<T, ApiError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse::<T>().map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt value in the state store: {e}")))
+    s.parse::<T>()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt value in the state store: {e}")))
 }
 
 fn parse_uuid(s: String) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(&s).map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt id in the state store: {e}")))
+    Uuid::parse_str(&s)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt id in the state store: {e}")))
 }
 
 fn to_hash(v: Vec<u8>) -> [u8; 32] {

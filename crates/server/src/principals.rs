@@ -17,7 +17,11 @@ use crate::clock;
 use crate::error::ApiError;
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
 }
 
 pub struct NewToken<'a> {
@@ -38,22 +42,35 @@ pub async fn create_token(
     new: NewToken<'_>,
 ) -> Result<(String, TokenView), ApiError> {
     if !valid_name(new.name) {
-        return Err(ApiError::bad_request("token name must be 1-64 characters of letters, digits, '-', '_', '.', '@'"));
+        return Err(ApiError::bad_request(
+            "token name must be 1-64 characters of letters, digits, '-', '_', '.', '@'",
+        ));
     }
     if !creator_role.covers(new.role) {
-        return Err(ApiError::Forbidden { reason: "role_exceeds_creator" });
+        return Err(ApiError::Forbidden {
+            reason: "role_exceeds_creator",
+        });
     }
     let max_secs = state.config.tokens.max_ttl_days * 86_400;
     if new.ttl_seconds == 0 || new.ttl_seconds > max_secs {
-        return Err(ApiError::bad_request(format!("ttl_seconds must be between 1 and {max_secs} (tokens.max_ttl_days)")));
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between 1 and {max_secs} (tokens.max_ttl_days)"
+        )));
     }
     if new.environments.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ApiError::bad_request("environments, when given, must name at least one environment"));
+        return Err(ApiError::bad_request(
+            "environments, when given, must name at least one environment",
+        ));
     }
     let minted = auth::mint(API_TOKEN_PREFIX);
     let now = clock::now_ms();
     let expires = now + (new.ttl_seconds as i64) * 1000;
-    let envs = new.environments.as_ref().map(serde_json::to_string).transpose().map_err(|e| ApiError::Internal(e.into()))?;
+    let envs = new
+        .environments
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query(
         "INSERT INTO api_tokens (id, name, owner_id, role, secret_hash, environments, created_by, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -78,7 +95,9 @@ pub async fn create_token(
     };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
-    let view = token_view(state, &minted.id).await?.ok_or(ApiError::NotFound)?;
+    let view = token_view(state, &minted.id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok((minted.secret, view))
 }
 
@@ -87,7 +106,11 @@ pub async fn token_view(state: &AppState, id: &str) -> Result<Option<TokenView>,
     Ok(rows.into_iter().next())
 }
 
-pub async fn list_tokens(state: &AppState, only: Option<&str>, unused: bool) -> Result<Vec<TokenView>, ApiError> {
+pub async fn list_tokens(
+    state: &AppState,
+    only: Option<&str>,
+    unused: bool,
+) -> Result<Vec<TokenView>, ApiError> {
     let rows = sqlx::query(
         "SELECT t.id, t.name, t.role, u.name, t.created_at_ms, t.expires_at_ms, t.environments, t.last_used_at_ms, t.last_used_addr, t.revoked_at_ms
          FROM api_tokens t JOIN users u ON u.id = t.owner_id
@@ -105,11 +128,17 @@ pub async fn list_tokens(state: &AppState, only: Option<&str>, unused: bool) -> 
             Ok(TokenView {
                 id: r.try_get(0)?,
                 name: r.try_get(1)?,
-                role: r.try_get::<String, _>(2)?.parse().map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?,
+                role: r
+                    .try_get::<String, _>(2)?
+                    .parse()
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?,
                 owner: r.try_get(3)?,
                 created_at: clock::format_ms(r.try_get(4)?),
                 expires_at: clock::format_ms(r.try_get(5)?),
-                environments: envs.map(|e| serde_json::from_str(&e)).transpose().map_err(|e| ApiError::Internal(e.into()))?,
+                environments: envs
+                    .map(|e| serde_json::from_str(&e))
+                    .transpose()
+                    .map_err(|e| ApiError::Internal(e.into()))?,
                 last_used_at: r.try_get::<Option<i64>, _>(7)?.map(clock::format_ms),
                 last_used_addr: r.try_get(8)?,
                 revoked_at: r.try_get::<Option<i64>, _>(9)?.map(clock::format_ms),
@@ -119,27 +148,47 @@ pub async fn list_tokens(state: &AppState, only: Option<&str>, unused: bool) -> 
 }
 
 /// Revokes a token at once: the store row and the authentication cache, together.
-pub async fn revoke_token(state: &AppState, ctx: &Context, actor: &str, id: &str) -> Result<(), ApiError> {
+pub async fn revoke_token(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+    id: &str,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL")
-        .bind(now)
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(tx.conn())
+    .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::NotFound);
     }
-    let event = Event { actor: actor.to_owned(), action: Action::TokenRevoked, target: format!("token:{id}"), outcome: Outcome::Success, details: json!({}) };
+    let event = Event {
+        actor: actor.to_owned(),
+        action: Action::TokenRevoked,
+        target: format!("token:{id}"),
+        outcome: Outcome::Success,
+        details: json!({}),
+    };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
     state.auth.forget(id);
     Ok(())
 }
 
-pub async fn create_agent(state: &AppState, ctx: &Context, actor: &str, name: &str) -> Result<(String, AgentView), ApiError> {
+pub async fn create_agent(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+    name: &str,
+) -> Result<(String, AgentView), ApiError> {
     if !valid_name(name) {
-        return Err(ApiError::bad_request("agent name must be 1-64 characters of letters, digits, '-', '_', '.', '@'"));
+        return Err(ApiError::bad_request(
+            "agent name must be 1-64 characters of letters, digits, '-', '_', '.', '@'",
+        ));
     }
     let minted = auth::mint(AGENT_TOKEN_PREFIX);
     let now = clock::now_ms();
@@ -152,18 +201,37 @@ pub async fn create_agent(state: &AppState, ctx: &Context, actor: &str, name: &s
         .execute(tx.conn())
         .await?;
     if inserted.rows_affected() == 0 {
-        return Err(ApiError::Conflict { detail: format!("an agent named {name} already exists") });
+        return Err(ApiError::Conflict {
+            detail: format!("an agent named {name} already exists"),
+        });
     }
-    let event = Event { actor: actor.to_owned(), action: Action::AgentCreated, target: format!("agent:{name}"), outcome: Outcome::Success, details: json!({ "credential_id": minted.id }) };
+    let event = Event {
+        actor: actor.to_owned(),
+        action: Action::AgentCreated,
+        target: format!("agent:{name}"),
+        outcome: Outcome::Success,
+        details: json!({ "credential_id": minted.id }),
+    };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
-    let view = list_agents(state).await?.into_iter().find(|a| a.name == name).ok_or(ApiError::NotFound)?;
+    let view = list_agents(state)
+        .await?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or(ApiError::NotFound)?;
     Ok((minted.secret, view))
 }
 
 pub async fn list_agents(state: &AppState) -> Result<Vec<AgentView>, ApiError> {
-    let rows = sqlx::query("SELECT name, created_at_ms, revoked_at_ms FROM agents ORDER BY name").fetch_all(state.store.reader()).await?;
-    let presence = state.presence.lock().unwrap_or_else(|e| e.into_inner()).agents.clone();
+    let rows = sqlx::query("SELECT name, created_at_ms, revoked_at_ms FROM agents ORDER BY name")
+        .fetch_all(state.store.reader())
+        .await?;
+    let presence = state
+        .presence
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .agents
+        .clone();
     let now = clock::now_ms();
     let connected_within = (crate::lifecycle::CLAIM_WAIT_MAX_MS as i64) + 5_000;
     rows.iter()
@@ -183,28 +251,53 @@ pub async fn list_agents(state: &AppState) -> Result<Vec<AgentView>, ApiError> {
 }
 
 /// Revokes an agent: its credential dies at once, so it can no longer claim (IR-5).
-pub async fn revoke_agent(state: &AppState, ctx: &Context, actor: &str, name: &str) -> Result<(), ApiError> {
+pub async fn revoke_agent(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+    name: &str,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    let id: Option<String> = sqlx::query_scalar("UPDATE agents SET revoked_at_ms = ? WHERE name = ? AND revoked_at_ms IS NULL RETURNING id")
-        .bind(now)
-        .bind(name)
-        .fetch_optional(tx.conn())
-        .await?;
-    let Some(id) = id else { return Err(ApiError::NotFound) };
-    let event = Event { actor: actor.to_owned(), action: Action::AgentRevoked, target: format!("agent:{name}"), outcome: Outcome::Success, details: json!({}) };
+    let id: Option<String> = sqlx::query_scalar(
+        "UPDATE agents SET revoked_at_ms = ? WHERE name = ? AND revoked_at_ms IS NULL RETURNING id",
+    )
+    .bind(now)
+    .bind(name)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(id) = id else {
+        return Err(ApiError::NotFound);
+    };
+    let event = Event {
+        actor: actor.to_owned(),
+        action: Action::AgentRevoked,
+        target: format!("agent:{name}"),
+        outcome: Outcome::Success,
+        details: json!({}),
+    };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
     state.auth.forget(&id);
-    state.presence.lock().unwrap_or_else(|e| e.into_inner()).agents.remove(name);
+    state
+        .presence
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .agents
+        .remove(name);
     Ok(())
 }
 
 /// First start: when no user exists, creates the `admin` user and an admin API token, and
 /// writes the token to `token_file` (mode 0600, never overwritten). Returns the token when
 /// one was created.
-pub async fn provision_admin(state: &AppState, token_file: &Path) -> anyhow::Result<Option<String>> {
-    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(state.store.reader()).await?;
+pub async fn provision_admin(
+    state: &AppState,
+    token_file: &Path,
+) -> anyhow::Result<Option<String>> {
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(state.store.reader())
+        .await?;
     if users > 0 {
         return Ok(None);
     }
@@ -212,23 +305,43 @@ pub async fn provision_admin(state: &AppState, token_file: &Path) -> anyhow::Res
     let now = clock::now_ms();
     let user_id = uuid::Uuid::new_v4().to_string();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    sqlx::query("INSERT INTO users (id, name, role, created_at_ms) VALUES (?, 'admin', 'admin', ?)")
-        .bind(&user_id)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
-    let event = Event { actor: "system".into(), action: Action::UserCreated, target: "user:admin".into(), outcome: Outcome::Success, details: json!({ "role": "admin" }) };
+    sqlx::query(
+        "INSERT INTO users (id, name, role, created_at_ms) VALUES (?, 'admin', 'admin', ?)",
+    )
+    .bind(&user_id)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    let event = Event {
+        actor: "system".into(),
+        action: Action::UserCreated,
+        target: "user:admin".into(),
+        outcome: Outcome::Success,
+        details: json!({ "role": "admin" }),
+    };
     tx.append_at(&ctx, event, now).await?;
     tx.commit().await?;
     let ttl = state.config.tokens.max_ttl_days * 86_400;
-    let new = NewToken { name: "admin", role: Role::Admin, ttl_seconds: ttl, environments: None };
-    let (secret, _) = create_token(state, &ctx, "system", &user_id, Role::Admin, new).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let new = NewToken {
+        name: "admin",
+        role: Role::Admin,
+        ttl_seconds: ttl,
+        environments: None,
+    };
+    let (secret, _) = create_token(state, &ctx, "system", &user_id, Role::Admin, new)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(token_file)
-        .map_err(|e| anyhow::anyhow!("cannot write the admin token to {}: {e}", token_file.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the admin token to {}: {e}",
+                token_file.display()
+            )
+        })?;
     file.write_all(format!("{secret}\n").as_bytes())?;
     file.sync_all()?;
     Ok(Some(secret))
@@ -236,5 +349,8 @@ pub async fn provision_admin(state: &AppState, token_file: &Path) -> anyhow::Res
 
 /// The id of the user named `name`.
 pub async fn user_id(state: &AppState, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar("SELECT id FROM users WHERE name = ?").bind(name).fetch_optional(state.store.reader()).await?)
+    Ok(sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
+        .bind(name)
+        .fetch_optional(state.store.reader())
+        .await?)
 }

@@ -18,7 +18,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") }];
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("migrations/0001_initial.sql"),
+}];
 
 pub fn latest_migration() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
@@ -66,10 +70,17 @@ impl Store {
         for suffix in ["", "-wal", "-shm"] {
             let file = PathBuf::from(format!("{}{suffix}", path.display()));
             if file.exists() {
-                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                std::fs::set_permissions(
+                    &file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
             }
         }
-        let store = Store { writer, reader, path };
+        let store = Store {
+            writer,
+            reader,
+            path,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -81,9 +92,10 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            .fetch_one(&mut *tx)
-            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
         if current > latest_migration() {
             anyhow::bail!(
                 "state file {} has schema version {current}, newer than this binary's {}",
@@ -93,12 +105,14 @@ impl Store {
         }
         for m in MIGRATIONS.iter().filter(|m| m.version > current) {
             sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)")
-                .bind(m.version)
-                .bind(m.name)
-                .bind(crate::clock::now_ms())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(crate::clock::now_ms())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -116,9 +130,10 @@ impl Store {
 
     /// True when the store answers and every migration of this binary is applied.
     pub async fn ready(&self) -> bool {
-        let version: Result<i64, _> = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            .fetch_one(&self.reader)
-            .await;
+        let version: Result<i64, _> =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&self.reader)
+                .await;
         matches!(version, Ok(v) if v == latest_migration())
     }
 

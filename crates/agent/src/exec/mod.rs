@@ -37,7 +37,10 @@ impl Targets {
     pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
         match self.by_name.get(&permit.target().name) {
             Some(Target::Sqlite(t)) => t.execute(permit).await,
-            None => Err(ExecError { code: "capability_connection".into(), message: "no such connection on this agent".into() }),
+            None => Err(ExecError {
+                code: "capability_connection".into(),
+                message: "no such connection on this agent".into(),
+            }),
         }
     }
 }
@@ -46,15 +49,24 @@ impl Target {
     async fn open(c: &TargetConfig) -> anyhow::Result<Target> {
         match c.kind {
             ConnectionKind::Sqlite => {
-                let path = c.path.as_deref().ok_or_else(|| anyhow::anyhow!("connection {}: sqlite needs path", c.name))?;
+                let path = c
+                    .path
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("connection {}: sqlite needs path", c.name))?;
                 Ok(Target::Sqlite(SqliteTarget::open(path).await?))
             }
-            other => anyhow::bail!("connection {}: kind {other} is not supported by this agent yet", c.name),
+            other => anyhow::bail!(
+                "connection {}: kind {other} is not supported by this agent yet",
+                c.name
+            ),
         }
     }
 }
 
 /// An execution error from the store, with a stable code.
 pub(crate) fn store_error(code: &str, e: impl std::fmt::Display) -> ExecError {
-    ExecError { code: code.to_owned(), message: e.to_string() }
+    ExecError {
+        code: code.to_owned(),
+        message: e.to_string(),
+    }
 }

@@ -13,20 +13,38 @@ pub(crate) fn parse_ttl(s: &str) -> Result<u64, Exit> {
         Some((i, _)) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: u64 = digits.parse().map_err(|_| Exit::new(exit::USAGE, format!("invalid --ttl {s:?}: expected e.g. 90d, 12h, 30m or seconds")))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        Exit::new(
+            exit::USAGE,
+            format!("invalid --ttl {s:?}: expected e.g. 90d, 12h, 30m or seconds"),
+        )
+    })?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
-        _ => return Err(Exit::new(exit::USAGE, format!("invalid --ttl unit {unit:?}: use s, m, h or d"))),
+        _ => {
+            return Err(Exit::new(
+                exit::USAGE,
+                format!("invalid --ttl unit {unit:?}: use s, m, h or d"),
+            ));
+        }
     };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| Exit::new(exit::USAGE, "--ttl must be positive"))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| Exit::new(exit::USAGE, "--ttl must be positive"))
 }
 
 pub(crate) async fn token(command: TokenCommand) -> anyhow::Result<u8> {
     match command {
-        TokenCommand::Create { name, role, ttl, environments, remote } => {
+        TokenCommand::Create {
+            name,
+            role,
+            ttl,
+            environments,
+            remote,
+        } => {
             let client = super::client(&remote)?;
             let body = CreateToken {
                 name,
@@ -39,7 +57,10 @@ pub(crate) async fn token(command: TokenCommand) -> anyhow::Result<u8> {
                 output::json(&created)?;
             } else {
                 println!("{}", created.token);
-                eprintln!("token {} ({}, expires {}): shown once, store it now", created.info.id, created.info.role, created.info.expires_at);
+                eprintln!(
+                    "token {} ({}, expires {}): shown once, store it now",
+                    created.info.id, created.info.role, created.info.expires_at
+                );
             }
         }
         TokenCommand::List { unused, remote } => {
@@ -58,11 +79,27 @@ pub(crate) async fn token(command: TokenCommand) -> anyhow::Result<u8> {
                             t.expires_at.clone(),
                             output::opt(&t.last_used_at),
                             output::opt(&t.last_used_addr),
-                            if t.revoked_at.is_some() { "revoked".into() } else { "active".into() },
+                            if t.revoked_at.is_some() {
+                                "revoked".into()
+                            } else {
+                                "active".into()
+                            },
                         ]
                     })
                     .collect();
-                output::table(&["id", "name", "role", "owner", "expires", "last used", "from", "status"], rows);
+                output::table(
+                    &[
+                        "id",
+                        "name",
+                        "role",
+                        "owner",
+                        "expires",
+                        "last used",
+                        "from",
+                        "status",
+                    ],
+                    rows,
+                );
             }
         }
         TokenCommand::Revoke { id, remote } => {
@@ -93,11 +130,25 @@ pub(crate) async fn agents(args: AgentsArgs) -> anyhow::Result<u8> {
                         } else {
                             "offline"
                         };
-                        let conns = a.connections.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                        vec![a.name.clone(), status.into(), conns, output::opt(&a.last_seen_at), a.created_at.clone()]
+                        let conns = a
+                            .connections
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        vec![
+                            a.name.clone(),
+                            status.into(),
+                            conns,
+                            output::opt(&a.last_seen_at),
+                            a.created_at.clone(),
+                        ]
                     })
                     .collect();
-                output::table(&["name", "status", "connections", "last seen", "created"], rows);
+                output::table(
+                    &["name", "status", "connections", "last seen", "created"],
+                    rows,
+                );
             }
         }
         AgentsCommand::Create { name } => {
@@ -106,7 +157,9 @@ pub(crate) async fn agents(args: AgentsArgs) -> anyhow::Result<u8> {
                 output::json(&created)?;
             } else {
                 println!("{}", created.token);
-                eprintln!("agent {name} registered: give it this token (PORTCULLIS_AGENT_TOKEN or token_file); shown once");
+                eprintln!(
+                    "agent {name} registered: give it this token (PORTCULLIS_AGENT_TOKEN or token_file); shown once"
+                );
             }
         }
         AgentsCommand::Revoke { name } => {
@@ -126,7 +179,18 @@ pub(crate) async fn connections(remote: &Remote) -> anyhow::Result<u8> {
     } else {
         let rows = list
             .iter()
-            .map(|c| vec![c.name.to_string(), c.kind.to_string(), c.environment.to_string(), c.classes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")])
+            .map(|c| {
+                vec![
+                    c.name.to_string(),
+                    c.kind.to_string(),
+                    c.environment.to_string(),
+                    c.classes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]
+            })
             .collect();
         output::table(&["name", "kind", "environment", "you may run"], rows);
     }
@@ -139,7 +203,14 @@ pub(crate) async fn whoami(remote: &Remote) -> anyhow::Result<u8> {
         output::json(&me)?;
     } else {
         println!("{} · role {}", me.principal, me.role);
-        println!("permissions: {}", me.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "permissions: {}",
+            me.permissions
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(exit::OK)
 }

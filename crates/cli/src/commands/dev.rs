@@ -8,13 +8,19 @@ use crate::exit::{self, Exit};
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<u8> {
     super::init_logging("info,sqlx=warn");
     if !args.listen.ip().is_loopback() {
-        return Err(Exit::new(exit::USAGE, portcullis::devstack::NotLoopback(args.listen).to_string()).into());
+        return Err(Exit::new(
+            exit::USAGE,
+            portcullis::devstack::NotLoopback(args.listen).to_string(),
+        )
+        .into());
     }
     // A temporary directory lives as long as this process and is removed when it stops.
     let (data_dir, _temp) = match args.data {
         Some(d) => (d, None),
         None => {
-            let t = tempfile::Builder::new().prefix("portcullis-dev-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("portcullis-dev-")
+                .tempdir()?;
             (t.path().to_owned(), Some(t))
         }
     };

@@ -17,12 +17,24 @@ const WAIT_SLICE: u64 = 60;
 
 pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let client = super::client(&args.remote)?;
-    let body = CreateRequest { connection: args.connection.clone(), statement: args.statement.clone(), reason: args.reason.clone() };
-    let first_wait = if args.no_wait { 0 } else { args.wait.min(WAIT_SLICE) };
-    let outcome = client.create_request(&body, Duration::from_secs(first_wait)).await?;
+    let body = CreateRequest {
+        connection: args.connection.clone(),
+        statement: args.statement.clone(),
+        reason: args.reason.clone(),
+    };
+    let first_wait = if args.no_wait {
+        0
+    } else {
+        args.wait.min(WAIT_SLICE)
+    };
+    let outcome = client
+        .create_request(&body, Duration::from_secs(first_wait))
+        .await?;
     if args.no_wait {
         if args.remote.json {
-            output::json(&json!({ "request_id": outcome.request.id, "state": outcome.request.state }))?;
+            output::json(
+                &json!({ "request_id": outcome.request.id, "state": outcome.request.state }),
+            )?;
         } else {
             println!("{}", outcome.request.id);
         }
@@ -34,11 +46,19 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<u8> {
 
 /// Keeps waiting (each call is a server-side push wait, not a poll) until the request ends
 /// or `wait_secs` pass, with a live status line on a terminal.
-async fn wait_until_done(client: &Client, mut outcome: RequestOutcome, wait_secs: u64, quiet: bool) -> anyhow::Result<RequestOutcome> {
+async fn wait_until_done(
+    client: &Client,
+    mut outcome: RequestOutcome,
+    wait_secs: u64,
+    quiet: bool,
+) -> anyhow::Result<RequestOutcome> {
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     let spinner = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let s = ProgressBar::new_spinner();
-        s.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        s.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         s.enable_steady_tick(Duration::from_millis(120));
         s
     });
@@ -48,7 +68,10 @@ async fn wait_until_done(client: &Client, mut outcome: RequestOutcome, wait_secs
             break;
         }
         if let Some(s) = &spinner {
-            s.set_message(format!("request {} is {}", outcome.request.id, outcome.request.state));
+            s.set_message(format!(
+                "request {} is {}",
+                outcome.request.id, outcome.request.state
+            ));
         }
         let slice = Duration::from_secs(left.as_secs().clamp(1, WAIT_SLICE));
         outcome = client.wait_request(outcome.request.id, slice).await?;
@@ -65,8 +88,20 @@ fn print_outcome(outcome: &RequestOutcome, as_json: bool) -> anyhow::Result<u8> 
     if as_json {
         let mut obj = json!({ "request_id": r.id, "state": r.state, "class": r.class, "connection": r.connection });
         if let Some(result) = &outcome.result {
-            obj["columns"] = json!(result.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>());
-            obj["column_types"] = json!(result.columns.iter().map(|c| c.type_name.as_str()).collect::<Vec<_>>());
+            obj["columns"] = json!(
+                result
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+            );
+            obj["column_types"] = json!(
+                result
+                    .columns
+                    .iter()
+                    .map(|c| c.type_name.as_str())
+                    .collect::<Vec<_>>()
+            );
             obj["rows"] = json!(result.rows);
             obj["row_count"] = json!(result.row_count);
             obj["truncated"] = json!(result.truncated);
@@ -84,7 +119,14 @@ fn print_outcome(outcome: &RequestOutcome, as_json: bool) -> anyhow::Result<u8> 
         (Some(result), exit::OK) => {
             if !result.columns.is_empty() {
                 let header: Vec<&str> = result.columns.iter().map(|c| c.name.as_str()).collect();
-                output::table(&header, result.rows.iter().map(|row| row.iter().map(output::cell).collect()).collect());
+                output::table(
+                    &header,
+                    result
+                        .rows
+                        .iter()
+                        .map(|row| row.iter().map(output::cell).collect())
+                        .collect(),
+                );
             }
             let mut note = match result.affected_rows {
                 Some(n) => format!("{n} row(s) affected"),
@@ -97,12 +139,26 @@ fn print_outcome(outcome: &RequestOutcome, as_json: bool) -> anyhow::Result<u8> 
             Ok(code)
         }
         (None, exit::OK) => {
-            eprintln!("request {} succeeded; its result is no longer held by the server", r.id);
+            eprintln!(
+                "request {} succeeded; its result is no longer held by the server",
+                r.id
+            );
             Ok(code)
         }
-        (_, exit::TIMED_OUT) => Err(Exit::new(code, format!("request {} is still {} (resume with `portcullis request wait {}`)", r.id, r.state, r.id)).into()),
+        (_, exit::TIMED_OUT) => Err(Exit::new(
+            code,
+            format!(
+                "request {} is still {} (resume with `portcullis request wait {}`)",
+                r.id, r.state, r.id
+            ),
+        )
+        .into()),
         _ => {
-            let why = r.error.as_ref().map(|e| format!(": {} ({})", e.message, e.code)).unwrap_or_default();
+            let why = r
+                .error
+                .as_ref()
+                .map(|e| format!(": {} ({})", e.message, e.code))
+                .unwrap_or_default();
             Err(Exit::new(code, format!("request {} ended {}{why}", r.id, r.state)).into())
         }
     }
@@ -110,13 +166,29 @@ fn print_outcome(outcome: &RequestOutcome, as_json: bool) -> anyhow::Result<u8> 
 
 pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
     match command {
-        RequestCommand::List { all, state, limit, remote } => {
+        RequestCommand::List {
+            all,
+            state,
+            limit,
+            remote,
+        } => {
             let client = super::client(&remote)?;
             let list = client.list_requests(all, state.as_deref(), limit).await?;
             if remote.json {
                 output::json(&list)?;
             } else {
-                output::table(&["id", "state", "connection", "class", "requester", "created", "reason"], list.iter().map(request_row).collect());
+                output::table(
+                    &[
+                        "id",
+                        "state",
+                        "connection",
+                        "class",
+                        "requester",
+                        "created",
+                        "reason",
+                    ],
+                    list.iter().map(request_row).collect(),
+                );
             }
             Ok(exit::OK)
         }
@@ -131,7 +203,9 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
         }
         RequestCommand::Wait { id, wait, remote } => {
             let client = super::client(&remote)?;
-            let outcome = client.wait_request(id, Duration::from_secs(wait.clamp(1, WAIT_SLICE))).await?;
+            let outcome = client
+                .wait_request(id, Duration::from_secs(wait.clamp(1, WAIT_SLICE)))
+                .await?;
             let outcome = wait_until_done(&client, outcome, wait, remote.json).await?;
             print_outcome(&outcome, remote.json)
         }
@@ -163,7 +237,10 @@ fn print_request(r: &RequestView) {
     let rows = vec![
         vec!["id".into(), r.id.to_string()],
         vec!["state".into(), r.state.to_string()],
-        vec!["connection".into(), format!("{} ({}, {})", r.connection, r.kind, r.environment)],
+        vec![
+            "connection".into(),
+            format!("{} ({}, {})", r.connection, r.kind, r.environment),
+        ],
         vec!["class".into(), r.class.to_string()],
         vec!["decision".into(), r.decision.to_string()],
         vec!["requester".into(), r.requester.clone()],
@@ -174,7 +251,12 @@ fn print_request(r: &RequestView) {
         vec!["dispatched".into(), output::opt(&r.dispatched_at)],
         vec!["finished".into(), output::opt(&r.finished_at)],
         vec!["agent".into(), output::opt(&r.agent)],
-        vec!["error".into(), r.error.as_ref().map_or("-".into(), |e| format!("{}: {}", e.code, e.message))],
+        vec![
+            "error".into(),
+            r.error
+                .as_ref()
+                .map_or("-".into(), |e| format!("{}: {}", e.code, e.message)),
+        ],
     ];
     output::table(&["field", "value"], rows);
 }

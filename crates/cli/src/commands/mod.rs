@@ -30,7 +30,11 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
 /// A client for the remote, requiring a token.
 pub(crate) fn client(remote: &Remote) -> anyhow::Result<Client> {
     let Some(token) = remote.token.as_deref().filter(|t| !t.trim().is_empty()) else {
-        return Err(Exit::new(exit::USAGE, "no API token: set PORTCULLIS_TOKEN or pass --token").into());
+        return Err(Exit::new(
+            exit::USAGE,
+            "no API token: set PORTCULLIS_TOKEN or pass --token",
+        )
+        .into());
     };
     Ok(Client::new(&remote.server, Some(token))?)
 }
@@ -52,13 +56,14 @@ pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

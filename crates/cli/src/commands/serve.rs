@@ -11,7 +11,8 @@ use crate::exit::{self, Exit};
 
 pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     super::init_logging("info,sqlx=warn");
-    let mut config = ServerConfig::load(args.config.as_deref()).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let mut config = ServerConfig::load(args.config.as_deref())
+        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -29,11 +30,16 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         .into());
     }
     let policy = Policy::new(config.policy.clone());
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let data_dir = config.data_dir.clone();
     let server = Server::start(config, policy, listener).await?;
     let token_file = data_dir.join("admin.token");
-    if principals::provision_admin(&server.state, &token_file).await?.is_some() {
+    if principals::provision_admin(&server.state, &token_file)
+        .await?
+        .is_some()
+    {
         tracing::warn!(path = %token_file.display(), "first start: wrote an admin API token; move it somewhere safe and delete the file");
     }
     let signer = &server.state.signer;
@@ -51,7 +57,8 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
 
 pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
     super::init_logging("info,sqlx=warn");
-    let config = AgentConfig::load(&args.config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let config =
+        AgentConfig::load(&args.config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let token = load_token(&config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let agent = Agent::new(config, &token).await?;
     tracing::info!(name = %agent.config().name, server = %agent.config().server_url, "agent started; connecting out");

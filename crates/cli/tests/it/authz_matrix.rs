@@ -16,7 +16,13 @@ enum Who {
     Agent,
 }
 
-const ALL_ROLES: &[Role] = &[Role::Viewer, Role::Developer, Role::Ops, Role::Ci, Role::Admin];
+const ALL_ROLES: &[Role] = &[
+    Role::Viewer,
+    Role::Developer,
+    Role::Ops,
+    Role::Ci,
+    Role::Admin,
+];
 
 /// Who may call each route. Written independently of the server's table on purpose.
 fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
@@ -57,9 +63,18 @@ fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
 
 #[test]
 fn az2_the_table_names_exactly_the_declared_routes() {
-    let declared: BTreeSet<(String, String)> = specs().iter().map(|s| (s.method.to_string(), s.path.to_owned())).collect();
-    let tested: BTreeSet<(String, String)> = expected().iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
-    assert_eq!(declared, tested, "every route needs a row in the authorization matrix");
+    let declared: BTreeSet<(String, String)> = specs()
+        .iter()
+        .map(|s| (s.method.to_string(), s.path.to_owned()))
+        .collect();
+    let tested: BTreeSet<(String, String)> = expected()
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(
+        declared, tested,
+        "every route needs a row in the authorization matrix"
+    );
     for s in specs() {
         if s.path.starts_with("/api/v1/agent/") {
             assert_eq!(s.guard, Guard::Agent, "{}", s.path);
@@ -68,28 +83,42 @@ fn az2_the_table_names_exactly_the_declared_routes() {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{name}", "nobody")
+    path.replace("{id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{name}", "nobody")
 }
 
 #[tokio::test]
 async fn az2_every_route_for_every_principal() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
-    let mut callers: Vec<(Who, Client)> = vec![(Who::Anonymous, Client::new(app.url(), None).expect("client"))];
+    let mut callers: Vec<(Who, Client)> = vec![(
+        Who::Anonymous,
+        Client::new(app.url(), None).expect("client"),
+    )];
     for role in ALL_ROLES {
         callers.push((Who::Role(*role), app.token(*role).await.0));
     }
     let agent = app.admin.create_agent("matrix-agent").await.expect("agent");
-    callers.push((Who::Agent, Client::new(app.url(), Some(&agent.token)).expect("client")));
+    callers.push((
+        Who::Agent,
+        Client::new(app.url(), Some(&agent.token)).expect("client"),
+    ));
 
     let mut checked = 0;
     for (method, path, allowed) in expected() {
         let method: HttpMethod = method.parse().expect("method");
         for (who, client) in &callers {
-            let body = (method != HttpMethod::GET && method != HttpMethod::DELETE).then(|| serde_json::json!({}));
-            let (status, _) = client.raw(method.clone(), &concrete(path), body).await.expect("call");
+            let body = (method != HttpMethod::GET && method != HttpMethod::DELETE)
+                .then(|| serde_json::json!({}));
+            let (status, _) = client
+                .raw(method.clone(), &concrete(path), body)
+                .await
+                .expect("call");
             let may = allowed.contains(who);
             if may {
-                assert!(status != 401 && status != 403, "{who:?} {method} {path}: got {status}, expected access");
+                assert!(
+                    status != 401 && status != 403,
+                    "{who:?} {method} {path}: got {status}, expected access"
+                );
             } else if *who == Who::Anonymous {
                 assert_eq!(status, 401, "{who:?} {method} {path}");
             } else {
@@ -100,7 +129,12 @@ async fn az2_every_route_for_every_principal() {
     }
     assert_eq!(checked, expected().len() * callers.len());
     // AUD-5 groundwork: RBAC denials are audited.
-    let denials = app.audit_events().await.iter().filter(|e| e["action"] == "access.denied").count();
+    let denials = app
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e["action"] == "access.denied")
+        .count();
     assert!(denials > 0);
     app.stop().await;
 }

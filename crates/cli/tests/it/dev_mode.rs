@@ -1,1 +1,181 @@
-//! (being written)
+//! `portcullis dev` (deployment shape 1, NET-1, SEC-2): loopback only, and the two-minute demo
+//! works end to end through the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_client::Client;
+
+use crate::harness::bin;
+
+/// Kills and reaps the child however the test ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::from(bin());
+    cmd.args(args).envs(envs.iter().copied()).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the binary finished within 60 s")
+        .expect("run the binary")
+}
+
+/// Deployment shape 1 / NET-1: `dev` refuses any non-loopback listen address at once, with
+/// exit code 2, before touching its data directory.
+#[tokio::test]
+async fn dev_refuses_non_loopback_addresses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for listen in ["0.0.0.0:0", "192.0.2.1:7070", "[::]:0"] {
+        let data = dir.path().join("data");
+        let started = Instant::now();
+        let out = run_bin(
+            &[
+                "dev",
+                "--listen",
+                listen,
+                "--data",
+                data.to_str().expect("utf-8"),
+            ],
+            &[],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listen}: stderr: {stderr}");
+        assert!(stderr.contains("loopback"), "{listen}: stderr: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{listen}: refused quickly"
+        );
+        assert!(!data.exists(), "{listen}: no state was created");
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("addr").port()
+}
+
+async fn wait_healthy(url: &str, child: &mut ChildGuard, log: &Path) {
+    let client = Client::new(url, None).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(true) = client.health().await {
+            return;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "portcullis dev exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portcullis dev did not answer /health within 20 s: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deployment shape 1 / SEC-2: the real `portcullis dev` serves /health without a credential,
+/// writes its admin token owner-only, runs a statement through the real `exec` command with
+/// JSON output, and leaves an audit chain that verifies.
+#[tokio::test]
+async fn dev_mode_runs_the_demo_end_to_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("dev.log");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = bin()
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+            data.to_str().expect("utf-8"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
+        .stderr(Stdio::from(
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .expect("log file"),
+        ))
+        .spawn()
+        .expect("spawn portcullis dev");
+    let mut child = ChildGuard(child);
+    wait_healthy(&url, &mut child, &log).await;
+
+    let token_file = data.join("dev-admin.token");
+    let mode = std::fs::metadata(&token_file)
+        .expect("dev-admin.token exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the admin token file is owner-only");
+    let token = std::fs::read_to_string(&token_file)
+        .expect("read token")
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("pct_"));
+
+    let out = run_bin(
+        &[
+            "exec",
+            "--connection",
+            "demo",
+            "--reason",
+            "smoke",
+            "--json",
+            "SELECT id, name FROM customers ORDER BY id LIMIT 2",
+        ],
+        &[("PORTCULLIS_SERVER", &url), ("PORTCULLIS_TOKEN", &token)],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout} stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one JSON object on stdout: {stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    assert!(v.is_object(), "{v}");
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["columns"], serde_json::json!(["id", "name"]), "{v}");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0], serde_json::json!([1, "Ada Lovelace"]), "{v}");
+
+    let out = run_bin(
+        &["audit", "verify", "--data", data.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout} stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("intact"), "{stdout}");
+    drop(child);
+}

@@ -15,9 +15,20 @@ use tokio::sync::watch;
 
 use crate::harness::TestApp;
 
-async fn start_agent(app: &TestApp, name: &str) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn start_agent(
+    app: &TestApp,
+    name: &str,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let created = app.admin.create_agent(name).await.expect("agent");
-    let config = portcullis::devstack::demo_agent_config(name, app.url(), &app.stack.server, &app.stack.demo_db);
+    let config = portcullis::devstack::demo_agent_config(
+        name,
+        app.url(),
+        &app.stack.server,
+        &app.stack.demo_db,
+    );
     let agent: Arc<Agent> = Agent::new(config, &created.token).await.expect("agent");
     let (stop, rx) = watch::channel(false);
     (stop, tokio::spawn(agent.run(rx)))
@@ -26,7 +37,9 @@ async fn start_agent(app: &TestApp, name: &str) -> (watch::Sender<bool>, tokio::
 fn insert(i: usize) -> CreateRequest {
     CreateRequest {
         connection: "demo".parse().expect("name"),
-        statement: format!("INSERT INTO customers (name, email, country, created_at) VALUES ('race {i}', 'race{i}@example.com', 'GB', '2025-01-01')"),
+        statement: format!(
+            "INSERT INTO customers (name, email, country, created_at) VALUES ('race {i}', 'race{i}@example.com', 'GB', '2025-01-01')"
+        ),
         reason: "race".into(),
     }
 }
@@ -40,18 +53,37 @@ async fn ex3_two_agents_racing_run_each_job_exactly_once() {
     let mut tasks = Vec::new();
     for i in 0..N {
         let client = app.admin.clone();
-        tasks.push(tokio::spawn(async move { client.create_request(&insert(i), Duration::from_secs(30)).await }));
+        tasks.push(tokio::spawn(async move {
+            client
+                .create_request(&insert(i), Duration::from_secs(30))
+                .await
+        }));
     }
     let mut ids = HashSet::new();
     for t in tasks {
         let outcome = t.await.expect("join").expect("request");
-        assert_eq!(outcome.request.state, RequestState::Succeeded, "{:?}", outcome.request.error);
-        assert_eq!(outcome.result.as_ref().and_then(|r| r.affected_rows), Some(1));
-        assert!(matches!(outcome.request.agent.as_deref(), Some("racer-a" | "racer-b")));
+        assert_eq!(
+            outcome.request.state,
+            RequestState::Succeeded,
+            "{:?}",
+            outcome.request.error
+        );
+        assert_eq!(
+            outcome.result.as_ref().and_then(|r| r.affected_rows),
+            Some(1)
+        );
+        assert!(matches!(
+            outcome.request.agent.as_deref(),
+            Some("racer-a" | "racer-b")
+        ));
         ids.insert(outcome.request.id);
     }
     assert_eq!(ids.len(), N);
-    assert_eq!(app.demo_scalar("SELECT COUNT(*) FROM customers WHERE name LIKE 'race %'").await, N as i64);
+    assert_eq!(
+        app.demo_scalar("SELECT COUNT(*) FROM customers WHERE name LIKE 'race %'")
+            .await,
+        N as i64
+    );
     let dispatched: Vec<String> = app
         .audit_events()
         .await
@@ -60,7 +92,11 @@ async fn ex3_two_agents_racing_run_each_job_exactly_once() {
         .map(|e| e["target"].as_str().expect("target").to_owned())
         .collect();
     assert_eq!(dispatched.len(), N, "one dispatch per request");
-    assert_eq!(dispatched.iter().collect::<HashSet<_>>().len(), N, "no request dispatched twice");
+    assert_eq!(
+        dispatched.iter().collect::<HashSet<_>>().len(),
+        N,
+        "no request dispatched twice"
+    );
     for (stop, task) in [a, b] {
         stop.send_replace(true);
         let _ = task.await;
@@ -91,32 +127,93 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
     })
     .await;
     let vanishing = claim_and_vanish(&app, "vanishing").await;
-    let write = app.admin.create_request(&insert(1), Duration::ZERO).await.expect("request");
-    let claim = ClaimRequest { connections: served(), wait_ms: 5_000 };
-    let job = vanishing.claim(&claim).await.expect("claim").expect("a job");
+    let write = app
+        .admin
+        .create_request(&insert(1), Duration::ZERO)
+        .await
+        .expect("request");
+    let claim = ClaimRequest {
+        connections: served(),
+        wait_ms: 5_000,
+    };
+    let job = vanishing
+        .claim(&claim)
+        .await
+        .expect("claim")
+        .expect("a job");
     assert_eq!(job.request_id, write.request.id);
 
-    let outcome = app.admin.wait_request(write.request.id, Duration::from_secs(20)).await.expect("wait");
+    let outcome = app
+        .admin
+        .wait_request(write.request.id, Duration::from_secs(20))
+        .await
+        .expect("wait");
     assert_eq!(outcome.request.state, RequestState::OutcomeUnknown);
-    assert_eq!(outcome.request.error.as_ref().map(|e| e.code.as_str()), Some("outcome_unknown"));
+    assert_eq!(
+        outcome.request.error.as_ref().map(|e| e.code.as_str()),
+        Some("outcome_unknown")
+    );
     // Another agent gets nothing: the write is never re-dispatched.
     let other = claim_and_vanish(&app, "second").await;
-    let again = other.claim(&ClaimRequest { connections: served(), wait_ms: 1_500 }).await.expect("claim");
-    assert!(again.is_none(), "a lost write must not be dispatched again: {again:?}");
+    let again = other
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 1_500,
+        })
+        .await
+        .expect("claim");
+    assert!(
+        again.is_none(),
+        "a lost write must not be dispatched again: {again:?}"
+    );
     // The late report of the vanished agent is refused and changes nothing.
     let late = vanishing
-        .report(job.job_id, &portcullis_proto::agent::JobReport::Succeeded { result: Default::default() })
+        .report(
+            job.job_id,
+            &portcullis_proto::agent::JobReport::Succeeded {
+                result: Default::default(),
+            },
+        )
         .await
         .expect_err("late report refused");
     assert_eq!(late.status(), Some(409));
-    assert_eq!(app.admin.request_view(write.request.id).await.expect("view").state, RequestState::OutcomeUnknown);
+    assert_eq!(
+        app.admin
+            .request_view(write.request.id)
+            .await
+            .expect("view")
+            .state,
+        RequestState::OutcomeUnknown
+    );
 
-    let read = CreateRequest { connection: "demo".parse().expect("name"), statement: "SELECT 1".into(), reason: "read".into() };
-    let read = app.admin.create_request(&read, Duration::ZERO).await.expect("request");
-    other.claim(&ClaimRequest { connections: served(), wait_ms: 5_000 }).await.expect("claim").expect("a job");
-    let outcome = app.admin.wait_request(read.request.id, Duration::from_secs(20)).await.expect("wait");
+    let read = CreateRequest {
+        connection: "demo".parse().expect("name"),
+        statement: "SELECT 1".into(),
+        reason: "read".into(),
+    };
+    let read = app
+        .admin
+        .create_request(&read, Duration::ZERO)
+        .await
+        .expect("request");
+    other
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 5_000,
+        })
+        .await
+        .expect("claim")
+        .expect("a job");
+    let outcome = app
+        .admin
+        .wait_request(read.request.id, Duration::from_secs(20))
+        .await
+        .expect("wait");
     assert_eq!(outcome.request.state, RequestState::Failed);
-    assert_eq!(outcome.request.error.as_ref().map(|e| e.code.as_str()), Some("agent_lost"));
+    assert_eq!(
+        outcome.request.error.as_ref().map(|e| e.code.as_str()),
+        Some("agent_lost")
+    );
     app.stop().await;
 }
 
@@ -125,9 +222,24 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
 async fn ir5_a_revoked_agent_cannot_claim() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let agent = claim_and_vanish(&app, "doomed").await;
-    assert!(agent.claim(&ClaimRequest { connections: served(), wait_ms: 0 }).await.expect("claim").is_none());
+    assert!(
+        agent
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 0
+            })
+            .await
+            .expect("claim")
+            .is_none()
+    );
     app.admin.revoke_agent("doomed").await.expect("revoke");
-    let err = agent.claim(&ClaimRequest { connections: served(), wait_ms: 0 }).await.expect_err("refused");
+    let err = agent
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 0,
+        })
+        .await
+        .expect_err("refused");
     assert_eq!(err.status(), Some(401));
     app.stop().await;
 }
@@ -138,16 +250,45 @@ async fn ir5_a_revoked_agent_cannot_claim() {
 async fn a_waiting_agent_is_woken_by_a_new_job() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let agent = claim_and_vanish(&app, "waiter").await;
-    let waiting = tokio::spawn(async move { agent.claim(&ClaimRequest { connections: served(), wait_ms: 20_000 }).await });
+    let waiting = tokio::spawn(async move {
+        agent
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 20_000,
+            })
+            .await
+    });
     // Let the long-poll reach the server before queueing the job.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.admin.list_agents().await.expect("agents").iter().all(|a| !a.connected) {
-        assert!(tokio::time::Instant::now() < deadline, "the agent never connected");
+    while app
+        .admin
+        .list_agents()
+        .await
+        .expect("agents")
+        .iter()
+        .all(|a| !a.connected)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never connected"
+        );
         tokio::task::yield_now().await;
     }
-    let read = CreateRequest { connection: "demo".parse().expect("name"), statement: "SELECT 2".into(), reason: "push".into() };
-    let created = app.admin.create_request(&read, Duration::ZERO).await.expect("request");
-    let job = waiting.await.expect("join").expect("claim").expect("woken with the job");
+    let read = CreateRequest {
+        connection: "demo".parse().expect("name"),
+        statement: "SELECT 2".into(),
+        reason: "push".into(),
+    };
+    let created = app
+        .admin
+        .create_request(&read, Duration::ZERO)
+        .await
+        .expect("request");
+    let job = waiting
+        .await
+        .expect("join")
+        .expect("claim")
+        .expect("woken with the job");
     assert_eq!(job.request_id, created.request.id);
     app.stop().await;
 }

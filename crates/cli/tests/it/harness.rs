@@ -22,7 +22,10 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_env_filter("info,sqlx=warn").with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,sqlx=warn")
+                .with_test_writer()
+                .try_init();
         }
     });
 }
@@ -37,11 +40,18 @@ impl TestApp {
     pub async fn spawn_with(configure: impl FnOnce(&mut DevOptions)) -> TestApp {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut opts = DevOptions::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("data"));
+        let mut opts = DevOptions::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.path().join("data"),
+        );
         configure(&mut opts);
         let stack = DevStack::start(opts).await.expect("dev stack starts");
         let admin = Client::new(&stack.url, Some(&stack.admin_token)).expect("client");
-        TestApp { stack, admin, _dir: dir }
+        TestApp {
+            stack,
+            admin,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -60,15 +70,31 @@ impl TestApp {
     pub async fn token(&self, role: Role) -> (Client, String) {
         let created = self
             .admin
-            .create_token(&CreateToken { name: format!("test-{role}"), role, ttl_seconds: 3_600, environments: None })
+            .create_token(&CreateToken {
+                name: format!("test-{role}"),
+                role,
+                ttl_seconds: 3_600,
+                environments: None,
+            })
             .await
             .expect("token created");
-        (Client::new(self.url(), Some(&created.token)).expect("client"), created.token)
+        (
+            Client::new(self.url(), Some(&created.token)).expect("client"),
+            created.token,
+        )
     }
 
     /// Runs `statement` on `demo` and waits for it to finish.
-    pub async fn exec(&self, client: &Client, statement: &str) -> Result<RequestOutcome, portcullis_client::ClientError> {
-        let body = CreateRequest { connection: "demo".parse().expect("name"), statement: statement.to_owned(), reason: "integration test".into() };
+    pub async fn exec(
+        &self,
+        client: &Client,
+        statement: &str,
+    ) -> Result<RequestOutcome, portcullis_client::ClientError> {
+        let body = CreateRequest {
+            connection: "demo".parse().expect("name"),
+            statement: statement.to_owned(),
+            reason: "integration test".into(),
+        };
         client.create_request(&body, Duration::from_secs(20)).await
     }
 
@@ -76,10 +102,17 @@ impl TestApp {
     pub async fn demo_scalar(&self, sql: &'static str) -> i64 {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&self.stack.demo_db).read_only(true))
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&self.stack.demo_db)
+                    .read_only(true),
+            )
             .await
             .expect("open demo db");
-        let v: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("query demo db");
+        let v: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&pool)
+            .await
+            .expect("query demo db");
         pool.close().await;
         v
     }
@@ -90,27 +123,42 @@ impl TestApp {
         use sha2::Digest;
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&self.stack.demo_db).read_only(true))
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&self.stack.demo_db)
+                    .read_only(true),
+            )
             .await
             .expect("open demo db");
         let mut h = sha2::Sha256::new();
         let schema: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, COALESCE(sql, '') FROM sqlite_master ORDER BY name").fetch_all(&pool).await.expect("schema");
+            sqlx::query_as("SELECT name, COALESCE(sql, '') FROM sqlite_master ORDER BY name")
+                .fetch_all(&pool)
+                .await
+                .expect("schema");
         for (name, sql) in &schema {
             h.update(name.as_bytes());
             h.update(sql.as_bytes());
-            let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{name}')")))
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
+            let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT name FROM pragma_table_info('{name}')"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
             if columns.is_empty() {
                 continue;
             }
-            let expr = columns.iter().map(|c| format!("quote(\"{c}\")")).collect::<Vec<_>>().join(" || ',' || ");
-            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {expr} FROM \"{name}\" ORDER BY rowid")))
-                .fetch_all(&pool)
-                .await
-                .expect("dump table");
+            let expr = columns
+                .iter()
+                .map(|c| format!("quote(\"{c}\")"))
+                .collect::<Vec<_>>()
+                .join(" || ',' || ");
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT {expr} FROM \"{name}\" ORDER BY rowid"
+            )))
+            .fetch_all(&pool)
+            .await
+            .expect("dump table");
             for r in rows {
                 h.update(r.as_bytes());
                 h.update(b"\n");
@@ -123,7 +171,11 @@ impl TestApp {
     /// Every audit event, as exported by the API.
     pub async fn audit_events(&self) -> Vec<serde_json::Value> {
         let bytes = self.admin.audit_export().await.expect("export");
-        String::from_utf8(bytes).expect("utf8").lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
+        String::from_utf8(bytes)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
     }
 
     pub async fn stop(self) {

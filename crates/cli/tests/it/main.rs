@@ -16,3 +16,4 @@ mod requests;
 mod secrets_at_rest;
 mod tidy;
 mod tokens;
+mod two_process;

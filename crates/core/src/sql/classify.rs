@@ -11,16 +11,24 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterSchemaOperation, AlterTableOperation, Expr, ObjectName, ObjectNamePart, ObjectType, OptimizerHint, Query,
-    Select, SetExpr, ShowCreateObject, Statement, TableFactor, TableObject, Visit, Visitor,
+    AlterSchemaOperation, AlterTableOperation, CopySource, Expr, ObjectName, ObjectNamePart,
+    ObjectType, OptimizerHint, Query, Select, SetExpr, ShowCreateObject, Statement, TableFactor,
+    TableObject, Visit, Visitor,
 };
 
 use super::{SqlDialect, SqlError, denylist};
 use crate::names::OperationClass;
 
 /// SQLite pragmas that only report on the schema.
-const READ_PRAGMAS: &[&str] =
-    &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
+const READ_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+];
 
 pub(super) struct Analysis {
     pub(super) class: OperationClass,
@@ -28,13 +36,21 @@ pub(super) struct Analysis {
 }
 
 pub(super) fn analyse(dialect: SqlDialect, statement: &Statement) -> Result<Analysis, SqlError> {
-    let mut walker = Walker { dialect, frames: Vec::new(), class: None, tables: BTreeSet::new() };
+    let mut walker = Walker {
+        dialect,
+        frames: Vec::new(),
+        class: None,
+        tables: BTreeSet::new(),
+    };
     if let ControlFlow::Break(error) = statement.visit(&mut walker) {
         return Err(error);
     }
     // A walk that classified nothing is a bug; fail closed rather than call it a read.
     let class = walker.class.unwrap_or(OperationClass::Admin);
-    Ok(Analysis { class, tables: walker.tables.into_iter().collect() })
+    Ok(Analysis {
+        class,
+        tables: walker.tables.into_iter().collect(),
+    })
 }
 
 struct Walker {
@@ -47,7 +63,7 @@ struct Walker {
 }
 
 impl Walker {
-    /// Raises the class of the innermost statement being visited.
+    /// Raises the class of the innermost statement being visited, or the result if none is.
     fn raise(&mut self, class: OperationClass) {
         match self.frames.last_mut() {
             Some(frame) => *frame = (*frame).max(class),
@@ -56,7 +72,11 @@ impl Walker {
     }
 
     fn add_table(&mut self, name: &ObjectName) {
-        let parts: Vec<String> = name.0.iter().map(|part| part_name(part).to_lowercase()).collect();
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|part| part_name(part).to_lowercase())
+            .collect();
         self.tables.insert(parts.join("."));
     }
 
@@ -80,12 +100,12 @@ impl Visitor for Walker {
         }
         self.add_unvisited_tables(statement);
         self.frames.push(OperationClass::Read);
-        let hints = match statement {
+        let hints: &[OptimizerHint] = match statement {
             Statement::Insert(insert) => &insert.optimizer_hints,
             Statement::Update(update) => &update.optimizer_hints,
             Statement::Delete(delete) => &delete.optimizer_hints,
             Statement::Merge(merge) => &merge.optimizer_hints,
-            _ => &Vec::new(),
+            _ => &[],
         };
         if sets_variables(hints) {
             self.raise(OperationClass::Admin);
@@ -95,11 +115,9 @@ impl Visitor for Walker {
 
     fn post_visit_statement(&mut self, statement: &Statement) -> ControlFlow<SqlError> {
         let nested = self.frames.pop().unwrap_or(OperationClass::Admin);
-        let class = combine(self.dialect, statement, nested);
-        match self.frames.last_mut() {
-            Some(parent) => *parent = (*parent).max(class),
-            None => self.class = Some(self.class.map_or(class, |c| c.max(class))),
-        }
+        // With this statement's frame popped, this raises the enclosing statement or, for the
+        // outermost one, sets the result.
+        self.raise(combine(self.dialect, statement, nested));
         ControlFlow::Continue(())
     }
 
@@ -150,9 +168,12 @@ impl Visitor for Walker {
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<SqlError> {
         match factor {
             // `FROM pg_ls_dir('.')` is a table function call, not a table.
-            TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => {
-                check_function(name)
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
             }
+            | TableFactor::Function { name, .. } => check_function(name),
             _ => ControlFlow::Continue(()),
         }
     }
@@ -170,28 +191,40 @@ impl Walker {
     /// Adds the tables of statements whose names sqlparser does not visit as relations.
     fn add_unvisited_tables(&mut self, statement: &Statement) {
         match statement {
-            Statement::Drop { object_type, names, .. }
-                if matches!(object_type, ObjectType::Table | ObjectType::View | ObjectType::MaterializedView) =>
-            {
-                names.iter().for_each(|name| self.add_table(name));
-            }
+            Statement::Drop {
+                object_type: ObjectType::Table | ObjectType::View | ObjectType::MaterializedView,
+                names,
+                ..
+            } => names.iter().for_each(|name| self.add_table(name)),
             Statement::RenameTable(renames) => {
                 for rename in renames {
                     self.add_table(&rename.old_name);
                     self.add_table(&rename.new_name);
                 }
             }
-            Statement::Copy { source: sqlparser::ast::CopySource::Table { table_name, .. }, .. } => {
+            Statement::Copy {
+                source: CopySource::Table { table_name, .. },
+                ..
+            } => {
                 self.add_table(table_name);
             }
             Statement::LoadData { table_name, .. } => self.add_table(table_name),
             Statement::LockTables { tables } => {
-                tables.iter().for_each(|table| self.add_table_str(&table.table.value));
+                tables
+                    .iter()
+                    .for_each(|table| self.add_table_str(&table.table.value));
             }
-            Statement::ShowCreate { obj_type: ShowCreateObject::Table | ShowCreateObject::View, obj_name } => {
+            Statement::ShowCreate {
+                obj_type: ShowCreateObject::Table | ShowCreateObject::View,
+                obj_name,
+            } => {
                 self.add_table(obj_name);
             }
-            Statement::Pragma { name, value: Some(value), .. } if is_read_pragma(name) => {
+            Statement::Pragma {
+                name,
+                value: Some(value),
+                ..
+            } if is_read_pragma(name) => {
                 if let Some(table) = value.value.clone().into_string() {
                     self.add_table_str(&table);
                 }
@@ -224,9 +257,14 @@ impl Walker {
 /// The class of a statement given the highest class nested in it.
 fn combine(dialect: SqlDialect, statement: &Statement, nested: OperationClass) -> OperationClass {
     match statement {
-        Statement::Explain { analyze, options, .. } => {
+        Statement::Explain {
+            analyze, options, ..
+        } => {
             let executes = *analyze
-                || options.iter().flatten().any(|option| option.name.value.eq_ignore_ascii_case("analyze"));
+                || options
+                    .iter()
+                    .flatten()
+                    .any(|option| option.name.value.eq_ignore_ascii_case("analyze"));
             if executes {
                 // `EXPLAIN ANALYZE` runs the statement.
                 nested
@@ -262,13 +300,21 @@ fn shallow_class(dialect: SqlDialect, statement: &Statement) -> OperationClass {
         | Statement::ShowViews { .. }
         | Statement::ShowCollation { .. } => Read,
 
-        Statement::Pragma { name, .. } if dialect == SqlDialect::Sqlite && is_read_pragma(name) => Read,
+        Statement::Pragma { name, .. } if dialect == SqlDialect::Sqlite && is_read_pragma(name) => {
+            Read
+        }
 
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Write,
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => Write,
 
         Statement::AlterTable(alter) if alter.operations.iter().any(is_privileged_alter) => Admin,
         Statement::AlterSchema(alter)
-            if alter.operations.iter().any(|op| matches!(op, AlterSchemaOperation::OwnerTo { .. })) =>
+            if alter
+                .operations
+                .iter()
+                .any(|op| matches!(op, AlterSchemaOperation::OwnerTo { .. })) =>
         {
             Admin
         }
@@ -317,7 +363,9 @@ fn shallow_class(dialect: SqlDialect, statement: &Statement) -> OperationClass {
 
 /// MySQL `/*+ SET_VAR(…) */` sets a session variable for the statement.
 fn sets_variables(hints: &[OptimizerHint]) -> bool {
-    hints.iter().any(|hint| hint.text.to_ascii_lowercase().contains("set_var"))
+    hints
+        .iter()
+        .any(|hint| hint.text.to_ascii_lowercase().contains("set_var"))
 }
 
 /// `ALTER TABLE` operations that change ownership or switch off row security, triggers or
@@ -369,7 +417,9 @@ fn check_name(name: &str) -> ControlFlow<SqlError> {
     let name = name.to_lowercase();
     let last = name.rsplit('.').next().unwrap_or(&name);
     if denylist::is_denied(last) {
-        return ControlFlow::Break(SqlError::DeniedFunction { name: last.to_owned() });
+        return ControlFlow::Break(SqlError::DeniedFunction {
+            name: last.to_owned(),
+        });
     }
     ControlFlow::Continue(())
 }

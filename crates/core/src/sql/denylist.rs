@@ -105,10 +105,24 @@ mod tests {
     #[test]
     fn families_are_matched_by_prefix_and_others_exactly() {
         // EX-2: the denylist covers whole families but not look-alike names.
-        for name in ["pg_sleep_for", "pg_advisory_xact_lock", "lo_unlink", "dblink_exec", "query_to_xmlschema"] {
+        for name in [
+            "pg_sleep_for",
+            "pg_advisory_xact_lock",
+            "lo_unlink",
+            "dblink_exec",
+            "query_to_xmlschema",
+        ] {
             assert!(is_denied(name), "{name}");
         }
-        for name in ["currval", "txid_current", "count", "sleeper", "sleep_", "now", "lower"] {
+        for name in [
+            "currval",
+            "txid_current",
+            "count",
+            "sleeper",
+            "sleep_",
+            "now",
+            "lower",
+        ] {
             assert!(!is_denied(name), "{name}");
         }
     }

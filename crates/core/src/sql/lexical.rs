@@ -22,19 +22,27 @@ use super::{DeniedReason, MAX_EXPRESSION_DEPTH, MAX_NESTING, SqlDialect, SqlErro
 const MAX_COPYING_DEPTH: usize = 64;
 
 /// Runs every token-level check on `text`.
-pub(super) fn check(dialect: SqlDialect, parser_dialect: &dyn Dialect, text: &str) -> Result<(), SqlError> {
+pub(super) fn check(
+    dialect: SqlDialect,
+    parser_dialect: &dyn Dialect,
+    text: &str,
+) -> Result<(), SqlError> {
     // Raw mode keeps string contents as written, so escapes can be inspected.
     let tokens = Tokenizer::new(parser_dialect, text)
         .with_unescape(false)
         .tokenize_with_location()
-        .map_err(|_| SqlError::Unparsable { reason: "invalid token" })?;
+        .map_err(|_| SqlError::Unparsable {
+            reason: "invalid token",
+        })?;
     let mut source = SourceCursor::new(text);
     let mut depth = DepthEstimate::new(dialect);
     for (index, token) in tokens.iter().enumerate() {
         check_position(dialect, &mut source, token)?;
         check_token(dialect, &token.token)?;
         if dialect == SqlDialect::Postgres && is_unicode_identifier_escape(&tokens[index..]) {
-            return Err(SqlError::Denied { reason: DeniedReason::UnicodeEscapedIdentifier });
+            return Err(SqlError::Denied {
+                reason: DeniedReason::UnicodeEscapedIdentifier,
+            });
         }
         depth.push(&token.token)?;
     }
@@ -42,20 +50,28 @@ pub(super) fn check(dialect: SqlDialect, parser_dialect: &dyn Dialect, text: &st
 }
 
 /// Checks that need the source text under a token.
-fn check_position(dialect: SqlDialect, source: &mut SourceCursor<'_>, token: &TokenWithSpan) -> Result<(), SqlError> {
+fn check_position(
+    dialect: SqlDialect,
+    source: &mut SourceCursor<'_>,
+    token: &TokenWithSpan,
+) -> Result<(), SqlError> {
     let Some(rest) = source.seek(token.span.start) else {
-        return Err(SqlError::Unparsable { reason: "invalid token" });
+        return Err(SqlError::Unparsable {
+            reason: "invalid token",
+        });
     };
     match &token.token {
         // sqlparser re-tokenizes the content of a MySQL `/*!` comment in place of the comment
         // and positions the first resulting token on the comment's opening `/*`. No other token
         // starts there.
         Token::Whitespace(Whitespace::MultiLineComment(_)) => Ok(()),
-        _ if dialect == SqlDialect::Mysql && rest.starts_with("/*") => {
-            Err(SqlError::Denied { reason: DeniedReason::ExecutableComment })
-        }
+        _ if dialect == SqlDialect::Mysql && rest.starts_with("/*") => Err(SqlError::Denied {
+            reason: DeniedReason::ExecutableComment,
+        }),
         Token::Whitespace(Whitespace::Space) if !rest.starts_with([' ', '\x0c']) => {
-            Err(SqlError::Denied { reason: DeniedReason::UnusualWhitespace })
+            Err(SqlError::Denied {
+                reason: DeniedReason::UnusualWhitespace,
+            })
         }
         _ => Ok(()),
     }
@@ -63,64 +79,94 @@ fn check_position(dialect: SqlDialect, source: &mut SourceCursor<'_>, token: &To
 
 /// Checks on a token's own content.
 fn check_token(dialect: SqlDialect, token: &Token) -> Result<(), SqlError> {
-    if dialect != SqlDialect::Mysql {
-        return Ok(());
+    let ambiguous_escape = match (dialect, token) {
+        // Under `NO_BACKSLASH_ESCAPES` a backslash is an ordinary character.
+        (
+            SqlDialect::Mysql,
+            Token::SingleQuotedString(content)
+            | Token::NationalStringLiteral(content)
+            | Token::SingleQuotedByteStringLiteral(content),
+        ) => escapes_quote(content, '\''),
+        (
+            SqlDialect::Mysql,
+            Token::DoubleQuotedString(content) | Token::DoubleQuotedByteStringLiteral(content),
+        ) => escapes_quote(content, '"'),
+        // Under `standard_conforming_strings = off` (a legacy server setting) a backslash
+        // escapes in standard strings too. `E'…'` strings are read alike by both.
+        (
+            SqlDialect::Postgres,
+            Token::SingleQuotedString(content) | Token::NationalStringLiteral(content),
+        ) => escapes_quote(content, '\''),
+        _ => false,
+    };
+    if ambiguous_escape {
+        return Err(SqlError::Denied {
+            reason: DeniedReason::BackslashQuoteEscape,
+        });
     }
-    match token {
-        Token::Whitespace(Whitespace::MultiLineComment(comment))
-            if comment.starts_with('!') || comment.starts_with("M!") || comment.starts_with("m!") =>
+    match (dialect, token) {
+        (SqlDialect::Mysql, Token::Whitespace(Whitespace::MultiLineComment(comment)))
+            if comment.starts_with('!')
+                || comment.starts_with("M!")
+                || comment.starts_with("m!") =>
         {
-            Err(SqlError::Denied { reason: DeniedReason::ExecutableComment })
+            Err(SqlError::Denied {
+                reason: DeniedReason::ExecutableComment,
+            })
         }
-        Token::Whitespace(Whitespace::SingleLineComment { prefix, comment })
-            if prefix == "--" && !comment.starts_with(|c: char| c.is_ascii_whitespace() || c == '\x0b') =>
+        // MySQL needs white space or a control character after `--`; sqlparser accepts any
+        // Unicode white space.
+        (
+            SqlDialect::Mysql,
+            Token::Whitespace(Whitespace::SingleLineComment { prefix, comment }),
+        ) if prefix == "--"
+            && !comment.starts_with(|c: char| c.is_ascii_whitespace() || c == '\x0b') =>
         {
-            Err(SqlError::Denied { reason: DeniedReason::AmbiguousComment })
+            Err(SqlError::Denied {
+                reason: DeniedReason::AmbiguousComment,
+            })
         }
-        _ => match raw_string_content(token) {
-            Some(content) if has_backslash_escaped_quote(content) => {
-                Err(SqlError::Denied { reason: DeniedReason::BackslashQuoteEscape })
-            }
-            _ => Ok(()),
-        },
+        _ => Ok(()),
     }
 }
 
-/// The raw content of a quoted string token.
-fn raw_string_content(token: &Token) -> Option<&str> {
-    match token {
-        Token::SingleQuotedString(s)
-        | Token::DoubleQuotedString(s)
-        | Token::TripleSingleQuotedString(s)
-        | Token::TripleDoubleQuotedString(s)
-        | Token::SingleQuotedByteStringLiteral(s)
-        | Token::DoubleQuotedByteStringLiteral(s)
-        | Token::TripleSingleQuotedByteStringLiteral(s)
-        | Token::TripleDoubleQuotedByteStringLiteral(s)
-        | Token::SingleQuotedRawStringLiteral(s)
-        | Token::DoubleQuotedRawStringLiteral(s)
-        | Token::TripleSingleQuotedRawStringLiteral(s)
-        | Token::TripleDoubleQuotedRawStringLiteral(s)
-        | Token::NationalStringLiteral(s)
-        | Token::EscapedStringLiteral(s)
-        | Token::UnicodeStringLiteral(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// Whether `\'` or `\"` occurs with the backslash not itself escaped.
-fn has_backslash_escaped_quote(content: &str) -> bool {
+/// Whether a backslash that is not itself escaped comes before `quote` in a string's raw
+/// content, or before the closing quote (at the end of the content).
+fn escapes_quote(content: &str, quote: char) -> bool {
     let mut chars = content.chars();
     while let Some(c) = chars.next() {
         if c == '\\' {
             match chars.next() {
-                Some('\'' | '"') => return true,
+                Some(next) if next == quote => return true,
                 Some(_) => {}
-                None => return false,
+                None => return true,
             }
         }
     }
     false
+}
+
+fn is_string_literal(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
 }
 
 /// `U&"…"` with nothing between the three tokens.
@@ -147,7 +193,12 @@ struct SourceCursor<'a> {
 
 impl<'a> SourceCursor<'a> {
     fn new(text: &'a str) -> Self {
-        SourceCursor { text, offset: 0, line: 1, column: 1 }
+        SourceCursor {
+            text,
+            offset: 0,
+            line: 1,
+            column: 1,
+        }
     }
 
     /// The text from `location` on, or `None` if `location` is behind the cursor or past the end.
@@ -163,7 +214,11 @@ impl<'a> SourceCursor<'a> {
                 self.column += 1;
             }
         }
-        if (self.line, self.column) == target { self.text.get(self.offset..) } else { None }
+        if (self.line, self.column) == target {
+            self.text.get(self.offset..)
+        } else {
+            None
+        }
     }
 }
 
@@ -172,8 +227,8 @@ impl<'a> SourceCursor<'a> {
 /// Within one bracket level, a tree node that is not a bracketed sub-tree comes from an operator
 /// or keyword token, and a comma or semicolon ends the expression (list elements are siblings,
 /// not nested). Set operations are the exception: `SELECT a, b UNION SELECT c, d` chains across
-/// commas, so their keywords are counted for the whole level. Every other token that is not a
-/// literal, an identifier or punctuation is counted as one level, which over-estimates.
+/// commas, so their keywords are counted for the whole level. Counting every operator token as
+/// a level over-estimates: `a = 1 OR a = 2` counts 3 for a depth of 2.
 struct DepthEstimate {
     dialect: SqlDialect,
     levels: Vec<Level>,
@@ -198,7 +253,10 @@ impl Level {
     fn end_element(&mut self) -> Result<(), SqlError> {
         let depth = self.operators + self.child;
         if self.copying && depth > MAX_COPYING_DEPTH {
-            return Err(SqlError::TooDeep { depth, max: MAX_COPYING_DEPTH });
+            return Err(SqlError::TooDeep {
+                depth,
+                max: MAX_COPYING_DEPTH,
+            });
         }
         self.best = self.best.max(depth);
         self.operators = 0;
@@ -215,7 +273,11 @@ impl Level {
 
 impl DepthEstimate {
     fn new(dialect: SqlDialect) -> Self {
-        DepthEstimate { dialect, levels: vec![Level::default()], deepest: 0 }
+        DepthEstimate {
+            dialect,
+            levels: vec![Level::default()],
+            deepest: 0,
+        }
     }
 
     fn push(&mut self, token: &Token) -> Result<(), SqlError> {
@@ -228,17 +290,20 @@ impl DepthEstimate {
                 self.levels.push(Level::default());
                 let nesting = self.levels.len() - 1;
                 if nesting > MAX_NESTING {
-                    return Err(SqlError::TooDeep { depth: nesting, max: MAX_NESTING });
+                    return Err(SqlError::TooDeep {
+                        depth: nesting,
+                        max: MAX_NESTING,
+                    });
                 }
             }
-            Token::RParen | Token::RBracket | Token::RBrace => {
-                // An unbalanced closing bracket is left for the parser to reject.
-                if self.levels.len() > 1 {
-                    self.close_level()?;
-                }
+            // An unbalanced closing bracket is left for the parser to reject.
+            Token::RParen | Token::RBracket | Token::RBrace if self.levels.len() > 1 => {
+                self.close_level()?;
             }
             Token::Comma | Token::SemiColon => self.current().end_element()?,
-            Token::Word(word) if is_set_operation(word.keyword) => self.current().set_operations += 1,
+            Token::Word(word) if is_set_operation(word.keyword) => {
+                self.current().set_operations += 1
+            }
             Token::Word(word) if copies_left_operand(self.dialect, word.keyword) => {
                 let level = self.current();
                 level.operators += 1;
@@ -273,7 +338,10 @@ impl DepthEstimate {
     fn record(&mut self, depth: usize) -> Result<(), SqlError> {
         self.deepest = self.deepest.max(depth);
         if self.deepest > MAX_EXPRESSION_DEPTH {
-            return Err(SqlError::TooDeep { depth: self.deepest, max: MAX_EXPRESSION_DEPTH });
+            return Err(SqlError::TooDeep {
+                depth: self.deepest,
+                max: MAX_EXPRESSION_DEPTH,
+            });
         }
         Ok(())
     }
@@ -296,35 +364,55 @@ fn copies_left_operand(dialect: SqlDialect, keyword: Keyword) -> bool {
 }
 
 fn is_set_operation(keyword: Keyword) -> bool {
-    matches!(keyword, Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT | Keyword::MINUS)
+    matches!(
+        keyword,
+        Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT | Keyword::MINUS
+    )
 }
 
-/// Whether a token may add a level to an expression chain. Literals, identifiers, white space,
-/// `.` (compound names are flat lists) and a few keywords that never chain do not.
+/// Whether a token may add a level to an expression chain: any operator or other punctuation
+/// that is not a list separator, a bracket or `.` (compound names and field accesses are flat
+/// lists), and the keywords sqlparser parses as infix or postfix operators. Other keywords and
+/// identifiers are operands or clause markers.
 fn counts_as_operator(token: &Token) -> bool {
     match token {
-        Token::Word(word) => !matches!(
+        Token::Word(word) => matches!(
             word.keyword,
-            Keyword::NoKeyword
-                | Keyword::NULL
-                | Keyword::TRUE
-                | Keyword::FALSE
-                | Keyword::DEFAULT
-                | Keyword::CASE
-                | Keyword::WHEN
-                | Keyword::THEN
-                | Keyword::ELSE
-                | Keyword::END
-                | Keyword::AS
-                | Keyword::ASC
-                | Keyword::DESC
-                | Keyword::SELECT
-                | Keyword::FROM
-                | Keyword::WHERE
-                | Keyword::VALUES
+            Keyword::OR
+                | Keyword::AND
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::NOTNULL
+                | Keyword::IN
+                | Keyword::BETWEEN
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::RLIKE
+                | Keyword::REGEXP
+                | Keyword::MATCH
+                | Keyword::GLOB
+                | Keyword::SIMILAR
+                | Keyword::MEMBER
+                | Keyword::ESCAPE
+                | Keyword::OVERLAPS
+                | Keyword::OPERATOR
+                | Keyword::DIV
+                | Keyword::MOD
+                | Keyword::AT
+                | Keyword::COLLATE
         ),
-        Token::Whitespace(_) | Token::Number(..) | Token::Period | Token::Placeholder(_) | Token::EOF => false,
-        token => raw_string_content(token).is_none() && !matches!(token, Token::DollarQuotedString(_) | Token::HexStringLiteral(_)),
+        Token::Whitespace(_)
+        | Token::Number(..)
+        | Token::Period
+        | Token::Placeholder(_)
+        | Token::Comma
+        | Token::SemiColon
+        | Token::RParen
+        | Token::RBracket
+        | Token::RBrace
+        | Token::EOF => false,
+        token => !is_string_literal(token),
     }
 }
 
@@ -334,17 +422,19 @@ mod tests {
 
     #[test]
     fn backslash_quote_detection_skips_escaped_backslashes() {
-        // EX-2: only an unescaped backslash before a quote is ambiguous.
-        for (content, expect) in [
-            (r"plain", false),
-            (r"a\'b", true),
-            (r#"a\"b"#, true),
-            (r"a\\'", false),
-            (r"a\\\'", true),
-            (r"a\nb", false),
-            (r"trailing\", false),
+        // EX-2: only an unescaped backslash before the string's own quote is ambiguous.
+        for (content, quote, expect) in [
+            (r"plain", '\'', false),
+            (r"a\'b", '\'', true),
+            (r#"a\"b"#, '"', true),
+            (r#"{"a": "x\"y"}"#, '\'', false),
+            (r"a\\'", '\'', false),
+            (r"a\\\'", '\'', true),
+            (r"a\nb", '\'', false),
+            (r"trailing\", '\'', true),
+            (r"trailing\\", '\'', false),
         ] {
-            assert_eq!(has_backslash_escaped_quote(content), expect, "{content}");
+            assert_eq!(escapes_quote(content, quote), expect, "{content}");
         }
     }
 
@@ -353,8 +443,14 @@ mod tests {
         // EX-2: positions count characters, not bytes, and restart on each line.
         let text = "é\nab\r\ncd";
         let mut cursor = SourceCursor::new(text);
-        assert_eq!(cursor.seek(Location { line: 1, column: 2 }), Some("\nab\r\ncd"));
-        assert_eq!(cursor.seek(Location { line: 2, column: 2 }), Some("b\r\ncd"));
+        assert_eq!(
+            cursor.seek(Location { line: 1, column: 2 }),
+            Some("\nab\r\ncd")
+        );
+        assert_eq!(
+            cursor.seek(Location { line: 2, column: 2 }),
+            Some("b\r\ncd")
+        );
         assert_eq!(cursor.seek(Location { line: 3, column: 1 }), Some("cd"));
         assert_eq!(cursor.seek(Location { line: 2, column: 1 }), None);
         assert_eq!(cursor.seek(Location { line: 9, column: 1 }), None);

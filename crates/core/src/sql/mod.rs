@@ -108,7 +108,8 @@ pub enum DeniedReason {
     /// MySQL `/*! … */` or MariaDB `/*M! … */`: the server executes the comment's content,
     /// conditionally on its version.
     ExecutableComment,
-    /// MySQL `\'` or `\"` inside a string: under `NO_BACKSLASH_ESCAPES` the string ends earlier.
+    /// `\'` or `\"` inside a MySQL string, or `\'` inside a PostgreSQL standard string: under
+    /// `NO_BACKSLASH_ESCAPES` or `standard_conforming_strings = off` the string ends elsewhere.
     BackslashQuoteEscape,
     /// PostgreSQL `U&"…"`: sqlparser reads it as `U & "…"`, the server as an escaped identifier.
     UnicodeEscapedIdentifier,
@@ -142,7 +143,10 @@ impl SqlStatement {
     /// Parses and classifies exactly one statement (EX-2).
     pub fn parse(dialect: SqlDialect, text: &str) -> Result<SqlStatement, SqlError> {
         if text.len() > MAX_SQL_LEN {
-            return Err(SqlError::TooLong { len: text.len(), max: MAX_SQL_LEN });
+            return Err(SqlError::TooLong {
+                len: text.len(),
+                max: MAX_SQL_LEN,
+            });
         }
         if text.trim().is_empty() {
             return Err(SqlError::Empty);
@@ -156,7 +160,11 @@ impl SqlStatement {
             count => return Err(SqlError::MultipleStatements { count }),
         };
         let analysis = classify::analyse(dialect, &statement)?;
-        Ok(SqlStatement { text: text.to_owned(), class: analysis.class, tables: analysis.tables })
+        Ok(SqlStatement {
+            text: text.to_owned(),
+            class: analysis.class,
+            tables: analysis.tables,
+        })
     }
 
     /// The exact input text, unchanged: this is what the agent executes.

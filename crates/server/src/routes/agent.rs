@@ -12,14 +12,24 @@ use crate::error::{ApiError, ApiJson};
 use crate::lifecycle;
 
 /// 200 with a job, or 204 when none arrived within the wait.
-pub(super) async fn claim(State(state): State<AppState>, Agent(agent): Agent, Ctx(ctx): Ctx, ApiJson(body): ApiJson<ClaimRequest>) -> Result<Response, ApiError> {
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
     match lifecycle::claim_job(&state, &agent, &ctx, body).await? {
         Some(job) => Ok(Json(job).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
-pub(super) async fn heartbeat(State(state): State<AppState>, Agent(agent): Agent, Ctx(ctx): Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     lifecycle::heartbeat(&state, &agent, &ctx, path_uuid(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,5 +11,9 @@ pub(super) async fn health() -> &'static str {
 
 /// 200 only when the state store answers and every migration is applied.
 pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.store.ready().await { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    if state.store.ready().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
 }

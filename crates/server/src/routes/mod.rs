@@ -51,28 +51,117 @@ const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Guard::*;
     use portcullis_core::Permission::{AgentsManage, AuditRead, TokensManage};
-    let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| (RouteSpec { method, path, guard }, handler);
+    let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| {
+        (
+            RouteSpec {
+                method,
+                path,
+                guard,
+            },
+            handler,
+        )
+    };
     vec![
         r(Method::GET, "/health", Public, get(health::health)),
         r(Method::GET, "/ready", Public, get(health::ready)),
-        r(Method::GET, "/api/v1/public-key", Public, get(admin::public_key)),
+        r(
+            Method::GET,
+            "/api/v1/public-key",
+            Public,
+            get(admin::public_key),
+        ),
         r(Method::GET, "/api/v1/me", User, get(admin::me)),
-        r(Method::GET, "/api/v1/connections", User, get(admin::connections)),
-        r(Method::POST, "/api/v1/requests", User, post(requests::create)),
+        r(
+            Method::GET,
+            "/api/v1/connections",
+            User,
+            get(admin::connections),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/requests",
+            User,
+            post(requests::create),
+        ),
         r(Method::GET, "/api/v1/requests", User, get(requests::list)),
-        r(Method::GET, "/api/v1/requests/{id}", User, get(requests::show)),
-        r(Method::GET, "/api/v1/requests/{id}/wait", User, get(requests::wait)),
-        r(Method::POST, "/api/v1/requests/{id}/cancel", User, post(requests::cancel)),
-        r(Method::POST, "/api/v1/tokens", Permission(TokensManage), post(admin::create_token)),
-        r(Method::GET, "/api/v1/tokens", Permission(TokensManage), get(admin::list_tokens)),
-        r(Method::DELETE, "/api/v1/tokens/{id}", Permission(TokensManage), delete(admin::revoke_token)),
-        r(Method::POST, "/api/v1/agents", Permission(AgentsManage), post(admin::create_agent)),
-        r(Method::GET, "/api/v1/agents", Permission(AgentsManage), get(admin::list_agents)),
-        r(Method::DELETE, "/api/v1/agents/{name}", Permission(AgentsManage), delete(admin::revoke_agent)),
-        r(Method::GET, "/api/v1/audit/verify", Permission(AuditRead), get(audit::verify)),
-        r(Method::GET, "/api/v1/audit/export", Permission(AuditRead), get(audit::export)),
-        r(Method::POST, "/api/v1/agent/claim", Agent, post(agent::claim)),
-        r(Method::POST, "/api/v1/agent/jobs/{id}/heartbeat", Agent, post(agent::heartbeat)),
+        r(
+            Method::GET,
+            "/api/v1/requests/{id}",
+            User,
+            get(requests::show),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/requests/{id}/wait",
+            User,
+            get(requests::wait),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/requests/{id}/cancel",
+            User,
+            post(requests::cancel),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/tokens",
+            Permission(TokensManage),
+            post(admin::create_token),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tokens",
+            Permission(TokensManage),
+            get(admin::list_tokens),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/tokens/{id}",
+            Permission(TokensManage),
+            delete(admin::revoke_token),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/agents",
+            Permission(AgentsManage),
+            post(admin::create_agent),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/agents",
+            Permission(AgentsManage),
+            get(admin::list_agents),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/agents/{name}",
+            Permission(AgentsManage),
+            delete(admin::revoke_agent),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/verify",
+            Permission(AuditRead),
+            get(audit::verify),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/export",
+            Permission(AuditRead),
+            get(audit::export),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/agent/claim",
+            Agent,
+            post(agent::claim),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/agent/jobs/{id}/heartbeat",
+            Agent,
+            post(agent::heartbeat),
+        ),
         r(
             Method::POST,
             "/api/v1/agent/jobs/{id}/report",
@@ -91,9 +180,10 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let guard = spec.guard;
-        let layer = middleware::from_fn_with_state(state.clone(), move |st: State<AppState>, req: Request, next: Next| {
-            guarded(guard, st, req, next)
-        });
+        let layer = middleware::from_fn_with_state(
+            state.clone(),
+            move |st: State<AppState>, req: Request, next: Next| guarded(guard, st, req, next),
+        );
         router = router.route(spec.path, handler.route_layer(layer));
     }
     router
@@ -113,22 +203,36 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "-".to_owned(), |ConnectInfo(a)| a.ip().to_string());
-    req.extensions_mut().insert(Context { correlation_id: correlation_id.clone(), client_addr });
+    req.extensions_mut().insert(Context {
+        correlation_id: correlation_id.clone(),
+        client_addr,
+    });
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         headers.insert(REQUEST_ID.clone(), v);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
 fn context(req: &Request) -> Context {
-    req.extensions().get::<Context>().cloned().unwrap_or_else(|| Context::system("unknown"))
+    req.extensions()
+        .get::<Context>()
+        .cloned()
+        .unwrap_or_else(|| Context::system("unknown"))
 }
 
-async fn guarded(guard: Guard, State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn guarded(
+    guard: Guard,
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if guard == Guard::Public {
         return next.run(req).await;
     }
@@ -143,7 +247,11 @@ async fn guarded(guard: Guard, State(state): State<AppState>, mut req: Request, 
     let Some(bearer) = bearer else {
         return ApiError::Unauthenticated.into_response();
     };
-    let principal = match state.auth.authenticate(&state.store, &bearer, clock::now_ms(), &ctx.client_addr).await {
+    let principal = match state
+        .auth
+        .authenticate(&state.store, &bearer, clock::now_ms(), &ctx.client_addr)
+        .await
+    {
         Ok(p) => p,
         Err(failure) => {
             let token_id = crate::auth::parse_bearer(&bearer).map(|(_, id)| id.to_owned());
@@ -186,7 +294,10 @@ async fn guarded(guard: Guard, State(state): State<AppState>, mut req: Request, 
         if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
             return e.into_response();
         }
-        return ApiError::Forbidden { reason: "missing_permission" }.into_response();
+        return ApiError::Forbidden {
+            reason: "missing_permission",
+        }
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -197,7 +308,10 @@ pub struct User(pub UserPrincipal);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for User {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
         match parts.extensions.get::<Principal>() {
             Some(Principal::User(u)) => Ok(User(u.clone())),
             _ => Err(ApiError::Unauthenticated),
@@ -210,7 +324,10 @@ pub struct Agent(pub AgentPrincipal);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Agent {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
         match parts.extensions.get::<Principal>() {
             Some(Principal::Agent(a)) => Ok(Agent(a.clone())),
             _ => Err(ApiError::Unauthenticated),
@@ -223,8 +340,15 @@ pub struct Ctx(pub Context);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(Ctx(parts.extensions.get::<Context>().cloned().unwrap_or_else(|| Context::system("unknown"))))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        Ok(Ctx(parts
+            .extensions
+            .get::<Context>()
+            .cloned()
+            .unwrap_or_else(|| Context::system("unknown"))))
     }
 }
 

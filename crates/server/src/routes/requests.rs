@@ -43,14 +43,23 @@ pub(super) async fn wait(
     Query(params): Query<WaitParams>,
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
-    Ok(Json(wait_outcome(&state, &who, id, params.wait.unwrap_or(30)).await?))
+    Ok(Json(
+        wait_outcome(&state, &who, id, params.wait.unwrap_or(30)).await?,
+    ))
 }
 
 /// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
 /// requester who asked for them.
-async fn wait_outcome(state: &AppState, who: &UserPrincipal, id: Uuid, wait_secs: u64) -> Result<RequestOutcome, ApiError> {
+async fn wait_outcome(
+    state: &AppState,
+    who: &UserPrincipal,
+    id: Uuid,
+    wait_secs: u64,
+) -> Result<RequestOutcome, ApiError> {
     let mut outcome = state.dispatch.subscribe(id);
-    let (mut view, owner) = lifecycle::load_view(state, id).await?.ok_or(ApiError::NotFound)?;
+    let (mut view, owner) = lifecycle::load_view(state, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if owner != who.user_id {
         return Err(ApiError::NotFound);
     }
@@ -59,18 +68,30 @@ async fn wait_outcome(state: &AppState, who: &UserPrincipal, id: Uuid, wait_secs
         let _ = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
     }
     let finished = outcome.borrow().clone();
-    if let Some(f) = &finished {
-        if f.state != view.state {
-            view = lifecycle::load_view(state, id).await?.ok_or(ApiError::NotFound)?.0;
-        }
+    if let Some(f) = &finished
+        && f.state != view.state
+    {
+        view = lifecycle::load_view(state, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+            .0;
     }
     let result = finished.and_then(|f| f.result.as_deref().cloned());
-    Ok(RequestOutcome { request: view, result })
+    Ok(RequestOutcome {
+        request: view,
+        result,
+    })
 }
 
-pub(super) async fn show(State(state): State<AppState>, User(who): User, Path(id): Path<String>) -> Result<Json<RequestView>, ApiError> {
+pub(super) async fn show(
+    State(state): State<AppState>,
+    User(who): User,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
-    let (view, owner) = lifecycle::load_view(&state, id).await?.ok_or(ApiError::NotFound)?;
+    let (view, owner) = lifecycle::load_view(&state, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if owner != who.user_id && !who.role.has(Permission::RequestsViewAll) {
         return Err(ApiError::NotFound);
     }
@@ -89,9 +110,15 @@ pub(super) struct ListParams {
     all: bool,
 }
 
-pub(super) async fn list(State(state): State<AppState>, User(who): User, Query(p): Query<ListParams>) -> Result<Json<Vec<RequestView>>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    User(who): User,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Vec<RequestView>>, ApiError> {
     if p.all && !who.role.has(Permission::RequestsViewAll) {
-        return Err(ApiError::Forbidden { reason: "missing_permission" });
+        return Err(ApiError::Forbidden {
+            reason: "missing_permission",
+        });
     }
     let limit = i64::from(p.limit.unwrap_or(50).clamp(1, 500));
     let rows = sqlx::query(
@@ -107,12 +134,25 @@ pub(super) async fn list(State(state): State<AppState>, User(who): User, Query(p
     .bind(limit)
     .fetch_all(state.store.reader())
     .await?;
-    let views = rows.iter().map(lifecycle::row_to_view).collect::<Result<Vec<_>, _>>()?;
+    let views = rows
+        .iter()
+        .map(lifecycle::row_to_view)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(views))
 }
 
-pub(super) async fn cancel(State(state): State<AppState>, User(who): User, Ctx(ctx): Ctx, Path(id): Path<String>) -> Result<Json<RequestView>, ApiError> {
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     lifecycle::cancel(&state, &who, &ctx, id).await?;
-    Ok(Json(lifecycle::load_view(&state, id).await?.ok_or(ApiError::NotFound)?.0))
+    Ok(Json(
+        lifecycle::load_view(&state, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+            .0,
+    ))
 }

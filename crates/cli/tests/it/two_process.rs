@@ -1,0 +1,200 @@
+//! Deployment shape 2 with the real binaries: `portcullis server` and `portcullis agent` as
+//! separate processes, set up the way an operator would (admin token from the first start,
+//! `key show` for the pin, `agents create` for the agent token), then a request end to end.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::bin;
+
+/// Kills and reaps the child even when an assertion fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = bin()
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
+    let dir = tempfile::tempdir().expect("temp");
+    let data = dir.path().join("server-data");
+    let demo = dir.path().join("target.db");
+    portcullis::devstack::create_demo_db(&demo)
+        .await
+        .expect("demo db");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server_toml = dir.path().join("server.toml");
+    write(
+        &server_toml,
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[[connections]]\nname = \"shop\"\nkind = \"sqlite\"\nenvironment = \"staging\"\n",
+            data.display()
+        ),
+    );
+    let server = Running(
+        bin()
+            .args(["server", "--config"])
+            .arg(&server_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server"),
+    );
+    let admin_file = data.join("admin.token");
+    wait_for("the server's first-start admin token", || {
+        admin_file.exists() && probe::health_ok(&url)
+    });
+    let admin = std::fs::read_to_string(&admin_file)
+        .expect("admin token")
+        .trim()
+        .to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&admin_file).expect("meta").permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+    let env = [
+        ("PORTCULLIS_SERVER", url.as_str()),
+        ("PORTCULLIS_TOKEN", admin.as_str()),
+    ];
+
+    let (code, pin, err) = run(
+        &["key", "show", "--data", data.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(pin.contains("[[trusted_keys]]"));
+    let (code, agent_token, err) = run(&["agents", "create", "shop-agent"], &env);
+    assert_eq!(code, 0, "{err}");
+    let token_file = dir.path().join("agent.token");
+    write(&token_file, agent_token.trim());
+
+    let agent_toml = dir.path().join("agent.toml");
+    write(
+        &agent_toml,
+        &format!(
+            "name = \"shop-agent\"\nserver_url = \"{url}\"\ntoken_file = \"{}\"\nready_file = \"{}\"\n\n{pin}\n[[connections]]\nname = \"shop\"\nkind = \"sqlite\"\nenvironment = \"staging\"\nallow = [\"read\"]\npath = \"{}\"\n",
+            token_file.display(),
+            dir.path().join("agent.ready").display(),
+            demo.display()
+        ),
+    );
+    let _agent = Running(
+        bin()
+            .args(["agent", "--config"])
+            .arg(&agent_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    let ready = dir.path().join("agent.ready");
+    wait_for("the agent's ready file", || ready.exists());
+
+    let (code, out, err) = run(
+        &[
+            "exec",
+            "--connection",
+            "shop",
+            "--reason",
+            "two processes",
+            "--json",
+            "SELECT COUNT(*) AS n FROM orders",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["columns"], serde_json::json!(["n"]));
+    assert_eq!(v["rows"], serde_json::json!([[10]]));
+
+    // Without a policy rule, writes wait for approval: the CLI gives up waiting with exit 4
+    // and the request stays pending.
+    let (code, _, err) = run(
+        &[
+            "exec",
+            "--connection",
+            "shop",
+            "--reason",
+            "write",
+            "--wait",
+            "1",
+            "UPDATE orders SET note = 'x'",
+        ],
+        &env,
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("pending_approval"), "{err}");
+
+    let (code, out, _) = run(&["agents", "--json"], &env);
+    assert_eq!(code, 0);
+    let agents: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(agents[0]["name"], "shop-agent");
+    assert_eq!(agents[0]["connected"], true);
+
+    drop(server);
+    let (code, out, err) = run(
+        &["audit", "verify", "--data", data.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+mod probe {
+    /// A blocking health probe with std only (keeps this test free of a second HTTP stack).
+    pub(super) fn health_ok(url: &str) -> bool {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("http://");
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if s.write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200")
+    }
+}
