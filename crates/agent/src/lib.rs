@@ -141,9 +141,11 @@ impl Agent {
     }
 
     async fn work(&self, worker: usize, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let claim = ClaimRequest {
+        // The first claim returns at once, so readiness reflects "connected and accepted"
+        // without waiting out a long-poll; later claims wait for work.
+        let mut claim = ClaimRequest {
             connections: self.served(),
-            wait_ms: CLAIM_WAIT_MS,
+            wait_ms: 0,
         };
         let mut backoff = Backoff::default();
         loop {
@@ -157,6 +159,7 @@ impl Agent {
             match next {
                 Ok(job) => {
                     backoff.reset();
+                    claim.wait_ms = CLAIM_WAIT_MS;
                     self.mark_alive(worker == 0);
                     if let Some(job) = job {
                         self.run_job(job).await;

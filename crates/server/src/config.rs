@@ -126,10 +126,12 @@ impl ServerConfig {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        // Keys arrive in their original case (`EXECUTION.ROW_CAP`); match them without it.
         let env = Env::prefixed("PORTCULLIS_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
             ENV_KEYS
                 .iter()
-                .any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}.")))
+                .any(|k| key == *k || key.starts_with(&format!("{k}.")))
         });
         let config: ServerConfig = figment
             .merge(env)

@@ -142,3 +142,38 @@ impl Store {
         self.reader.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WEB-9: `/ready` answers 200 only while every migration of this binary is applied.
+    #[tokio::test]
+    async fn ready_only_with_every_migration_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.ready().await);
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("DELETE FROM schema_migrations WHERE version = ?")
+            .bind(latest_migration())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(!store.ready().await);
+        store.close().await;
+    }
+
+    /// A state file from a newer binary is refused rather than misread.
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (9999, 'future', 0)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        store.close().await;
+        let err = Store::open(dir.path()).await.unwrap_err().to_string();
+        assert!(err.contains("newer than this binary"), "{err}");
+    }
+}

@@ -73,8 +73,10 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
         bin()
             .args(["server", "--config"])
             .arg(&server_toml)
+            // An environment override of a nested setting; the agent applies the signed cap.
+            .env("PORTCULLIS_EXECUTION__ROW_CAP", "5")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn server"),
     );
@@ -144,6 +146,27 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(v["columns"], serde_json::json!(["n"]));
     assert_eq!(v["rows"], serde_json::json!([[10]]));
+
+    let (code, out, err) = run(
+        &[
+            "exec",
+            "--connection",
+            "shop",
+            "--reason",
+            "cap",
+            "--json",
+            "SELECT id FROM customers ORDER BY id",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(
+        v["rows"].as_array().map(Vec::len),
+        Some(5),
+        "PORTCULLIS_EXECUTION__ROW_CAP=5 reaches the agent through the token"
+    );
+    assert_eq!(v["truncated"], true);
 
     // Without a policy rule, writes wait for approval: the CLI gives up waiting with exit 4
     // and the request stays pending.
