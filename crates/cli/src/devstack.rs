@@ -83,6 +83,7 @@ impl DevStack {
                 environment: Environment::Development,
             });
         }
+        config.admin_token_file = Some(opts.data_dir.join(ADMIN_TOKEN_FILE));
         config.validate()?;
         let listener = TcpListener::bind(opts.listen)
             .await
@@ -90,18 +91,15 @@ impl DevStack {
         let server = Server::start(config, opts.policy.clone(), listener).await?;
         let state = server.state.clone();
         let token_file = opts.data_dir.join(ADMIN_TOKEN_FILE);
-        let admin_token = match principals::provision_admin(&state, &token_file).await? {
-            Some(t) => t,
-            None => std::fs::read_to_string(&token_file)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "this data directory was set up before, but {} is unreadable: {e}",
-                        token_file.display()
-                    )
-                })?
-                .trim()
-                .to_owned(),
-        };
+        let admin_token = std::fs::read_to_string(&token_file)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "this data directory was set up before, but {} is unreadable: {e}",
+                    token_file.display()
+                )
+            })?
+            .trim()
+            .to_owned();
         let url = format!("http://{}", server.addr);
         if !opts.start_agent {
             return Ok(DevStack {

@@ -25,6 +25,7 @@ codes! {
     Unauthenticated => "unauthenticated", 401;
     Forbidden => "forbidden", 403;
     NotFound => "not_found", 404;
+    MethodNotAllowed => "method_not_allowed", 405;
     BadRequest => "bad_request", 400;
     PayloadTooLarge => "payload_too_large", 413;
     UnknownConnection => "unknown_connection", 404;

@@ -391,8 +391,15 @@ impl CheckpointFile {
     }
 
     pub fn write(&self, cp: &Checkpoint) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(cp)?)?;
+        // A unique temporary name per write: two writers (the background checkpointer and
+        // the final write at shutdown) never interleave inside one file, and each rename
+        // installs a complete checkpoint.
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{:016x}", rand::random::<u64>()));
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(cp)?)?;
+        file.sync_all()?;
         std::fs::rename(&tmp, &self.path)
     }
 }

@@ -76,6 +76,9 @@ pub struct ServerConfig {
     /// Set when a TLS-terminating proxy is the only way to reach this server; without it the
     /// server refuses to serve plain HTTP on a non-loopback address (NET-1).
     pub behind_tls_proxy: bool,
+    /// Where the first start writes the admin API token (mode 0600, never overwritten).
+    /// Defaults to `<data_dir>/admin.token`.
+    pub admin_token_file: Option<PathBuf>,
     pub connections: Vec<ConnectionDecl>,
     pub policy: Vec<PolicyRule>,
     pub tokens: TokenSettings,
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("./portcullis-data"),
             behind_tls_proxy: false,
+            admin_token_file: None,
             connections: Vec::new(),
             policy: Vec::new(),
             tokens: TokenSettings::default(),
@@ -169,6 +173,12 @@ impl ServerConfig {
             )));
         }
         Ok(())
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     pub fn connection(&self, name: &ConnectionName) -> Option<&ConnectionDecl> {

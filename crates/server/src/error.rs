@@ -2,8 +2,8 @@
 //! the client as an opaque problem document whose error id points at the server's log line
 //! (WEB-6). No SQL, paths, stack traces or internal messages ever reach a response.
 
-use axum::extract::FromRequest;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_proto::{ErrorCode, Problem};
@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 404.
     #[error("not found")]
     NotFound,
+    /// 405: the path exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 400: the body or a parameter is malformed; `detail` is safe to show.
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::Unauthenticated => ErrorCode::Unauthenticated,
             ApiError::Forbidden { .. } => ErrorCode::Forbidden,
             ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::BadRequest { .. } => ErrorCode::BadRequest,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnknownConnection => ErrorCode::UnknownConnection,
@@ -112,6 +116,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => ("Authentication required", None, None),
             ApiError::Forbidden { reason } => ("Forbidden", None, Some((*reason).to_owned())),
             ApiError::NotFound => ("Not found", None, None),
+            ApiError::MethodNotAllowed => ("Method not allowed", None, None),
             ApiError::BadRequest { detail } => ("Bad request", Some(detail.clone()), None),
             ApiError::PayloadTooLarge => ("Payload too large", None, None),
             ApiError::UnknownConnection => ("Unknown connection", None, None),
@@ -175,5 +180,29 @@ where
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+/// A query-string extractor whose rejections are problem documents. Unknown or malformed
+/// parameters are refused with a short, fixed message (WEB-6): the deserializer's own text
+/// names internal field lists and is not passed on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(_) => Err(ApiError::bad_request("invalid or unknown query parameter")),
+        }
     }
 }

@@ -76,6 +76,9 @@ impl std::ops::Deref for AppState {
 /// handle to stop it.
 pub struct Server {
     pub addr: SocketAddr,
+    /// True when this start created the first admin and wrote its token to
+    /// `config.admin_token_file()`.
+    pub provisioned_admin: bool,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -119,6 +122,13 @@ impl Server {
             state.clone(),
             shutdown.subscribe(),
         )));
+        // Everything a client may rely on exists before the first connection is accepted:
+        // the start event and, on first start, the admin credential.
+        lifecycle::record_start(&state, addr).await?;
+        let admin_token_file = state.config.admin_token_file();
+        let provisioned_admin = principals::provision_admin(&state, &admin_token_file)
+            .await?
+            .is_some();
         let router = app(state.clone());
         tasks.push(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -132,9 +142,9 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server stopped with an error");
             }
         }));
-        lifecycle::record_start(&state, addr).await?;
         Ok(Server {
             addr,
+            provisioned_admin,
             state,
             shutdown,
             tasks,

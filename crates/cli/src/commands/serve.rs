@@ -3,7 +3,7 @@
 use portcullis_agent::{Agent, AgentConfig, load_token};
 use portcullis_core::Policy;
 use portcullis_proto::token::public_key_base64;
-use portcullis_server::{Server, ServerConfig, principals};
+use portcullis_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 
 use crate::args::{AgentArgs, ServerArgs};
@@ -33,13 +33,9 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let data_dir = config.data_dir.clone();
     let server = Server::start(config, policy, listener).await?;
-    let token_file = data_dir.join("admin.token");
-    if principals::provision_admin(&server.state, &token_file)
-        .await?
-        .is_some()
-    {
+    let token_file = server.state.config.admin_token_file();
+    if server.provisioned_admin {
         tracing::warn!(path = %token_file.display(), "first start: wrote an admin API token; move it somewhere safe and delete the file");
     }
     let signer = &server.state.signer;

@@ -86,6 +86,30 @@ async fn wait_healthy(url: &str, child: &mut ChildGuard, log: &Path) {
     }
 }
 
+async fn wait_for_token(path: &Path, child: &mut ChildGuard, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_owned();
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "portcullis dev exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not written within 20 s: {}",
+            path.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Deployment shape 1 / SEC-2: the real `portcullis dev` serves /health without a credential,
 /// writes its admin token owner-only, runs a statement through the real `exec` command with
 /// JSON output, and leaves an audit chain that verifies.
@@ -117,17 +141,16 @@ async fn dev_mode_runs_the_demo_end_to_end() {
     let mut child = ChildGuard(child);
     wait_healthy(&url, &mut child, &log).await;
 
+    // /health answers as soon as the server listens; the admin token is provisioned right
+    // after, so wait for the complete file (it is written whole, then newline-terminated).
     let token_file = data.join("dev-admin.token");
+    let token = wait_for_token(&token_file, &mut child, &log).await;
     let mode = std::fs::metadata(&token_file)
         .expect("dev-admin.token exists")
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600, "the admin token file is owner-only");
-    let token = std::fs::read_to_string(&token_file)
-        .expect("read token")
-        .trim()
-        .to_owned();
     assert!(token.starts_with("pct_"));
 
     let out = run_bin(

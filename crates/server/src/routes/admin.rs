@@ -1,7 +1,7 @@
 //! Tokens, agents, connections, the caller's identity, and the public key for operators.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use portcullis_core::OperationClass;
 use portcullis_core::rbac::permission_for;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Ctx, User};
 use crate::AppState;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::principals::{self, NewToken};
 
 pub(super) async fn me(User(who): User) -> Json<WhoAmI> {
@@ -92,7 +92,7 @@ pub(super) struct TokenListParams {
 
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
-    Query(p): Query<TokenListParams>,
+    ApiQuery(p): ApiQuery<TokenListParams>,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
     state.auth.flush_last_used(&state.store).await?;
     Ok(Json(principals::list_tokens(&state, None, p.unused).await?))

@@ -188,6 +188,7 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(correlate))
         .with_state(state)

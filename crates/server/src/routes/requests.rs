@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use portcullis_core::{Permission, RequestState};
 use portcullis_proto::api::{CreateRequest, RequestOutcome, RequestView};
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{Ctx, User, path_uuid};
 use crate::AppState;
 use crate::auth::UserPrincipal;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +28,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     User(who): User,
     Ctx(ctx): Ctx,
-    Query(params): Query<WaitParams>,
+    ApiQuery(params): ApiQuery<WaitParams>,
     ApiJson(body): ApiJson<CreateRequest>,
 ) -> Result<(StatusCode, Json<RequestOutcome>), ApiError> {
     let id = lifecycle::create_request(&state, &who, &ctx, body).await?;
@@ -40,7 +40,7 @@ pub(super) async fn wait(
     State(state): State<AppState>,
     User(who): User,
     Path(id): Path<String>,
-    Query(params): Query<WaitParams>,
+    ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
     Ok(Json(
@@ -113,7 +113,7 @@ pub(super) struct ListParams {
 pub(super) async fn list(
     State(state): State<AppState>,
     User(who): User,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<RequestView>>, ApiError> {
     if p.all && !who.role.has(Permission::RequestsViewAll) {
         return Err(ApiError::Forbidden {
