@@ -17,11 +17,12 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use portcullis::devstack::{DevOptions, DevStack, create_demo_db};
+use portcullis::devstack::{DevOptions, DevStack, create_demo_db, demo_agent_config};
+use portcullis_agent::Agent;
 use portcullis_client::Client;
 use portcullis_core::{ConnectionKind, Environment, RequestState};
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport, ServedConnection};
@@ -66,6 +67,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
+    clock_ticks();
     let scratch = tempfile::tempdir().context("temp dir")?;
     print_machine(scratch.path());
     let mut summary = Vec::new();
@@ -79,9 +81,20 @@ async fn run() -> anyhow::Result<()> {
         fsync.n,
         fsync.line()
     );
+    let ceiling = 1e6 / (3.0 * fsync.p50);
+    println!(
+        "   the state store makes 3 such commits per auto-approved request (create+queue, claim, report), all on one writer connection:"
+    );
+    println!(
+        "   a serial-commit ceiling of about {ceiling:.0} requests/s at the p50 commit time, before any other work"
+    );
     summary.push(Row::info(
         "durable SQLite commit p50 / p99",
         format!("{} / {}", us(fsync.p50), us(fsync.p99)),
+    ));
+    summary.push(Row::info(
+        "3-commit ceiling, 1 / (3 x commit p50)",
+        format!("{ceiling:.0} req/s"),
     ));
 
     // 1. Direct.
@@ -143,12 +156,13 @@ async fn run() -> anyhow::Result<()> {
             serde_json::to_string(&result.rows)?
         );
     }
-    let through = through(&admin).await?;
+    let (through, through_cpu) = through(&admin, THROUGH_ITERATIONS).await?;
     println!(
         "   {} iterations after {THROUGH_WARMUP} warm-up: {}",
         through.n,
         through.line()
     );
+    print_cpu(through_cpu, through.n);
     let added_p50 = through.p50 - direct.p50;
     let added_p99 = through.p99 - direct.p99;
     println!(
@@ -169,6 +183,23 @@ async fn run() -> anyhow::Result<()> {
         "added latency p99 (through - direct)",
         added_p99,
         GOAL_ADDED_P99_US,
+    ));
+
+    // 2b. Diagnostic: the same sequential run against an agent with a single worker. The dev
+    //     agent runs 16 workers, each parked in its own long-poll; a new job wakes all of them.
+    section(
+        "2b. diagnostic: same sequential run, agent with 1 worker instead of the dev agent's 16",
+    );
+    let single = through_single_worker().await?;
+    println!(
+        "   {} iterations after {THROUGH_WARMUP} warm-up: {}",
+        single.0.n,
+        single.0.line()
+    );
+    print_cpu(single.1, single.0.n);
+    summary.push(Row::info(
+        "diagnostic: through p50 / p99, agent with 1 worker",
+        format!("{} / {}", us(single.0.p50), us(single.0.p99)),
     ));
 
     // 3. Throughput with 32 concurrent clients.
@@ -356,28 +387,61 @@ fn check_outcome(outcome: &RequestOutcome) -> Result<(), String> {
     }
 }
 
-async fn through(admin: &Client) -> anyhow::Result<Stats> {
+/// Sequential auto-approved reads with a waiting create: the latencies, and the process CPU
+/// seconds spent during the measured iterations.
+async fn through(admin: &Client, iterations: usize) -> anyhow::Result<(Stats, Option<f64>)> {
     let body = read_body();
     for _ in 0..THROUGH_WARMUP {
         check_outcome(&admin.create_request(&body, Duration::from_secs(10)).await?)
             .map_err(anyhow::Error::msg)?;
     }
     let deadline = Instant::now() + THROUGH_BUDGET;
-    let mut lat = Vec::with_capacity(THROUGH_ITERATIONS);
-    while lat.len() < THROUGH_ITERATIONS && Instant::now() < deadline {
+    let mut lat = Vec::with_capacity(iterations);
+    let cpu_before = process_cpu_seconds();
+    while lat.len() < iterations && Instant::now() < deadline {
         let t = Instant::now();
         let outcome = admin.create_request(&body, Duration::from_secs(10)).await?;
         lat.push(t.elapsed());
         check_outcome(&outcome).map_err(anyhow::Error::msg)?;
     }
-    if lat.len() < THROUGH_ITERATIONS {
+    let cpu = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+    if lat.len() < iterations {
         println!(
             "   (time budget of {} s reached after {} iterations)",
             THROUGH_BUDGET.as_secs(),
             lat.len()
         );
     }
-    Ok(Stats::of(lat))
+    Ok((Stats::of(lat), cpu))
+}
+
+/// The same sequential run on a fresh stack whose only agent runs a single worker.
+async fn through_single_worker() -> anyhow::Result<(Stats, Option<f64>)> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let mut opts = DevOptions::new("127.0.0.1:0".parse()?, dir.path().join("data"));
+    opts.start_agent = false;
+    let stack = DevStack::start(opts).await?;
+    let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
+    let created = admin.create_agent("single-worker").await?;
+    let mut config = demo_agent_config("single-worker", &stack.url, &stack.server, &stack.demo_db);
+    config.max_concurrent_jobs = 1;
+    let agent = Agent::new(config, &created.token).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(stopped));
+    let result = through(&admin, THROUGH_ITERATIONS / 2).await;
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    stack.stop().await;
+    result
+}
+
+fn print_cpu(cpu_seconds: Option<f64>, requests: usize) {
+    if let Some(cpu) = cpu_seconds.filter(|_| requests > 0) {
+        println!(
+            "   process CPU: {:.0} µs per request (server + agent + client, user + system)",
+            cpu * 1e6 / requests as f64
+        );
+    }
 }
 
 struct Load {
@@ -397,7 +461,6 @@ async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let samples: Arc<Mutex<Vec<String>>> = Arc::default();
-    let ticks = clock_ticks();
     let mut tasks = Vec::with_capacity(LOAD_CLIENTS);
     for _ in 0..LOAD_CLIENTS {
         let client = Client::new(url, Some(token))?;
@@ -436,9 +499,9 @@ async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
         }));
     }
     tokio::time::sleep_until(window_start.into()).await;
-    let cpu_before = process_cpu_seconds(ticks);
+    let cpu_before = process_cpu_seconds();
     tokio::time::sleep_until(window_end.into()).await;
-    let cpu_after = process_cpu_seconds(ticks);
+    let cpu_after = process_cpu_seconds();
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await?);
@@ -856,21 +919,25 @@ fn filesystem_of(path: &Path) -> String {
 }
 
 /// User + system CPU seconds of this process so far.
-fn process_cpu_seconds(ticks_per_second: f64) -> Option<f64> {
+fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_second)
+    Some((utime + stime) / clock_ticks())
 }
 
+/// Clock ticks per second for /proc times (asked once, before any measurement).
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
