@@ -15,6 +15,8 @@ pub struct ParseError {
 }
 
 /// Declares a closed enum with `as_str`, `FromStr`, `Display` and string-based serde.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! closed_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -58,7 +60,8 @@ macro_rules! closed_enum {
         }
     };
 }
-pub(crate) use closed_enum;
+#[doc(hidden)]
+pub use closed_enum;
 
 closed_enum! {
     /// What an operation does, computed from the statement itself and never taken from a

@@ -68,6 +68,19 @@ impl Default for ExecutionSettings {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// `full` (default): every commit fsynced; `normal`: crash-safe, not power-loss-safe.
+    pub synchronous: crate::store::Durability,
+}
+
+impl Default for crate::store::Durability {
+    fn default() -> Self {
+        crate::store::Durability::Full
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -83,6 +96,7 @@ pub struct ServerConfig {
     pub policy: Vec<PolicyRule>,
     pub tokens: TokenSettings,
     pub execution: ExecutionSettings,
+    pub state: StateSettings,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +110,7 @@ impl Default for ServerConfig {
             policy: Vec::new(),
             tokens: TokenSettings::default(),
             execution: ExecutionSettings::default(),
+            state: StateSettings::default(),
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Push dispatch and result relay, in memory.
 //!
-//! Agents waiting in a long-poll are woken by [`Dispatch::jobs_ready`] the moment a job is
-//! queued: there is no polling interval anywhere on the dispatch path. Finished outcomes are
+//! Agents waiting in a long-poll are woken the moment a job is queued on one of their
+//! connections: there is no polling interval anywhere on the dispatch path. Each queued job
+//! wakes exactly one waiting worker of that connection (`notify_one`), not every worker of
+//! every agent, so idle agents do not stampede the state store. Finished outcomes are
 //! handed to waiting clients through a per-request watch channel and kept only for the
 //! configured retention (results are stream-only by default; the store never holds them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use portcullis_core::ConnectionName;
 use portcullis_core::RequestState;
 use portcullis_proto::api::{ExecError, ExecResult};
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -28,7 +32,7 @@ struct Slot {
 
 #[derive(Default)]
 pub struct Dispatch {
-    jobs_ready: Notify,
+    ready: Mutex<HashMap<ConnectionName, Arc<Notify>>>,
     slots: Mutex<HashMap<Uuid, Slot>>,
 }
 
@@ -39,15 +43,32 @@ impl std::fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
-    /// Wakes every agent waiting for work.
-    pub fn wake_agents(&self) {
-        self.jobs_ready.notify_waiters();
+    fn notify(&self, connection: &ConnectionName) -> Arc<Notify> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.entry(connection.clone()).or_default().clone()
     }
 
-    /// A future that completes at the next [`Dispatch::wake_agents`]. Create (and enable) it
-    /// *before* looking at the queue so that a job queued in between is not missed.
-    pub fn jobs_ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.jobs_ready.notified()
+    /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
+    /// is kept for the next one; workers also look at the queue before every wait.
+    pub fn job_queued(&self, connection: &ConnectionName) {
+        self.notify(connection).notify_one();
+    }
+
+    /// Futures that complete when a job is queued on one of `connections`. Create (and
+    /// enable) them *before* looking at the queue so that a job queued in between is not
+    /// missed. A wake-up received by a dropped future passes to another waiter.
+    pub fn waiters(
+        &self,
+        connections: &[ConnectionName],
+    ) -> Vec<std::pin::Pin<Box<OwnedNotified>>> {
+        connections
+            .iter()
+            .map(|c| {
+                let mut fut = Box::pin(self.notify(c).notified_owned());
+                fut.as_mut().enable();
+                fut
+            })
+            .collect()
     }
 
     /// Subscribes to the outcome of `id`.

@@ -94,7 +94,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         let signing_key = keys::load_or_create(&data_dir)?;
-        let store = Store::open(&data_dir).await?;
+        let store = Store::open_with(&data_dir, config.state.synchronous).await?;
         let checkpoint = CheckpointFile::in_dir(&data_dir);
         let audit = Audit::open(&store, &checkpoint).await?;
         let key = Arc::new(signing_key.clone());

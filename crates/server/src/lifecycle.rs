@@ -250,7 +250,7 @@ pub async fn create_request(
     }
     tx.commit().await?;
     if auto {
-        state.dispatch.wake_agents();
+        state.dispatch.job_queued(&decl.name);
     }
     Ok(id)
 }
@@ -292,14 +292,12 @@ pub async fn claim_job(
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
     loop {
-        let ready = state.dispatch.jobs_ready();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
+        let ready = state.dispatch.waiters(&served);
         if let Some(job) = try_claim(state, agent, ctx, &served_json).await? {
             return Ok(Some(job));
         }
         tokio::select! {
-            _ = &mut ready => {}
+            _ = futures_util::future::select_all(ready) => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(None),
         }
     }

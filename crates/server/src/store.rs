@@ -11,6 +11,17 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub const STATE_FILE: &str = "portcullis.db";
 
+portcullis_core::names::closed_enum! {
+    /// How hard a commit is pushed to disk. `full` (the default): every commit, and so every
+    /// audit append, is fsynced and survives power loss. `normal`: commits survive a crash of
+    /// the process but the last ones may roll back on power loss (the WAL is synced only at
+    /// checkpoints); faster on slow disks.
+    Durability, "durability" {
+        Full => "full",
+        Normal => "normal",
+    }
+}
+
 /// One migration: applied once, in order, inside its own transaction.
 struct Migration {
     version: i64,
@@ -44,13 +55,19 @@ impl Store {
 
     /// Opens (creating if needed) the state file and applies pending migrations.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        Self::open_with(data_dir, Durability::Full).await
+    }
+
+    pub async fn open_with(data_dir: &Path, durability: Durability) -> anyhow::Result<Store> {
         let path = Self::state_file(data_dir);
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit (and so every audit append) survives power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()

@@ -1,0 +1,362 @@
+//! The measured scenarios: direct driver, through Portcullis, throughput, dispatch.
+
+use super::*;
+
+pub(crate) async fn commit_probe(path: &Path) -> anyhow::Result<Stats> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    sqlx::query("CREATE TABLE probe (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let mut lat = Vec::with_capacity(FSYNC_ITERATIONS);
+    for i in 0..FSYNC_ITERATIONS + 20 {
+        let t = Instant::now();
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO probe (v) VALUES (?)")
+            .bind(format!("row {i}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if i >= 20 {
+            lat.push(t.elapsed());
+        }
+    }
+    pool.close().await;
+    Ok(Stats::of(lat))
+}
+
+pub(crate) async fn direct(db: &Path) -> anyhow::Result<Stats> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(SqliteConnectOptions::new().filename(db).read_only(true))
+        .await?;
+    pub(crate) async fn once(pool: &SqlitePool) -> anyhow::Result<()> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(STATEMENT).fetch_all(pool).await?;
+        if rows.len() != 1 {
+            bail!("expected one row, got {}", rows.len());
+        }
+        Ok(())
+    }
+    for _ in 0..DIRECT_WARMUP {
+        once(&pool).await?;
+    }
+    let mut lat = Vec::with_capacity(DIRECT_ITERATIONS);
+    for _ in 0..DIRECT_ITERATIONS {
+        let t = Instant::now();
+        once(&pool).await?;
+        lat.push(t.elapsed());
+    }
+    pool.close().await;
+    Ok(Stats::of(lat))
+}
+
+pub(crate) async fn http_floor(client: &Client) -> anyhow::Result<Stats> {
+    for _ in 0..200 {
+        client.health().await?;
+    }
+    let mut lat = Vec::with_capacity(HTTP_FLOOR_ITERATIONS);
+    for _ in 0..HTTP_FLOOR_ITERATIONS {
+        let t = Instant::now();
+        if !client.health().await? {
+            bail!("/health is not OK");
+        }
+        lat.push(t.elapsed());
+    }
+    Ok(Stats::of(lat))
+}
+
+pub(crate) fn read_body() -> CreateRequest {
+    CreateRequest {
+        connection: "demo".parse().expect("a valid connection name"),
+        statement: STATEMENT.into(),
+        reason: "benchmark".into(),
+    }
+}
+
+pub(crate) fn check_outcome(outcome: &RequestOutcome) -> Result<(), String> {
+    if outcome.request.state != RequestState::Succeeded {
+        return Err(format!(
+            "request {} ended {} ({:?})",
+            outcome.request.id, outcome.request.state, outcome.request.error
+        ));
+    }
+    match outcome.result.as_ref().map(|r| r.row_count) {
+        Some(1) => Ok(()),
+        other => Err(format!(
+            "request {} succeeded with row count {other:?}, expected 1",
+            outcome.request.id
+        )),
+    }
+}
+
+/// Sequential auto-approved reads with a waiting create: the latencies, and the process CPU
+/// seconds spent during the measured iterations.
+pub(crate) async fn through(
+    admin: &Client,
+    iterations: usize,
+) -> anyhow::Result<(Stats, Option<f64>)> {
+    let body = read_body();
+    for _ in 0..THROUGH_WARMUP {
+        check_outcome(&admin.create_request(&body, Duration::from_secs(10)).await?)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let deadline = Instant::now() + THROUGH_BUDGET;
+    let mut lat = Vec::with_capacity(iterations);
+    let cpu_before = process_cpu_seconds();
+    while lat.len() < iterations && Instant::now() < deadline {
+        let t = Instant::now();
+        let outcome = admin.create_request(&body, Duration::from_secs(10)).await?;
+        lat.push(t.elapsed());
+        check_outcome(&outcome).map_err(anyhow::Error::msg)?;
+    }
+    let cpu = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+    if lat.len() < iterations {
+        println!(
+            "   (time budget of {} s reached after {} iterations)",
+            THROUGH_BUDGET.as_secs(),
+            lat.len()
+        );
+    }
+    Ok((Stats::of(lat), cpu))
+}
+
+/// The same sequential run on a fresh stack whose only agent runs a single worker.
+pub(crate) async fn through_single_worker() -> anyhow::Result<(Stats, Option<f64>)> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let mut opts = DevOptions::new("127.0.0.1:0".parse()?, dir.path().join("data"));
+    opts.start_agent = false;
+    let stack = DevStack::start(opts).await?;
+    let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
+    let created = admin.create_agent("single-worker").await?;
+    let mut config = demo_agent_config("single-worker", &stack.url, &stack.server, &stack.demo_db);
+    config.max_concurrent_jobs = 1;
+    let agent = Agent::new(config, &created.token).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(stopped));
+    let result = through(&admin, THROUGH_ITERATIONS / 2).await;
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    stack.stop().await;
+    result
+}
+
+pub(crate) fn print_cpu(cpu_seconds: Option<f64>, requests: usize) {
+    if let Some(cpu) = cpu_seconds.filter(|_| requests > 0) {
+        println!(
+            "   process CPU: {:.0} µs per request (server + agent + client, user + system)",
+            cpu * 1e6 / requests as f64
+        );
+    }
+}
+
+pub(crate) struct Load {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) rate: f64,
+    pub(crate) latency: Stats,
+    pub(crate) error_samples: Vec<String>,
+    pub(crate) cpu_cores: Option<f64>,
+    pub(crate) cpu_us_per_request: Option<f64>,
+}
+
+pub(crate) async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
+    let start = Instant::now();
+    let window_start = start + LOAD_WARMUP;
+    let window_end = window_start + LOAD_WINDOW;
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let samples: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::with_capacity(LOAD_CLIENTS);
+    for _ in 0..LOAD_CLIENTS {
+        let client = Client::new(url, Some(token))?;
+        let (ok, errors, samples) = (ok.clone(), errors.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = read_body();
+            let mut lat = Vec::new();
+            while Instant::now() < window_end {
+                let t = Instant::now();
+                let result = client.create_request(&body, Duration::from_secs(10)).await;
+                let done = Instant::now();
+                let verdict = match &result {
+                    Ok(outcome) => check_outcome(outcome),
+                    Err(e) => Err(e.to_string()),
+                };
+                // Count only requests that completed inside the measurement window.
+                if done < window_start || done > window_end {
+                    if let Err(e) = verdict {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        push_sample(&samples, e);
+                    }
+                    continue;
+                }
+                match verdict {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        lat.push(done - t);
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        push_sample(&samples, e);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep_until(window_start.into()).await;
+    let cpu_before = process_cpu_seconds();
+    tokio::time::sleep_until(window_end.into()).await;
+    let cpu_after = process_cpu_seconds();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    let rate = ok as f64 / LOAD_WINDOW.as_secs_f64();
+    let (cpu_cores, cpu_us_per_request) = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => (
+            Some((b - a) / LOAD_WINDOW.as_secs_f64()),
+            (ok > 0).then(|| (b - a) * 1e6 / ok as f64),
+        ),
+        _ => (None, None),
+    };
+    let error_samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(Load {
+        ok,
+        errors: errors.load(Ordering::Relaxed),
+        rate,
+        latency: Stats::of(lat),
+        error_samples,
+        cpu_cores,
+        cpu_us_per_request,
+    })
+}
+
+pub(crate) fn push_sample(samples: &Mutex<Vec<String>>, e: String) {
+    let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+    if s.len() < 10 {
+        s.push(e);
+    }
+}
+
+pub(crate) struct Dispatch {
+    pub(crate) from_response: Stats,
+    pub(crate) from_send: Stats,
+    pub(crate) create: Stats,
+    pub(crate) job_first: usize,
+}
+
+pub(crate) fn served() -> Vec<ServedConnection> {
+    vec![ServedConnection {
+        name: "demo".parse().expect("a valid connection name"),
+        kind: ConnectionKind::Sqlite,
+        environment: Environment::Development,
+    }]
+}
+
+/// Starts a long-poll claim now; resolves to the job and the instant it arrived.
+pub(crate) fn start_claim(
+    agent: &Client,
+) -> tokio::task::JoinHandle<anyhow::Result<(JobAssignment, Instant)>> {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let job = agent
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 30_000,
+            })
+            .await?;
+        let arrived = Instant::now();
+        let job = job.ok_or_else(|| anyhow::anyhow!("the claim ended without a job"))?;
+        Ok((job, arrived))
+    })
+}
+
+pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let mut opts = DevOptions::new("127.0.0.1:0".parse()?, dir.path().join("data"));
+    opts.start_agent = false;
+    let stack = DevStack::start(opts).await?;
+    let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
+    let created = admin.create_agent("bench-agent").await?;
+    let agent = Client::new(&stack.url, Some(&created.token))?;
+    println!(
+        "   dev stack at {} without its agent; agent `bench-agent` claims by raw long-poll",
+        stack.url
+    );
+
+    let mut pending = start_claim(&agent);
+    // Once, at the start: wait (bounded) until the server has seen the first long-poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin
+        .list_agents()
+        .await?
+        .iter()
+        .any(|a| a.name == "bench-agent" && a.connected)
+    {
+        if Instant::now() > deadline {
+            bail!("the bench agent never showed as connected");
+        }
+        tokio::task::yield_now().await;
+    }
+
+    let body = read_body();
+    let report = JobReport::Succeeded {
+        result: Default::default(),
+    };
+    let budget = Instant::now() + DISPATCH_BUDGET;
+    let (mut from_response, mut from_send, mut create) = (Vec::new(), Vec::new(), Vec::new());
+    let mut job_first = 0;
+    let mut i = 0;
+    while i < DISPATCH_WARMUP + DISPATCH_ITERATIONS && Instant::now() < budget {
+        let t_send = Instant::now();
+        let outcome = admin.create_request(&body, Duration::ZERO).await?;
+        let t_response = Instant::now();
+        let (job, arrived) = pending.await??;
+        if job.request_id != outcome.request.id {
+            bail!(
+                "claimed job for request {}, expected {}",
+                job.request_id,
+                outcome.request.id
+            );
+        }
+        // The next long-poll goes out before the report, so it is parked at the server by
+        // the time the report (a durable commit) has come back and the next create is sent.
+        pending = start_claim(&agent);
+        agent.report(job.job_id, &report).await?;
+        if i >= DISPATCH_WARMUP {
+            if arrived < t_response {
+                job_first += 1;
+            }
+            from_response.push(arrived.saturating_duration_since(t_response));
+            from_send.push(arrived - t_send);
+            create.push(t_response - t_send);
+        }
+        i += 1;
+    }
+    if i < DISPATCH_WARMUP + DISPATCH_ITERATIONS {
+        println!(
+            "   (time budget of {} s reached after {} iterations)",
+            DISPATCH_BUDGET.as_secs(),
+            i.saturating_sub(DISPATCH_WARMUP)
+        );
+    }
+    pending.abort();
+    stack.stop().await;
+    Ok(Dispatch {
+        from_response: Stats::of(from_response),
+        from_send: Stats::of(from_send),
+        create: Stats::of(create),
+        job_first,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics and output

@@ -1,0 +1,296 @@
+//! Statistics, the summary table and the machine description.
+
+use super::*;
+
+/// Latency statistics in microseconds (nearest-rank percentiles).
+pub(crate) struct Stats {
+    pub(crate) n: usize,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) mean: f64,
+    pub(crate) max: f64,
+}
+
+impl Stats {
+    pub(crate) fn of(mut v: Vec<Duration>) -> Stats {
+        v.sort_unstable();
+        let n = v.len();
+        let at = |p: f64| -> f64 {
+            if n == 0 {
+                return f64::NAN;
+            }
+            let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+            v[rank - 1].as_secs_f64() * 1e6
+        };
+        let mean = if n == 0 {
+            f64::NAN
+        } else {
+            v.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e6 / n as f64
+        };
+        Stats {
+            n,
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            mean,
+            max: v.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e6),
+        }
+    }
+
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "p50 {}  p90 {}  p99 {}  mean {}  max {}",
+            us(self.p50),
+            us(self.p90),
+            us(self.p99),
+            us(self.mean),
+            us(self.max)
+        )
+    }
+}
+
+pub(crate) fn us(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else if v.abs() >= 10_000.0 {
+        format!("{:.1} ms", v / 1_000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+pub(crate) enum Goal {
+    None,
+    AtMost(f64),
+    AtLeast(f64),
+    Zero,
+}
+
+pub(crate) struct Row {
+    pub(crate) figure: String,
+    pub(crate) measured: String,
+    pub(crate) value: f64,
+    pub(crate) goal: Goal,
+    pub(crate) unit: &'static str,
+}
+
+impl Row {
+    pub(crate) fn info(figure: &str, measured: String) -> Row {
+        Row {
+            figure: figure.into(),
+            measured,
+            value: f64::NAN,
+            goal: Goal::None,
+            unit: "",
+        }
+    }
+    pub(crate) fn at_most(figure: &str, value_us: f64, goal_us: f64) -> Row {
+        Row {
+            figure: figure.into(),
+            measured: us(value_us),
+            value: value_us,
+            goal: Goal::AtMost(goal_us),
+            unit: "µs",
+        }
+    }
+    pub(crate) fn at_least(figure: &str, value: f64, goal: f64, unit: &'static str) -> Row {
+        Row {
+            figure: figure.into(),
+            measured: format!("{value:.0} {unit}"),
+            value,
+            goal: Goal::AtLeast(goal),
+            unit,
+        }
+    }
+    pub(crate) fn exact_zero(figure: &str, count: u64) -> Row {
+        Row {
+            figure: figure.into(),
+            measured: count.to_string(),
+            value: count as f64,
+            goal: Goal::Zero,
+            unit: "",
+        }
+    }
+
+    pub(crate) fn goal_text(&self) -> String {
+        let v = |g: f64| {
+            if self.unit == "µs" {
+                us(g)
+            } else {
+                format!("{g:.0} {}", self.unit)
+            }
+        };
+        match self.goal {
+            Goal::None => "-".into(),
+            Goal::AtMost(g) => format!("≤ {}", v(g)),
+            Goal::AtLeast(g) => format!("≥ {}", v(g)),
+            Goal::Zero => "0".into(),
+        }
+    }
+
+    pub(crate) fn verdict(&self) -> String {
+        match self.goal {
+            Goal::None => "-".into(),
+            Goal::AtMost(g) => format!(
+                "{:.2} {}",
+                self.value / g,
+                if self.value <= g { "PASS" } else { "MISS" }
+            ),
+            Goal::AtLeast(g) => format!(
+                "{:.2} {}",
+                self.value / g,
+                if self.value >= g { "PASS" } else { "MISS" }
+            ),
+            Goal::Zero => (if self.value == 0.0 { "PASS" } else { "MISS" }).into(),
+        }
+    }
+}
+
+pub(crate) fn print_summary(rows: &[Row]) {
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.figure.clone(),
+                r.measured.clone(),
+                r.goal_text(),
+                r.verdict(),
+            ]
+        })
+        .collect();
+    let header = ["figure", "measured", "goal", "ratio (measured/goal)"].map(String::from);
+    let width = |i: usize| {
+        cells
+            .iter()
+            .chain(std::iter::once(&header))
+            .map(|c| c[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width(0), width(1), width(2), width(3)];
+    let line = |c: &[String; 4]| {
+        let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w - s.chars().count()));
+        format!(
+            "| {} | {} | {} | {} |",
+            pad(&c[0], widths[0]),
+            pad(&c[1], widths[1]),
+            pad(&c[2], widths[2]),
+            pad(&c[3], widths[3])
+        )
+    };
+    println!("{}", line(&header));
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(widths[0] + 2),
+        "-".repeat(widths[1] + 2),
+        "-".repeat(widths[2] + 2),
+        "-".repeat(widths[3] + 2)
+    );
+    for c in &cells {
+        println!("{}", line(c));
+    }
+}
+
+pub(crate) fn section(title: &str) {
+    println!();
+    println!("== {title}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Machine
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub(crate) fn print_machine(scratch: &Path) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    println!("== portcullis core-path benchmark");
+    println!(
+        "   machine: {} logical CPUs (nproc), {cpu}, Linux {kernel}",
+        cores()
+    );
+    println!(
+        "   commit:  {commit}{}",
+        if dirty {
+            " (working tree has uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "   temp dir: {} on {}",
+        scratch.display(),
+        filesystem_of(scratch)
+    );
+    println!(
+        "   everything runs in this one process on a {}-worker tokio runtime: load generator, server and agent share the CPUs",
+        cores()
+    );
+}
+
+/// The mount (device and type) holding `path`, from /proc/mounts: the longest matching prefix.
+pub(crate) fn filesystem_of(path: &Path) -> String {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?, f.next()?))
+        })
+        .filter(|(_, mount, _)| path.starts_with(mount))
+        .max_by_key(|(_, mount, _)| mount.len())
+        .map_or_else(
+            || "unknown".into(),
+            |(dev, mount, fs)| format!("{fs} ({dev} at {mount})"),
+        )
+}
+
+/// User + system CPU seconds of this process so far.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Clock ticks per second for /proc times (asked once, before any measurement).
+pub(crate) fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
