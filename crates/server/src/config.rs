@@ -75,12 +75,6 @@ pub struct StateSettings {
     pub synchronous: crate::store::Durability,
 }
 
-impl Default for crate::store::Durability {
-    fn default() -> Self {
-        crate::store::Durability::Full
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {

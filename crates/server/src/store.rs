@@ -16,7 +16,9 @@ portcullis_core::names::closed_enum! {
     /// audit append, is fsynced and survives power loss. `normal`: commits survive a crash of
     /// the process but the last ones may roll back on power loss (the WAL is synced only at
     /// checkpoints); faster on slow disks.
+    #[derive(Default)]
     Durability, "durability" {
+        #[default]
         Full => "full",
         Normal => "normal",
     }
