@@ -82,6 +82,10 @@ pub(crate) struct DevArgs {
     /// State directory (created if missing). A temporary one when omitted.
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
+    /// A TOML file of extra `[[connections]]` (agent format) to serve beside `demo`, for
+    /// example examples/local-stores.toml.
+    #[arg(long)]
+    pub(crate) connections: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,36 @@ pub struct DevOptions {
     pub server: ServerConfig,
     /// Start the in-process agent (tests that bring their own agents turn it off).
     pub start_agent: bool,
+    /// More connections for the dev agent to serve beside `demo` (agent format).
+    pub extra: Vec<TargetConfig>,
+}
+
+/// A file of extra connections for `portcullis dev --connections FILE`: `[[connections]]`
+/// entries in the agent's format (name, kind, environment, allow, and how to reach it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsFile {
+    pub connections: Vec<TargetConfig>,
+}
+
+impl ConnectionsFile {
+    pub fn load(path: &Path) -> anyhow::Result<Vec<TargetConfig>> {
+        use figment::providers::Format;
+        if !path.exists() {
+            anyhow::bail!("connections file {} does not exist", path.display());
+        }
+        let file: ConnectionsFile =
+            figment::Figment::from(figment::providers::Toml::file_exact(path))
+                .extract()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if file.connections.iter().any(|c| c.name.as_str() == "demo") {
+            anyhow::bail!(
+                "{}: the name `demo` is taken by the built-in demo database",
+                path.display()
+            );
+        }
+        Ok(file.connections)
+    }
 }
 
 impl DevOptions {
@@ -51,6 +81,7 @@ impl DevOptions {
             ],
             server: ServerConfig::default(),
             start_agent: true,
+            extra: Vec::new(),
         }
     }
 }
@@ -81,6 +112,15 @@ impl DevStack {
                 name: demo.clone(),
                 kind: ConnectionKind::Sqlite,
                 environment: Environment::Development,
+            });
+        }
+        // The server learns names, kinds and environments only; addresses and credentials stay
+        // with the agent.
+        for t in &opts.extra {
+            config.connections.push(ConnectionDecl {
+                name: t.name.clone(),
+                kind: t.kind,
+                environment: t.environment,
             });
         }
         config.admin_token_file = Some(opts.data_dir.join(ADMIN_TOKEN_FILE));
@@ -121,6 +161,7 @@ impl DevStack {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut agent_config = demo_agent_config(&agent_name, &url, &server, &demo_db);
         agent_config.connections[0].allow = opts.allow.clone();
+        agent_config.connections.extend(opts.extra.iter().cloned());
         let agent = Agent::new(agent_config, &agent_token).await?;
         let (agent_stop, stop) = watch::channel(false);
         let agent_task = tokio::spawn(agent_run(agent, stop));
@@ -154,17 +195,19 @@ pub fn demo_agent_config(name: &str, url: &str, server: &Server, demo_db: &Path)
             public_key: public_key_base64(&signer.verifying_key()),
         }],
         connections: vec![TargetConfig {
-            // Invariant: "demo" is a valid connection name.
-            name: ConnectionName::try_from("demo".to_owned())
-                .unwrap_or_else(|_| unreachable!("a valid literal")),
-            kind: ConnectionKind::Sqlite,
-            environment: Environment::Development,
-            allow: vec![
-                OperationClass::Read,
-                OperationClass::Write,
-                OperationClass::Ddl,
-            ],
             path: Some(demo_db.to_owned()),
+            ..TargetConfig::new(
+                // Invariant: "demo" is a valid connection name.
+                ConnectionName::try_from("demo".to_owned())
+                    .unwrap_or_else(|_| unreachable!("a valid literal")),
+                ConnectionKind::Sqlite,
+                Environment::Development,
+                vec![
+                    OperationClass::Read,
+                    OperationClass::Write,
+                    OperationClass::Ddl,
+                ],
+            )
         }],
         max_concurrent_jobs: 16,
         ..AgentConfig::default()

@@ -22,6 +22,9 @@ mod tests {
     #[test]
     fn timestamps_have_fixed_width() {
         assert_eq!(super::format_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::format_ms(1_764_000_000_110), "2025-11-24T16:00:00.110Z");
+        assert_eq!(
+            super::format_ms(1_764_000_000_110),
+            "2025-11-24T16:00:00.110Z"
+        );
     }
 }

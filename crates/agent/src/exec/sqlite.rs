@@ -6,8 +6,6 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::TryStreamExt;
 use portcullis_core::OperationClass;
 use portcullis_proto::api::{Column, ExecError, ExecResult};
@@ -17,7 +15,9 @@ use sqlx::{
     AssertSqlSafe, Column as _, Executor, Row, SqlSafeStr, Statement as _, TypeInfo, ValueRef,
 };
 
-use super::store_error;
+use super::limits::Rows;
+use super::values::{base64, float, unsupported};
+use super::{FailureCode, Limits, failure};
 use crate::permit::Permit;
 
 #[derive(Debug)]
@@ -46,62 +46,63 @@ impl SqliteTarget {
     }
 
     pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
-        let timeout = Duration::from_millis(permit.timeout_ms());
+        let limits = Limits::of(permit);
         let work = async {
             match permit.class() {
-                OperationClass::Read => self.read(permit.statement(), permit.row_cap()).await,
+                OperationClass::Read => self.read(permit.statement(), limits).await,
                 _ => self.write(permit.statement()).await,
             }
         };
-        match tokio::time::timeout(timeout, work).await {
+        match tokio::time::timeout(limits.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(ExecError {
-                code: "statement_timeout".into(),
-                message: format!("the statement ran longer than {} ms", permit.timeout_ms()),
-            }),
+            Err(_) => Err(failure(
+                FailureCode::StatementTimeout,
+                format!("the statement ran longer than {} ms", limits.timeout_ms()),
+            )),
         }
     }
 
-    async fn read(&self, statement: &str, row_cap: u64) -> Result<ExecResult, ExecError> {
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn read(&self, statement: &str, limits: Limits) -> Result<ExecResult, ExecError> {
         let mut conn = self
             .read
             .acquire()
             .await
-            .map_err(|e| store_error("store_unavailable", e))?;
-        let mut result = ExecResult::default();
+            .map_err(|e| failure(FailureCode::StoreUnavailable, e.to_string()))?;
+        let mut rows = Rows::new(limits);
         {
-            let mut rows = sqlx::query(AssertSqlSafe(statement.to_owned())).fetch(&mut *conn);
-            while let Some(row) = rows
-                .try_next()
-                .await
-                .map_err(|e| store_error("store_error", e))?
-            {
-                if result.columns.is_empty() {
-                    result.columns = columns(&row);
+            let mut stream = sqlx::query(AssertSqlSafe(statement.to_owned())).fetch(&mut *conn);
+            while let Some(row) = stream.try_next().await.map_err(store_error)? {
+                if !rows.has_columns() {
+                    rows.set_columns(columns(&row));
                 }
-                if result.row_count >= row_cap {
-                    result.truncated = true;
+                rows.offer(|| values(&row));
+                if rows.is_full() {
                     break;
                 }
-                result.rows.push(values(&row)?);
-                result.row_count += 1;
             }
         }
-        if result.columns.is_empty() {
+        if !rows.has_columns() {
             let prepared = (&mut *conn)
                 .prepare(AssertSqlSafe(statement.to_owned()).into_sql_str())
                 .await
-                .map_err(|e| store_error("store_error", e))?;
-            result.columns = prepared
-                .columns()
-                .iter()
-                .map(|c| Column {
-                    name: c.name().to_owned(),
-                    type_name: c.type_info().name().to_owned(),
-                })
-                .collect();
+                .map_err(store_error)?;
+            rows.set_columns(
+                prepared
+                    .columns()
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name().to_owned(),
+                        type_name: c.type_info().name().to_owned(),
+                    })
+                    .collect(),
+            );
         }
-        Ok(result)
+        Ok(rows.finish())
     }
 
     async fn write(&self, statement: &str) -> Result<ExecResult, ExecError> {
@@ -109,19 +110,37 @@ impl SqliteTarget {
             .write
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| store_error("store_unavailable", e))?;
+            .map_err(|e| failure(FailureCode::StoreUnavailable, e.to_string()))?;
         let done = sqlx::query(AssertSqlSafe(statement.to_owned()))
             .execute(&mut *tx)
             .await
-            .map_err(|e| store_error("store_error", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| store_error("store_error", e))?;
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(ExecResult {
             affected_rows: Some(done.rows_affected()),
             ..ExecResult::default()
         })
     }
+}
+
+/// SQLite's read-only connection refusing a change (`SQLITE_READONLY`, and `query_only`'s
+/// "attempt to write a readonly database") is the read-only guard at work (EX-3).
+fn store_error(e: sqlx::Error) -> ExecError {
+    let read_only = match &e {
+        sqlx::Error::Database(db) => {
+            db.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 8)
+                || db.message().contains("readonly database")
+        }
+        _ => false,
+    };
+    let code = if read_only {
+        FailureCode::ReadOnlyViolation
+    } else {
+        FailureCode::StoreError
+    };
+    failure(code, e.to_string())
 }
 
 fn columns(row: &SqliteRow) -> Vec<Column> {
@@ -135,27 +154,25 @@ fn columns(row: &SqliteRow) -> Vec<Column> {
 }
 
 /// Converts a row faithfully: integers stay integers, REAL stays a float, TEXT a string,
-/// BLOB becomes base64, NULL null.
-fn values(row: &SqliteRow) -> Result<Vec<Value>, ExecError> {
-    let decode = |e: sqlx::Error| store_error("decode_error", e);
+/// BLOB becomes base64, NULL null; a value that cannot be decoded becomes
+/// `{"unsupported_type": …}` rather than failing the result.
+fn values(row: &SqliteRow) -> Vec<Value> {
     (0..row.len())
         .map(|i| {
-            let raw = row.try_get_raw(i).map_err(decode)?;
+            let Ok(raw) = row.try_get_raw(i) else {
+                return unsupported("unknown");
+            };
             if raw.is_null() {
-                return Ok(Value::Null);
+                return Value::Null;
             }
             let kind = raw.type_info().name().to_owned();
-            Ok(match kind.as_str() {
-                "INTEGER" => Value::from(row.try_get_unchecked::<i64, _>(i).map_err(decode)?),
-                "REAL" => serde_json::Number::from_f64(
-                    row.try_get_unchecked::<f64, _>(i).map_err(decode)?,
-                )
-                .map_or(Value::Null, Value::Number),
-                "BLOB" => Value::String(
-                    STANDARD.encode(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(decode)?),
-                ),
-                _ => Value::String(row.try_get_unchecked::<String, _>(i).map_err(decode)?),
-            })
+            let value = match kind.as_str() {
+                "INTEGER" => row.try_get_unchecked::<i64, _>(i).map(Value::from),
+                "REAL" => row.try_get_unchecked::<f64, _>(i).map(float),
+                "BLOB" => row.try_get_unchecked::<Vec<u8>, _>(i).map(|b| base64(&b)),
+                _ => row.try_get_unchecked::<String, _>(i).map(Value::String),
+            };
+            value.unwrap_or_else(|_| unsupported(&kind))
         })
         .collect()
 }

@@ -1,6 +1,6 @@
 //! `portcullis dev`: everything in one process on loopback, with a loud banner.
 
-use portcullis::devstack::{ADMIN_TOKEN_FILE, DevOptions, DevStack};
+use portcullis::devstack::{ADMIN_TOKEN_FILE, ConnectionsFile, DevOptions, DevStack};
 
 use crate::args::DevArgs;
 use crate::exit::{self, Exit};
@@ -24,12 +24,23 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<u8> {
             (t.path().to_owned(), Some(t))
         }
     };
-    let stack = DevStack::start(DevOptions::new(args.listen, data_dir.clone())).await?;
+    let mut opts = DevOptions::new(args.listen, data_dir.clone());
+    if let Some(file) = &args.connections {
+        opts.extra =
+            ConnectionsFile::load(file).map_err(|e| Exit::new(exit::USAGE, format!("{e:#}")))?;
+    }
+    let extra: Vec<String> = opts
+        .extra
+        .iter()
+        .map(|c| format!("{} ({}, {})", c.name, c.kind, c.environment))
+        .collect();
+    let stack = DevStack::start(opts).await?;
     let token_file = data_dir.join(ADMIN_TOKEN_FILE);
     let bar = "=".repeat(78);
     eprintln!(
         "\n{bar}\n  PORTCULLIS DEV MODE: NOT FOR PRODUCTION\n  One process, loopback only, every statement on `demo` auto-approved.\n{bar}\n\n\
          Server:      {url}\n\
+         Connections: demo (sqlite, development){more}\n\
          State:       {dir}\n\
          Admin token: {tf} (mode 0600)\n\n\
          Try it:\n\
@@ -39,6 +50,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<u8> {
          \x20 portcullis audit verify --data {dir}\n\n\
          Press Ctrl-C to stop.\n",
         url = stack.url,
+        more = extra.iter().map(|c| format!(", {c}")).collect::<String>(),
         dir = data_dir.display(),
         tf = token_file.display(),
     );

@@ -79,11 +79,13 @@ fn config_with(pins: Vec<PinnedKey>) -> AgentConfig {
         server_url: "http://127.0.0.1:7070".into(),
         trusted_keys: pins,
         connections: vec![TargetConfig {
-            name: "demo".parse().expect("name"),
-            kind: ConnectionKind::Sqlite,
-            environment: Environment::Development,
-            allow: vec![OperationClass::Read],
             path: Some(PathBuf::from("/nonexistent/demo.db")),
+            ..TargetConfig::new(
+                "demo".parse().expect("name"),
+                ConnectionKind::Sqlite,
+                Environment::Development,
+                vec![OperationClass::Read],
+            )
         }],
         ..AgentConfig::default()
     }

@@ -61,11 +61,13 @@ impl Rig {
             server_url: "http://127.0.0.1:9".into(),
             trusted_keys: vec![pin(&signer)],
             connections: vec![TargetConfig {
-                name: "demo".parse().expect("name"),
-                kind: ConnectionKind::Sqlite,
-                environment: Environment::Development,
-                allow: allow.to_vec(),
                 path: Some(db.clone()),
+                ..TargetConfig::new(
+                    "demo".parse().expect("name"),
+                    ConnectionKind::Sqlite,
+                    Environment::Development,
+                    allow.to_vec(),
+                )
             }],
             ..AgentConfig::default()
         };

@@ -1,0 +1,319 @@
+//! MySQL and MariaDB targets. The server's flavour is read once per pool (`SELECT VERSION()`),
+//! because the two spell the statement timeout differently: MariaDB's `max_statement_time`
+//! (seconds, every statement) and MySQL's `max_execution_time` (milliseconds, `SELECT` only).
+//! The timeout is set on the session before the statement, never by rewriting the statement.
+//! Reads run with the session set to `TRANSACTION READ ONLY` and inside
+//! `START TRANSACTION READ ONLY … ROLLBACK`; writes and DDL inside
+//! `START TRANSACTION … COMMIT` (DDL commits implicitly, as MySQL always does). Statements go
+//! through the binary protocol as prepared statements, which hold exactly one statement.
+//! When the store does not answer in time, the agent kills the query from another connection
+//! (`KILL QUERY`), which covers MySQL writes that have no server-side timeout. TLS follows the
+//! URL's `ssl-mode`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use portcullis_core::{ConnectionName, OperationClass};
+use portcullis_proto::api::{Column, ExecError, ExecResult};
+use serde_json::Value;
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlRow};
+use sqlx::pool::PoolConnection;
+use sqlx::{
+    AssertSqlSafe, Column as _, Connection, Executor, MySql, MySqlConnection, Row, SqlSafeStr,
+    Statement as _, ValueRef,
+};
+use tokio::sync::OnceCell;
+
+use super::limits::Rows;
+use super::pool::StorePool;
+use super::values::mysql::{type_name, value};
+use super::{FailureCode, Limits, failure, no_answer};
+use crate::config::TargetConfig;
+use crate::permit::Permit;
+
+/// How much longer than the server-side timeout the agent waits before killing the query.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// MariaDB `ER_STATEMENT_TIMEOUT`, MySQL `ER_QUERY_TIMEOUT`, and `ER_QUERY_INTERRUPTED`
+/// (what `KILL QUERY` raises).
+const TIMEOUT_ERRORS: [u16; 3] = [1969, 3024, 1317];
+/// `ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION`, `ER_OPTION_PREVENTS_STATEMENT` (read_only
+/// server), `ER_READ_ONLY_MODE`.
+const READ_ONLY_ERRORS: [u16; 3] = [1792, 1290, 1836];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    MariaDb,
+    MySql,
+}
+
+#[derive(Debug)]
+struct Credential {
+    pool: StorePool<MySql>,
+    flavour: OnceCell<Flavour>,
+}
+
+/// A MySQL/MariaDB connection with one pool per allowed class.
+#[derive(Debug)]
+pub struct MySqlTarget {
+    name: ConnectionName,
+    credentials: BTreeMap<OperationClass, Credential>,
+}
+
+impl MySqlTarget {
+    /// Builds the pools; nothing connects until the first job.
+    pub fn open(target: &TargetConfig) -> anyhow::Result<MySqlTarget> {
+        let mut credentials = BTreeMap::new();
+        for class in &target.allow {
+            // The session time zone is UTC (the driver's default), so TIMESTAMP values are
+            // instants and are shown with `Z`.
+            let pool = StorePool::open(target, *class, |url| {
+                Ok(MySqlConnectOptions::from_str(url)?.timezone(Some("+00:00".to_owned())))
+            })?;
+            credentials.insert(
+                *class,
+                Credential {
+                    pool,
+                    flavour: OnceCell::new(),
+                },
+            );
+        }
+        Ok(MySqlTarget {
+            name: target.name.clone(),
+            credentials,
+        })
+    }
+
+    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
+        self.run(permit.class(), permit.statement(), Limits::of(permit))
+            .await
+    }
+
+    /// Runs `statement` as `class` without a permit. Test-only: it exists so tests can prove
+    /// the store-side guards (read-only transaction, timeout, caps) hold on their own, for
+    /// statements the gate would refuse. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn run_unchecked(
+        &self,
+        class: OperationClass,
+        statement: &str,
+        limits: Limits,
+    ) -> Result<ExecResult, ExecError> {
+        self.run(class, statement, limits).await
+    }
+
+    async fn run(
+        &self,
+        class: OperationClass,
+        statement: &str,
+        limits: Limits,
+    ) -> Result<ExecResult, ExecError> {
+        let credential = self.credentials.get(&class).ok_or_else(|| {
+            failure(
+                FailureCode::StoreUnavailable,
+                format!("connection {} has no {class} credential", self.name),
+            )
+        })?;
+        let pool = &credential.pool;
+        let mut conn = pool.acquire(&limits).await?;
+        let prepared = async {
+            let flavour = *credential
+                .flavour
+                .get_or_try_init(|| flavour(&mut conn))
+                .await?;
+            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *conn)
+                .await?;
+            let mut session = match flavour {
+                Flavour::MariaDb => format!(
+                    "SET SESSION max_statement_time = {}.{:03}",
+                    limits.timeout_ms() / 1_000,
+                    limits.timeout_ms() % 1_000
+                ),
+                Flavour::MySql => {
+                    format!("SET SESSION max_execution_time = {}", limits.timeout_ms())
+                }
+            };
+            if class == OperationClass::Read {
+                // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
+                // transaction implicitly and then runs outside it. The session characteristic
+                // covers that implicit transaction too. Set on every read, so nothing a
+                // previous statement did to the session can carry over.
+                session.push_str("; SET SESSION TRANSACTION READ ONLY");
+            }
+            sqlx::raw_sql(AssertSqlSafe(session))
+                .execute(&mut *conn)
+                .await?;
+            Ok::<u64, sqlx::Error>(id)
+        };
+        let id = match tokio::time::timeout(limits.timeout, prepared).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => return Err(pool.error(&e, OperationClass::Read, database_error)),
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(pool.unavailable("the session could not be prepared in time"));
+            }
+        };
+        let outcome = tokio::time::timeout(
+            limits.timeout + GRACE,
+            run_on(&mut conn, class, statement, limits),
+        )
+        .await;
+        match outcome {
+            Ok(Ok((result, drop_connection))) => {
+                if drop_connection {
+                    conn.close_on_drop();
+                }
+                Ok(result)
+            }
+            Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
+            Err(_) => {
+                conn.close_on_drop();
+                self.kill(pool, id).await;
+                Err(no_answer(class, limits))
+            }
+        }
+    }
+
+    /// Stops a query that outlived its timeout, from another connection of the same user.
+    async fn kill(&self, pool: &StorePool<MySql>, id: u64) {
+        let limits = Limits {
+            row_cap: 0,
+            max_bytes: 0,
+            timeout: Duration::from_secs(2),
+        };
+        let Ok(mut other) = pool.acquire(&limits).await else {
+            return;
+        };
+        let kill = format!("KILL QUERY {id}");
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(kill))
+            .execute(&mut *other)
+            .await
+        {
+            tracing::warn!(connection = %self.name, error = %pool.url().redact(&e.to_string()), "could not kill a query that outlived its timeout");
+        }
+    }
+
+    pub async fn close(&self) {
+        for credential in self.credentials.values() {
+            credential.pool.close().await;
+        }
+    }
+}
+
+async fn flavour(conn: &mut MySqlConnection) -> Result<Flavour, sqlx::Error> {
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(if version.to_ascii_lowercase().contains("mariadb") {
+        Flavour::MariaDb
+    } else {
+        Flavour::MySql
+    })
+}
+
+fn database_error(db: &dyn sqlx::error::DatabaseError) -> FailureCode {
+    let number = db
+        .try_downcast_ref::<MySqlDatabaseError>()
+        .map(MySqlDatabaseError::number);
+    match number {
+        Some(n) if TIMEOUT_ERRORS.contains(&n) => FailureCode::StatementTimeout,
+        Some(n) if READ_ONLY_ERRORS.contains(&n) => FailureCode::ReadOnlyViolation,
+        _ => FailureCode::StoreError,
+    }
+}
+
+/// Runs the statement in its transaction; the flag asks to drop the connection because a cap
+/// left rows unread.
+async fn run_on(
+    conn: &mut PoolConnection<MySql>,
+    class: OperationClass,
+    statement: &str,
+    limits: Limits,
+) -> Result<(ExecResult, bool), sqlx::Error> {
+    let conn: &mut MySqlConnection = conn;
+    let read = class == OperationClass::Read;
+    let mut tx = conn
+        .begin_with(if read {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        })
+        .await?;
+    let mut rows = Rows::new(limits);
+    let mut affected = 0;
+    {
+        // One prepared statement, not cached: a write's RETURNING rows and its affected count
+        // both come back on this stream.
+        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(false);
+        let mut stream = (&mut *tx).fetch_many(query);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                sqlx::Either::Left(done) => affected += done.rows_affected(),
+                sqlx::Either::Right(row) => {
+                    if !rows.has_columns() {
+                        rows.set_columns(columns(&row));
+                    }
+                    rows.offer(|| row_values(&row));
+                    if read && rows.is_full() {
+                        return Ok((rows.finish(), true));
+                    }
+                }
+            }
+        }
+    }
+    if !rows.has_columns() {
+        let prepared = (&mut *tx)
+            .prepare(AssertSqlSafe(statement.to_owned()).into_sql_str())
+            .await?;
+        rows.set_columns(
+            prepared
+                .columns()
+                .iter()
+                .map(|c| Column {
+                    name: c.name().to_owned(),
+                    type_name: type_name(c.type_info()).to_owned(),
+                })
+                .collect(),
+        );
+    }
+    if read {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+        rows.set_affected(affected);
+    }
+    Ok((rows.finish(), false))
+}
+
+fn columns(row: &MySqlRow) -> Vec<Column> {
+    row.columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            type_name: type_name(c.type_info()).to_owned(),
+        })
+        .collect()
+}
+
+fn row_values(row: &MySqlRow) -> Vec<Value> {
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let type_name = type_name(column.type_info());
+            match row.try_get_raw(i) {
+                Ok(raw) if raw.is_null() => Value::Null,
+                // The bytes as the binary protocol sent them; `value` reads them by type.
+                Ok(_) => match row.try_get_unchecked::<&[u8], _>(i) {
+                    Ok(bytes) => value(type_name, bytes),
+                    Err(_) => super::values::unsupported(type_name),
+                },
+                Err(_) => super::values::unsupported(type_name),
+            }
+        })
+        .collect()
+}

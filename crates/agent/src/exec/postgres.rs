@@ -1,0 +1,257 @@
+//! PostgreSQL targets. Reads run as `BEGIN READ ONLY`, then a statement timeout set locally in
+//! the same transaction, then the statement, then `ROLLBACK`; writes and DDL as `BEGIN`, the
+//! timeout, the statement, `COMMIT`. The statement goes through the extended protocol as one
+//! unnamed prepared statement, which PostgreSQL refuses to hold more than one command (a second
+//! layer behind the gate's parser, EX-2). TLS follows the URL's `sslmode`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use portcullis_core::{ConnectionName, OperationClass};
+use portcullis_proto::api::{Column, ExecError, ExecResult};
+use serde_json::Value;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{
+    AssertSqlSafe, Column as _, Connection, Executor, PgConnection, Postgres, Row, SqlSafeStr,
+    Statement as _, TypeInfo, ValueRef,
+};
+
+use super::limits::Rows;
+use super::pool::StorePool;
+use super::values::postgres::value;
+use super::{FailureCode, Limits, failure, no_answer};
+use crate::config::TargetConfig;
+use crate::permit::Permit;
+
+/// How much longer than the server-side timeout the agent waits before giving up itself.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// SQLSTATE `query_canceled`: raised when `statement_timeout` fires.
+const QUERY_CANCELED: &str = "57014";
+/// SQLSTATE `invalid_sql_statement_name`.
+const INVALID_STATEMENT_NAME: &str = "26000";
+/// SQLSTATE `read_only_sql_transaction`: the read-only transaction blocked a change.
+const READ_ONLY_TRANSACTION: &str = "25006";
+
+/// A PostgreSQL connection with one pool per allowed class.
+#[derive(Debug)]
+pub struct PgTarget {
+    name: ConnectionName,
+    pools: BTreeMap<OperationClass, StorePool<Postgres>>,
+}
+
+impl PgTarget {
+    /// Builds the pools; nothing connects until the first job.
+    pub fn open(target: &TargetConfig) -> anyhow::Result<PgTarget> {
+        let mut pools = BTreeMap::new();
+        for class in &target.allow {
+            let pool = StorePool::open(target, *class, |url| {
+                Ok(PgConnectOptions::from_str(url)?.application_name("portcullis-agent"))
+            })?;
+            pools.insert(*class, pool);
+        }
+        Ok(PgTarget {
+            name: target.name.clone(),
+            pools,
+        })
+    }
+
+    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
+        self.run(permit.class(), permit.statement(), Limits::of(permit))
+            .await
+    }
+
+    /// Runs `statement` as `class` without a permit. Test-only: it exists so tests can prove
+    /// the store-side guards (read-only transaction, timeout, caps) hold on their own, for
+    /// statements the gate would refuse. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn run_unchecked(
+        &self,
+        class: OperationClass,
+        statement: &str,
+        limits: Limits,
+    ) -> Result<ExecResult, ExecError> {
+        self.run(class, statement, limits).await
+    }
+
+    async fn run(
+        &self,
+        class: OperationClass,
+        statement: &str,
+        limits: Limits,
+    ) -> Result<ExecResult, ExecError> {
+        let pool = self.pools.get(&class).ok_or_else(|| {
+            failure(
+                FailureCode::StoreUnavailable,
+                format!("connection {} has no {class} credential", self.name),
+            )
+        })?;
+        let mut conn = pool.acquire(&limits).await?;
+        let attempt = async {
+            match run_on(&mut conn, class, statement, limits).await {
+                // sqlx resolves a result column's custom type (enum, domain, composite) with
+                // catalog queries between parsing and binding the unnamed statement, which
+                // destroys it; the bind then fails before anything executed, and the types
+                // are cached on this connection now, so the one retry binds. Not a re-run:
+                // the first attempt never reached Execute and its transaction rolled back.
+                Err(e) if lost_unnamed_statement(&e) => {
+                    run_on(&mut conn, class, statement, limits).await
+                }
+                other => other,
+            }
+        };
+        let outcome = tokio::time::timeout(limits.timeout + GRACE, attempt).await;
+        match outcome {
+            Ok(Ok(Run {
+                result,
+                drop_connection,
+            })) => {
+                if drop_connection {
+                    conn.close_on_drop();
+                }
+                Ok(result)
+            }
+            Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
+            Err(_) => {
+                // The server did not cancel in time: do not hand this connection out again.
+                conn.close_on_drop();
+                Err(no_answer(class, limits))
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        for pool in self.pools.values() {
+            pool.close().await;
+        }
+    }
+}
+
+fn lost_unnamed_statement(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some(INVALID_STATEMENT_NAME)
+            && db.message().contains("unnamed prepared statement"))
+}
+
+fn database_error(db: &dyn sqlx::error::DatabaseError) -> FailureCode {
+    match db.code().as_deref() {
+        Some(QUERY_CANCELED) => FailureCode::StatementTimeout,
+        Some(READ_ONLY_TRANSACTION) => FailureCode::ReadOnlyViolation,
+        Some(code) if code.starts_with("08") => FailureCode::StoreUnavailable,
+        _ => FailureCode::StoreError,
+    }
+}
+
+/// A finished run; `drop_connection` when rows were left unread (a cap stopped the read), so
+/// closing the connection is cheaper than draining them and the server discards the rest.
+struct Run {
+    result: ExecResult,
+    drop_connection: bool,
+}
+
+async fn run_on(
+    conn: &mut PoolConnection<Postgres>,
+    class: OperationClass,
+    statement: &str,
+    limits: Limits,
+) -> Result<Run, sqlx::Error> {
+    let conn: &mut PgConnection = conn;
+    let read = class == OperationClass::Read;
+    let mut tx = conn
+        .begin_with(if read { "BEGIN READ ONLY" } else { "BEGIN" })
+        .await?;
+    // `set_config(…, true)` is `SET LOCAL`; running it as a query also takes the transaction's
+    // first snapshot, after which `SET TRANSACTION READ WRITE` can no longer undo READ ONLY.
+    // The value is the signed integer, formatted here, never text from the request.
+    let guard = format!(
+        "SELECT set_config('statement_timeout', '{}', true)",
+        limits.timeout_ms()
+    );
+    sqlx::raw_sql(AssertSqlSafe(guard))
+        .execute(&mut *tx)
+        .await?;
+    let mut rows = Rows::new(limits);
+    let mut affected = 0;
+    {
+        // One prepared statement, not cached: a write's RETURNING rows and its affected count
+        // both come back on this stream.
+        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(false);
+        let mut stream = (&mut *tx).fetch_many(query);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                sqlx::Either::Left(done) => affected += done.rows_affected(),
+                sqlx::Either::Right(row) => {
+                    if !rows.has_columns() {
+                        rows.set_columns(columns(&row));
+                    }
+                    rows.offer(|| row_values(&row));
+                    // A write runs to completion whatever its RETURNING rows; a read stops.
+                    if read && rows.is_full() {
+                        return Ok(Run {
+                            result: rows.finish(),
+                            drop_connection: true,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if !rows.has_columns() {
+        let prepared = (&mut *tx)
+            .prepare(AssertSqlSafe(statement.to_owned()).into_sql_str())
+            .await?;
+        rows.set_columns(
+            prepared
+                .columns()
+                .iter()
+                .map(|c| Column {
+                    name: c.name().to_owned(),
+                    type_name: c.type_info().name().to_owned(),
+                })
+                .collect(),
+        );
+    }
+    if read {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+        rows.set_affected(affected);
+    }
+    Ok(Run {
+        result: rows.finish(),
+        drop_connection: false,
+    })
+}
+
+fn columns(row: &PgRow) -> Vec<Column> {
+    row.columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            type_name: c.type_info().name().to_owned(),
+        })
+        .collect()
+}
+
+fn row_values(row: &PgRow) -> Vec<Value> {
+    (0..row.len())
+        .map(|i| match row.try_get_raw(i) {
+            Ok(raw) if raw.is_null() => Value::Null,
+            Ok(raw) => {
+                let info = raw.type_info().into_owned();
+                match raw.as_bytes() {
+                    Ok(bytes) if raw.format() == sqlx::postgres::PgValueFormat::Binary => {
+                        value(&info, bytes)
+                    }
+                    Ok(bytes) => super::values::text_or_base64(bytes),
+                    Err(_) => super::values::unsupported(info.name()),
+                }
+            }
+            Err(_) => super::values::unsupported("unknown"),
+        })
+        .collect()
+}

@@ -1,0 +1,264 @@
+//! MariaDB/MySQL executor tests.
+
+use crate::common::*;
+use OperationClass::{Ddl, Read, Write as WriteClass};
+use portcullis_agent::config::TargetConfig;
+use portcullis_agent::exec::MySqlTarget;
+use portcullis_core::{ConnectionKind, OperationClass};
+use serde_json::json;
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+
+pub(crate) struct My {
+    pub(crate) database: String,
+    pub(crate) url: String,
+    pub(crate) admin: sqlx::MySqlPool,
+    pub(crate) _scratch: Scratch,
+}
+
+impl My {
+    pub(crate) async fn new() -> My {
+        let database = format!("t_{}", suffix());
+        let admin = sqlx::MySqlPool::connect(MYSQL_ADMIN)
+            .await
+            .expect("mariadb");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("database");
+        let drop_database = database.clone();
+        My {
+            url: format!("mysql://root@127.0.0.1:3306/{database}"),
+            database,
+            admin,
+            _scratch: Scratch::new(async move {
+                if let Ok(mut c) = sqlx::MySqlConnection::connect(MYSQL_ADMIN).await {
+                    let sql = format!("DROP DATABASE {drop_database}");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut c)
+                        .await;
+                }
+            }),
+        }
+    }
+
+    pub(crate) async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.replace("$d", &self.database)))
+            .execute(&self.admin)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub(crate) async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}.{table}",
+            self.database
+        )))
+        .fetch_one(&self.admin)
+        .await
+        .expect("count")
+    }
+
+    pub(crate) fn target(&self, classes: &[OperationClass]) -> TargetConfig {
+        let urls: Vec<_> = classes.iter().map(|c| (*c, self.url.as_str())).collect();
+        target("mysql", ConnectionKind::Mysql, &urls)
+    }
+}
+
+/// EX-3: a write that slipped past classification is blocked by the read-only transaction.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_read_only_transaction_blocks_writes_that_slipped_past_classification()
+{
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int PRIMARY KEY, name text) ENGINE=InnoDB")
+        .await;
+    my.exec("INSERT INTO $d.items VALUES (1, 'one')").await;
+    let t = MySqlTarget::open(&my.target(&[Read])).expect("target");
+    for statement in [
+        "INSERT INTO items VALUES (2, 'two')",
+        "UPDATE items SET name = 'changed'",
+        "DELETE FROM items",
+        // DDL commits a transaction implicitly: only the session's READ ONLY stops these.
+        "CREATE TABLE sneaky (id int)",
+        "DROP TABLE items",
+        "TRUNCATE TABLE items",
+    ] {
+        let e = failed(
+            t.run_unchecked(Read, statement, limits(100, 1 << 20, 5_000))
+                .await,
+        );
+        assert_eq!(e.code, "read_only_violation", "{statement}: {e:?}");
+        assert!(e.message.contains("READ ONLY"), "{e:?}");
+    }
+    assert_eq!(my.count("items").await, 1);
+    let tables: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}'",
+        my.database
+    )))
+    .fetch_all(&my.admin)
+    .await
+    .expect("tables");
+    assert_eq!(tables, ["items"]);
+    t.close().await;
+}
+
+/// EX-3: the signed timeout is enforced by the server (`max_statement_time` on MariaDB).
+#[tokio::test]
+pub(crate) async fn ex3_mysql_statement_timeout_fires() {
+    let my = My::new().await;
+    let t = MySqlTarget::open(&my.target(&[Read, WriteClass])).expect("target");
+    for class in [Read, WriteClass] {
+        let started = Instant::now();
+        let e = failed(
+            t.run_unchecked(class, "SELECT SLEEP(2)", limits(10, 1 << 20, 200))
+                .await,
+        );
+        assert_eq!(e.code, "statement_timeout", "{class}: {e:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let r = t
+        .run_unchecked(Read, "SELECT 1", limits(10, 1 << 20, 5_000))
+        .await
+        .expect("after timeout");
+    assert_eq!(r.rows, vec![vec![json!(1)]]);
+}
+
+/// EX-3: row and byte caps stop a read at exactly the cap.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_row_and_byte_caps_truncate_at_exactly_the_cap() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.nums (n int PRIMARY KEY)").await;
+    my.exec("INSERT INTO $d.nums WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 50) SELECT n FROM s").await;
+    let rig = Rig::new(TargetConfig {
+        max_result_bytes: 2 + 104 + 105 * 9,
+        ..my.target(&[Read])
+    })
+    .await;
+    let r = rig
+        .ok_capped("SELECT n FROM nums ORDER BY n", Read, 5)
+        .await;
+    assert_eq!((r.row_count, r.truncated), (5, true));
+    assert_eq!(r.rows, (1..=5).map(|i| vec![json!(i)]).collect::<Vec<_>>());
+    let r = rig
+        .ok_capped("SELECT n FROM nums WHERE n <= 5 ORDER BY n", Read, 5)
+        .await;
+    assert_eq!((r.row_count, r.truncated), (5, false));
+    let r = rig
+        .ok_capped("SELECT REPEAT('x', 100) FROM nums", Read, 1_000)
+        .await;
+    assert_eq!((r.row_count, r.truncated), (10, true));
+    let r = rig.ok("SELECT 2 AS two", Read).await;
+    assert_eq!(r.rows, vec![vec![json!(2)]]);
+}
+
+#[tokio::test]
+pub(crate) async fn mysql_writes_commit_and_report_what_they_changed() {
+    let my = My::new().await;
+    let rig = Rig::new(my.target(&[Read, WriteClass, Ddl])).await;
+    rig.ok(
+        "CREATE TABLE items (id int AUTO_INCREMENT PRIMARY KEY, name text)",
+        Ddl,
+    )
+    .await;
+    let r = rig
+        .ok("INSERT INTO items (name) VALUES ('a'), ('b')", WriteClass)
+        .await;
+    assert_eq!((r.affected_rows, r.row_count), (Some(2), 0));
+    let r = rig
+        .ok("UPDATE items SET name = 'z' WHERE id = 1", WriteClass)
+        .await;
+    assert_eq!(r.affected_rows, Some(1));
+    assert_eq!(my.count("items").await, 2);
+    let r = rig.ok("SELECT id, name FROM items WHERE 1 = 0", Read).await;
+    assert_eq!(r.row_count, 0);
+    assert_eq!(
+        column_types(&r),
+        vec![("id".into(), "INT".into()), ("name".into(), "TEXT".into())]
+    );
+}
+
+#[tokio::test]
+pub(crate) async fn mysql_every_type_round_trips() {
+    let my = My::new().await;
+    my.exec(
+        "CREATE TABLE $d.types (
+            c_null INT, c_tinyint TINYINT, c_bool BOOLEAN, c_utiny TINYINT UNSIGNED,
+            c_small SMALLINT, c_usmall SMALLINT UNSIGNED, c_medium MEDIUMINT, c_int INT,
+            c_uint INT UNSIGNED, c_bigint BIGINT, c_ubig BIGINT UNSIGNED,
+            c_decimal DECIMAL(30, 10), c_float FLOAT, c_double DOUBLE,
+            c_char CHAR(3), c_varchar VARCHAR(20), c_varchar_bin VARCHAR(20) COLLATE utf8mb4_bin,
+            c_text TEXT, c_binary BINARY(2), c_varbinary VARBINARY(10), c_blob BLOB,
+            c_date DATE, c_datetime DATETIME(6), c_timestamp TIMESTAMP(3) NULL,
+            c_time TIME(6), c_neg_time TIME, c_year YEAR, c_bit BIT(10),
+            c_enum ENUM('a', 'b'), c_set SET('x', 'y'), c_json JSON, c_uuid UUID);
+         INSERT INTO $d.types VALUES (
+            NULL, -128, 1, 255, -32768, 65535, -8388608, -2147483648, 4294967295,
+            -9223372036854775808, 18446744073709551615,
+            '12345678901234567890.1234567890', 1.1, 0.1,
+            'ab', 'héllo', 'Bin', 'long text', 'xy', X'00FF', X'0102',
+            '2024-02-29', '2024-02-29 13:05:09.123456', '2024-02-29 13:05:09.500',
+            '13:05:09.5', '-26:03:04', 2024, b'1000000001',
+            'b', 'x,y', '{\"a\": [1, 2.5, null]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');",
+    )
+    .await;
+    let rig = Rig::new(my.target(&[Read])).await;
+    let r = rig.ok("SELECT * FROM types", Read).await;
+    check_row(
+        &r,
+        &[
+            ("c_null", "INT", json!(null)),
+            ("c_tinyint", "TINYINT", json!(-128)),
+            ("c_bool", "BOOLEAN", json!(1)),
+            ("c_utiny", "TINYINT UNSIGNED", json!(255)),
+            ("c_small", "SMALLINT", json!(-32768)),
+            ("c_usmall", "SMALLINT UNSIGNED", json!(65535)),
+            ("c_medium", "MEDIUMINT", json!(-8388608)),
+            ("c_int", "INT", json!(-2147483648)),
+            ("c_uint", "INT UNSIGNED", json!(4294967295u32)),
+            ("c_bigint", "BIGINT", json!(-9223372036854775808i64)),
+            ("c_ubig", "BIGINT UNSIGNED", json!(18446744073709551615u64)),
+            (
+                "c_decimal",
+                "DECIMAL",
+                json!("12345678901234567890.1234567890"),
+            ),
+            ("c_float", "FLOAT", json!(1.1)),
+            ("c_double", "DOUBLE", json!(0.1)),
+            ("c_char", "CHAR", json!("ab")),
+            ("c_varchar", "VARCHAR", json!("héllo")),
+            ("c_varchar_bin", "VARCHAR", json!("Bin")),
+            ("c_text", "TEXT", json!("long text")),
+            ("c_binary", "BINARY", json!("eHk=")),
+            ("c_varbinary", "VARBINARY", json!("AP8=")),
+            ("c_blob", "BLOB", json!("AQI=")),
+            ("c_date", "DATE", json!("2024-02-29")),
+            (
+                "c_datetime",
+                "DATETIME",
+                json!("2024-02-29T13:05:09.123456"),
+            ),
+            ("c_timestamp", "TIMESTAMP", json!("2024-02-29T13:05:09.5Z")),
+            ("c_time", "TIME", json!("13:05:09.5")),
+            ("c_neg_time", "TIME", json!("-26:03:04")),
+            ("c_year", "YEAR", json!(2024)),
+            ("c_bit", "BIT", json!(513)),
+            ("c_enum", "ENUM", json!("b")),
+            // sqlx names SET columns by their wire type.
+            ("c_set", "CHAR", json!("x,y")),
+            // MariaDB keeps JSON as LONGTEXT (utf8mb4_bin) and says so on the wire.
+            ("c_json", "TEXT", json!("{\"a\": [1, 2.5, null]}")),
+            (
+                "c_uuid",
+                "CHAR",
+                json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            ),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
