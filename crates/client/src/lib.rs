@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub enum ClientError {
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("the server answered {status}: {}", .problem.detail.as_deref().unwrap_or(&.problem.title))]
+    #[error("the server answered {status}: {}{}", .problem.detail.as_deref().unwrap_or(&.problem.title), .problem.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Api { status: u16, problem: Box<Problem> },
     #[error("the server answered {status} without a problem document")]
     Status { status: u16 },

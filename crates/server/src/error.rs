@@ -16,6 +16,10 @@ pub enum ApiError {
     /// 403: the principal lacks the permission for this route or operation.
     #[error("forbidden")]
     Forbidden { reason: &'static str },
+    /// 403: the principal may not run this operation; `detail` says why (role, class or
+    /// environment scope) and is safe to show.
+    #[error("operation denied: {detail}")]
+    OperationDenied { detail: String },
     /// 404.
     #[error("not found")]
     NotFound,
@@ -71,7 +75,7 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Unauthenticated => ErrorCode::Unauthenticated,
-            ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+            ApiError::Forbidden { .. } | ApiError::OperationDenied { .. } => ErrorCode::Forbidden,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::BadRequest { .. } => ErrorCode::BadRequest,
@@ -114,6 +118,11 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let (title, detail, reason) = match &self {
             ApiError::Unauthenticated => ("Authentication required", None, None),
+            ApiError::OperationDenied { detail } => (
+                "Operation denied",
+                Some(detail.clone()),
+                Some("operation_not_permitted".to_owned()),
+            ),
             ApiError::Forbidden { reason } => ("Forbidden", None, Some((*reason).to_owned())),
             ApiError::NotFound => ("Not found", None, None),
             ApiError::MethodNotAllowed => ("Method not allowed", None, None),

@@ -152,8 +152,8 @@ pub async fn create_request(
         class,
     ) {
         let details = json!({ "reason": denied.to_string(), "class": class.as_str() });
-        let err = ApiError::Forbidden {
-            reason: "operation_not_permitted",
+        let err = ApiError::OperationDenied {
+            detail: denied.to_string(),
         };
         return Err(deny(state, ctx, who, Action::AccessDenied, &target, details, err).await);
     }
