@@ -94,7 +94,45 @@ enum Rule {
     UnlessBlocking(&'static str, OperationClass),
 }
 
+/// The largest `COUNT` a scan or random-member read may ask for in one call: beyond it one
+/// command walks (or materialises) a whole keyspace or collection, which is what the `KEYS`
+/// ban prevents. Page with the cursor instead.
+pub const MAX_COUNT: u64 = 1_000;
+
+/// Refuses an oversized count: `COUNT n` anywhere for the scan family, the count argument for
+/// the random-member family (negative counts allow repeats, so the magnitude matters).
+fn check_count(name: &str, args: &[Vec<u8>]) -> Result<(), RedisError> {
+    let parse = |a: &[u8]| {
+        std::str::from_utf8(a)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+    };
+    let too_big = |n: Option<i64>| n.is_none_or(|n| n.unsigned_abs() > MAX_COUNT);
+    match name {
+        "SCAN" | "HSCAN" | "SSCAN" | "ZSCAN" => {
+            let mut words = args.iter().skip(1);
+            while let Some(w) = words.next() {
+                if w.eq_ignore_ascii_case(b"COUNT") && too_big(words.next().and_then(|n| parse(n)))
+                {
+                    return Err(RedisError::DeniedCommand {
+                        name: "SCAN-family COUNT above 1000",
+                    });
+                }
+            }
+            Ok(())
+        }
+        "SRANDMEMBER" | "HRANDFIELD" | "ZRANDMEMBER" => match args.get(2) {
+            Some(n) if too_big(parse(n)) => Err(RedisError::DeniedCommand {
+                name: "random-member count above 1000",
+            }),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
 fn classify(name: &str, args: &[Vec<u8>]) -> Result<OperationClass, RedisError> {
+    check_count(name, args)?;
     let Some(rule) = rule(name) else {
         let name = name.chars().take(MAX_ECHOED_NAME).collect();
         return Err(RedisError::UnknownCommand { name });
@@ -133,7 +171,7 @@ fn rule(name: &str) -> Option<Rule> {
         // Strings, keys and server information.
         "GET" | "MGET" | "STRLEN" | "GETRANGE" | "SUBSTR" | "LCS" | "EXISTS" | "TYPE" | "TTL"
         | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "SCAN" | "RANDOMKEY" | "DBSIZE" | "INFO"
-        | "PING" | "ECHO" | "TIME" | "GETBIT" | "BITCOUNT" | "BITPOS" | "PFCOUNT" => {
+        | "PING" | "ECHO" | "TIME" | "GETBIT" | "BITCOUNT" | "BITPOS" => {
             Rule::Class(Read)
         }
         // Hashes, lists, sets, sorted sets, streams, geo.
@@ -154,6 +192,8 @@ fn rule(name: &str) -> Option<Rule> {
         | "GETEX" | "APPEND" | "INCR" | "INCRBY" | "INCRBYFLOAT" | "DECR" | "DECRBY"
         | "SETRANGE" | "DEL" | "UNLINK" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT"
         | "PERSIST" | "RENAME" | "RENAMENX" | "COPY" | "SETBIT" | "BITOP" | "PFADD" | "PFMERGE"
+        // PFCOUNT stores its cached cardinality in the key and replicates as a write.
+        | "PFCOUNT"
         | "PUBLISH" => Rule::Class(Write),
         "HSET" | "HSETNX" | "HMSET" | "HDEL" | "HINCRBY" | "HINCRBYFLOAT" | "LPUSH" | "RPUSH"
         | "LPUSHX" | "RPUSHX" | "LPOP" | "RPOP" | "LSET" | "LREM" | "LTRIM" | "LINSERT"
@@ -355,6 +395,17 @@ mod tests {
             ("MGET a b", Ok(Read)),
             ("HGETALL h", Ok(Read)),
             ("SCAN 0 MATCH user:* COUNT 100", Ok(Read)),
+            ("SCAN 0 COUNT 1000", Ok(Read)),
+            // Found by the attack suite: one call must not walk a whole keyspace.
+            ("SCAN 0 COUNT 1001", Err("redis_denied_command")),
+            ("SCAN 0 COUNT 1000000000", Err("redis_denied_command")),
+            ("scan 0 count notanumber", Err("redis_denied_command")),
+            ("HSCAN h 0 COUNT 99999999", Err("redis_denied_command")),
+            ("SRANDMEMBER s -100000000", Err("redis_denied_command")),
+            ("SRANDMEMBER s 10", Ok(Read)),
+            ("ZRANDMEMBER z", Ok(Read)),
+            // PFCOUNT writes its cached cardinality into the key.
+            ("PFCOUNT hll", Ok(Write)),
             ("ZRANGE z 0 -1 WITHSCORES", Ok(Read)),
             ("XINFO STREAM s", Ok(Read)),
             ("XREAD COUNT 10 STREAMS s 0", Ok(Read)),

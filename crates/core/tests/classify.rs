@@ -767,3 +767,37 @@ proptest! {
         }
     }
 }
+
+/// Found by the attack suite (EX-2): state that outlives the request on a pooled connection,
+/// functions that block like sleep or write the catalog inside a read-only transaction, and a
+/// dollar quote PostgreSQL does not read as a string.
+#[test]
+fn ex2_attack_suite_findings_are_refused() {
+    check_all(
+        My,
+        &[
+            (
+                "SELECT @evil := (SELECT name FROM customers WHERE id = 1)",
+                DENIED,
+            ),
+            ("SELECT id, @n := @n + 1 FROM customers", DENIED),
+            ("SELECT LAST_INSERT_ID(42)", DENIED),
+            ("SELECT LAST_INSERT_ID()", R),
+            ("SELECT @probe", R),
+            ("SELECT MASTER_GTID_WAIT('0-1-1000000', 2)", FUNCTION),
+        ],
+    );
+    check_all(
+        Pg,
+        &[
+            ("SELECT setseed(0.5)", FUNCTION),
+            ("SELECT pg_replication_origin_create('evil')", FUNCTION),
+            ("SELECT * FROM pg_ls_logicalsnapdir()", FUNCTION),
+            ("SELECT * FROM pg_ls_logicalmapdir()", FUNCTION),
+            ("SELECT * FROM pg_ls_replslotdir('s')", FUNCTION),
+            ("SELECT $1$; DROP TABLE customers; $1$", DENIED),
+            ("SELECT $a1$ text $a1$", R),
+            ("SELECT random()", R),
+        ],
+    );
+}

@@ -15,6 +15,7 @@ pub mod error;
 pub mod keys;
 pub mod lifecycle;
 pub mod principals;
+pub mod reaper;
 pub mod routes;
 pub mod store;
 
@@ -118,7 +119,7 @@ impl Server {
             checkpoint,
             key,
         )));
-        tasks.push(tokio::spawn(lifecycle::run_reaper(
+        tasks.push(tokio::spawn(reaper::run_reaper(
             state.clone(),
             shutdown.subscribe(),
         )));

@@ -11,12 +11,12 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterSchemaOperation, AlterTableOperation, CopySource, Expr, ObjectName, ObjectNamePart,
-    ObjectType, OptimizerHint, Query, Select, SetExpr, ShowCreateObject, Statement, TableFactor,
-    TableObject, Visit, Visitor,
+    AlterSchemaOperation, AlterTableOperation, BinaryOperator, CopySource, Expr, ObjectName,
+    ObjectNamePart, ObjectType, OptimizerHint, Query, Select, SetExpr, ShowCreateObject, Statement,
+    TableFactor, TableObject, Visit, Visitor,
 };
 
-use super::{SqlDialect, SqlError, denylist};
+use super::{DeniedReason, SqlDialect, SqlError, denylist};
 use crate::names::OperationClass;
 
 /// SQLite pragmas that only report on the schema.
@@ -181,7 +181,16 @@ impl Visitor for Walker {
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<SqlError> {
         // Method-style calls (`(x).f()`) are `Expr::Function`s inside a field access chain.
         match expr {
-            Expr::Function(function) => check_function(&function.name),
+            Expr::Function(function) => {
+                check_function(&function.name)?;
+                check_session_function(function)
+            }
+            Expr::BinaryOp {
+                op: BinaryOperator::Assignment,
+                ..
+            } => ControlFlow::Break(SqlError::Denied {
+                reason: DeniedReason::SessionState,
+            }),
             _ => ControlFlow::Continue(()),
         }
     }
@@ -411,6 +420,26 @@ fn check_function(name: &ObjectName) -> ControlFlow<SqlError> {
         Some(part) => check_name(part_name(part)),
         None => ControlFlow::Continue(()),
     }
+}
+
+/// `LAST_INSERT_ID(expr)` sets the value later calls on the same connection return.
+fn check_session_function(function: &sqlparser::ast::Function) -> ControlFlow<SqlError> {
+    let is_last_insert_id = function
+        .name
+        .0
+        .last()
+        .is_some_and(|part| part_name(part).eq_ignore_ascii_case("last_insert_id"));
+    let has_args = match &function.args {
+        sqlparser::ast::FunctionArguments::List(list) => !list.args.is_empty(),
+        sqlparser::ast::FunctionArguments::Subquery(_) => true,
+        sqlparser::ast::FunctionArguments::None => false,
+    };
+    if is_last_insert_id && has_args {
+        return ControlFlow::Break(SqlError::Denied {
+            reason: DeniedReason::SessionState,
+        });
+    }
+    ControlFlow::Continue(())
 }
 
 fn check_name(name: &str) -> ControlFlow<SqlError> {

@@ -50,6 +50,10 @@ const EXACT: &[&str] = &[
     "setval",
     // MySQL.
     "sleep",
+    // Session state that outlives the request on a pooled connection.
+    "setseed",
+    // Blocks like sleep until a replication position arrives or the timeout passes.
+    "master_gtid_wait",
     "benchmark",
     "load_file",
     "get_lock",
@@ -82,6 +86,10 @@ const PREFIXES: &[&str] = &[
     "pg_advisory_",
     "pg_try_advisory_",
     "pg_stat_reset",
+    // Replication origins and slots write the cluster catalog even in a read-only
+    // transaction; `pg_ls_*` list server directories (logs, WAL, snapshots, slots).
+    "pg_replication_origin_",
+    "pg_ls_",
     "lo_",
     "dblink",
     "dbms_",

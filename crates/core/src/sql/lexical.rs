@@ -104,6 +104,18 @@ fn check_token(dialect: SqlDialect, token: &Token) -> Result<(), SqlError> {
             reason: DeniedReason::BackslashQuoteEscape,
         });
     }
+    // PostgreSQL dollar-quote tags follow identifier rules: `$1$` is a parameter followed by
+    // `$`, not the start of a string, so sqlparser and the server would see different text.
+    if let Token::DollarQuotedString(quoted) = token
+        && quoted
+            .tag
+            .as_deref()
+            .is_some_and(|tag| tag.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return Err(SqlError::Denied {
+            reason: DeniedReason::AmbiguousDollarQuote,
+        });
+    }
     match (dialect, token) {
         (SqlDialect::Mysql, Token::Whitespace(Whitespace::MultiLineComment(comment)))
             if comment.starts_with('!')

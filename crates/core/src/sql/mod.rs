@@ -119,6 +119,12 @@ pub enum DeniedReason {
     UnusualWhitespace,
     /// MySQL `--` followed by non-ASCII white space: a comment to sqlparser, not to the server.
     AmbiguousComment,
+    /// A user-variable assignment (`@v := …`) or `LAST_INSERT_ID(expr)`: session state that
+    /// survives the request on a pooled connection and leaks to the next principal.
+    SessionState,
+    /// A PostgreSQL dollar-quote tag starting with a digit (`$1$`): sqlparser reads a string,
+    /// PostgreSQL does not.
+    AmbiguousDollarQuote,
 }
 
 impl DeniedReason {
@@ -129,6 +135,8 @@ impl DeniedReason {
             DeniedReason::UnicodeEscapedIdentifier => "unicode-escaped identifier",
             DeniedReason::UnusualWhitespace => "unusual white space",
             DeniedReason::AmbiguousComment => "ambiguous comment",
+            DeniedReason::SessionState => "session state assignment",
+            DeniedReason::AmbiguousDollarQuote => "dollar-quote tag starting with a digit",
         }
     }
 }
