@@ -801,3 +801,35 @@ fn ex2_attack_suite_findings_are_refused() {
         ],
     );
 }
+
+/// The explain jobs the server sends for approvers classify as reads on the agent.
+#[test]
+fn ex2_plain_explain_of_a_write_is_a_read() {
+    check_all(
+        Pg,
+        &[
+            (
+                "EXPLAIN UPDATE customers SET country = 'FR' WHERE id = 1",
+                R,
+            ),
+            ("EXPLAIN ANALYZE UPDATE customers SET country = 'FR'", W),
+        ],
+    );
+    check_all(
+        My,
+        &[
+            (
+                "EXPLAIN UPDATE customers SET country = 'FR' WHERE id = 1",
+                R,
+            ),
+            ("EXPLAIN DELETE FROM customers WHERE id = 1", R),
+        ],
+    );
+    check_all(
+        Lite,
+        &[(
+            "EXPLAIN QUERY PLAN UPDATE customers SET country = 'FR' WHERE id = 1",
+            R,
+        )],
+    );
+}

@@ -43,6 +43,10 @@ pub struct RequestView {
     pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ExecError>,
+    /// The plain `EXPLAIN` of a SQL request awaiting approval, obtained through an agent:
+    /// `{"columns": […], "rows": […]}`, or `{"error": {…}}` when it could not be had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<serde_json::Value>,
 }
 
 /// A failure reported for an execution, safe to show to the requester.

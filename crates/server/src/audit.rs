@@ -47,6 +47,8 @@ actions! {
     RequestCreated => "request.created",
     RequestApproved => "request.approved",
     RequestDispatched => "request.dispatched",
+    ExplainDispatched => "request.explain_dispatched",
+    RequestExplained => "request.explained",
     RequestRunning => "request.running",
     RequestFinished => "request.finished",
     RequestCancelled => "request.cancelled",

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod explain;
 pub mod keys;
 pub mod lifecycle;
 pub mod principals;

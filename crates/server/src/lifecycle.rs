@@ -248,6 +248,19 @@ pub async fn create_request(
         }),
     };
     tx.append_at(ctx, created, now).await?;
+    let explain = (!auto)
+        .then(|| crate::explain::explain_statement(decl.kind, class, &body.statement))
+        .flatten();
+    if let Some(text) = &explain {
+        sqlx::query("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, 'explain', ?, ?, 'queued', ?)")
+            .bind(Uuid::new_v4().to_string())
+            .bind(id.to_string())
+            .bind(text)
+            .bind(decl.name.as_str())
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+    }
     if auto {
         sqlx::query("INSERT INTO jobs (id, request_id, connection, state, created_at_ms) VALUES (?, ?, ?, 'queued', ?)")
             .bind(Uuid::new_v4().to_string())
@@ -266,7 +279,7 @@ pub async fn create_request(
         tx.append_at(ctx, approved, now).await?;
     }
     tx.commit().await?;
-    if auto {
+    if auto || explain.is_some() {
         state.dispatch.job_queued(&decl.name);
     }
     Ok(id)
@@ -344,7 +357,7 @@ async fn try_claim(
     let claimed = sqlx::query(
         "UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ?
          WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) ORDER BY created_at_ms LIMIT 1)
-         RETURNING id, request_id",
+         RETURNING id, request_id, purpose, statement",
     )
     .bind(&agent.name)
     .bind(&nonce[..])
@@ -358,12 +371,23 @@ async fn try_claim(
     };
     let job_id: Uuid = parse_uuid(claimed.try_get(0)?)?;
     let request_id: Uuid = parse_uuid(claimed.try_get(1)?)?;
+    let purpose: String = claimed.try_get(2)?;
+    let explain_text: Option<String> = claimed.try_get(3)?;
     let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
         .bind(request_id.to_string())
         .fetch_one(tx.conn())
         .await?;
     let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
-    if !current.can_become(RequestState::Dispatched) {
+    let explain = match (purpose.as_str(), explain_text) {
+        ("execute", _) => None,
+        ("explain", Some(text)) => Some(text),
+        _ => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "job {job_id} has an unknown purpose or no statement"
+            )));
+        }
+    };
+    if explain.is_none() && !current.can_become(RequestState::Dispatched) {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "job {job_id} queued for request {request_id} in state {current}"
         )));
@@ -375,30 +399,50 @@ async fn try_claim(
         agent: agent.name.clone(),
         connection: parse(row.try_get::<String, _>(0)?)?,
         environment: parse(row.try_get::<String, _>(1)?)?,
-        class: parse(row.try_get::<String, _>(2)?)?,
-        statement_sha256: to_hash(row.try_get(4)?),
+        // An explain job runs its own text, always as a read; it is bound to the request it
+        // explains instead of to an approval, which it precedes.
+        class: match explain {
+            Some(_) => portcullis_core::OperationClass::Read,
+            None => parse(row.try_get::<String, _>(2)?)?,
+        },
+        statement_sha256: match &explain {
+            Some(text) => statement_sha256(text),
+            None => to_hash(row.try_get(4)?),
+        },
         row_cap: ex.row_cap,
         timeout_ms: ex.timeout_ms,
-        approval_sha256: to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+        approval_sha256: match explain {
+            Some(_) => crate::explain::explain_binding(request_id),
+            None => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+        },
         issued_at_ms: now,
         expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
         nonce,
     };
-    let statement: String = row.try_get(3)?;
+    let statement: String = match &explain {
+        Some(text) => text.clone(),
+        None => row.try_get(3)?,
+    };
     let token = state
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
-    sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
-        .bind(&agent.name)
-        .bind(now)
-        .bind(now)
-        .bind(request_id.to_string())
-        .execute(tx.conn())
-        .await?;
+    if explain.is_none() {
+        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
+            .bind(&agent.name)
+            .bind(now)
+            .bind(now)
+            .bind(request_id.to_string())
+            .execute(tx.conn())
+            .await?;
+    }
     let event = Event {
         actor: format!("agent:{}", agent.name),
-        action: Action::RequestDispatched,
+        action: if explain.is_some() {
+            Action::ExplainDispatched
+        } else {
+            Action::RequestDispatched
+        },
         target: format!("request:{request_id}"),
         outcome: Outcome::Success,
         details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
@@ -426,7 +470,7 @@ pub async fn report_job(
 ) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    let job = sqlx::query("SELECT request_id, agent, state FROM jobs WHERE id = ?")
+    let job = sqlx::query("SELECT request_id, agent, state, purpose FROM jobs WHERE id = ?")
         .bind(job_id.to_string())
         .fetch_optional(tx.conn())
         .await?
@@ -444,6 +488,11 @@ pub async fn report_job(
             detail: "the job is no longer leased (its lease expired or it was already reported)"
                 .into(),
         });
+    }
+    let purpose: String = job.try_get(3)?;
+    if purpose == "explain" {
+        return crate::explain::record_explain(tx, agent, ctx, job_id, request_id, report, now)
+            .await;
     }
     let (next, result, error) = match report {
         JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),
@@ -500,7 +549,7 @@ pub async fn report_job(
 }
 
 /// Errors from agents are shown to requesters: bound their size and strip control characters.
-fn sanitize(e: ExecError) -> ExecError {
+pub(crate) fn sanitize(e: ExecError) -> ExecError {
     let clean = |s: String, n: usize| {
         s.chars()
             .filter(|c| !c.is_control() || *c == '\n')
@@ -626,13 +675,13 @@ pub async fn load_view(
 ) -> Result<Option<(RequestView, String)>, ApiError> {
     let row = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, requester_user_id
+                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id
          FROM requests WHERE id = ?",
     )
     .bind(id.to_string())
     .fetch_optional(state.store.reader())
     .await?;
-    row.map(|r| Ok((row_to_view(&r)?, r.try_get(19)?)))
+    row.map(|r| Ok((row_to_view(&r)?, r.try_get("requester_user_id")?)))
         .transpose()
 }
 
@@ -642,6 +691,8 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
     };
     let error_code: Option<String> = r.try_get(17)?;
     let error_message: Option<String> = r.try_get(18)?;
+    // List queries leave the plan out; a missing column means none.
+    let explain: Option<String> = r.try_get("explain").ok().flatten();
     Ok(RequestView {
         id: parse_uuid(r.try_get(0)?)?,
         connection: parse(r.try_get::<String, _>(1)?)?,
@@ -664,6 +715,7 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
             code,
             message: error_message.unwrap_or_default(),
         }),
+        explain: explain.and_then(|e| serde_json::from_str(&e).ok()),
     })
 }
 

@@ -22,7 +22,7 @@ use crate::lifecycle::{end_undispatched, parse, parse_uuid};
 pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
     let ex = &state.config.execution;
     let lost = sqlx::query(
-        "SELECT j.id, j.request_id, r.class, j.agent FROM jobs j JOIN requests r ON r.id = j.request_id WHERE j.state = 'leased' AND j.lease_until_ms < ?",
+        "SELECT j.id, j.request_id, r.class, j.agent FROM jobs j JOIN requests r ON r.id = j.request_id WHERE j.state = 'leased' AND j.lease_until_ms < ? AND j.purpose = 'execute'",
     )
     .bind(now)
     .fetch_all(state.store.reader())
@@ -80,6 +80,13 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
             now,
         );
     }
+    // A lost explain only loses the plan; the request waits for its approvers as before.
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    sqlx::query("UPDATE jobs SET state = 'done' WHERE state = 'leased' AND lease_until_ms < ? AND purpose = 'explain'")
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await?;
     let stale = sqlx::query(
         "SELECT id, state FROM requests WHERE (state = 'approved' AND approved_at_ms < ?) OR (state = 'pending_approval' AND created_at_ms < ?)",
     )

@@ -31,11 +31,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "explain",
+        sql: include_str!("migrations/0002_explain.sql"),
+    },
+];
 
 pub fn latest_migration() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)

@@ -257,6 +257,38 @@ fn print_request(r: &RequestView) {
                 .as_ref()
                 .map_or("-".into(), |e| format!("{}: {}", e.code, e.message)),
         ],
+        vec![
+            "explain".into(),
+            r.explain.as_ref().map_or("-".into(), explain_text),
+        ],
     ];
     output::table(&["field", "value"], rows);
+}
+
+/// A plan as lines of text: each row's cells joined, or the error that prevented it.
+fn explain_text(plan: &serde_json::Value) -> String {
+    if let Some(e) = plan.get("error") {
+        return format!(
+            "unavailable: {}",
+            e.get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("unknown")
+        );
+    }
+    plan.get("rows")
+        .and_then(|r| r.as_array())
+        .map(|rows| {
+            rows.iter()
+                .map(|row| match row.as_array() {
+                    Some(cells) => cells
+                        .iter()
+                        .map(output::cell)
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                    None => output::cell(row),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }

@@ -12,6 +12,7 @@ mod audit_tamper;
 mod authz_matrix;
 mod dev_mode;
 mod dispatch;
+mod explain;
 mod requests;
 mod secrets_at_rest;
 mod tidy;
