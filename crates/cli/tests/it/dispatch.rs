@@ -292,3 +292,40 @@ async fn a_waiting_agent_is_woken_by_a_new_job() {
     assert_eq!(job.request_id, created.request.id);
     app.stop().await;
 }
+
+/// Heartbeats keep a long statement's lease alive: a read that runs for several lease periods
+/// (2 s lease, heartbeats every second) still succeeds instead of being settled as lost, and
+/// its first heartbeat marks it running.
+#[tokio::test]
+async fn heartbeats_keep_a_long_job_leased() {
+    let app = TestApp::spawn_with(|o| o.server.execution.lease_secs = 2).await;
+    // Several seconds of work for SQLite: longer than the lease, so only heartbeats keep it.
+    let statement = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 15000000) SELECT COUNT(*) FROM c";
+    let outcome = app.exec(&app.admin, statement).await.expect("request");
+    let outcome = if outcome.request.state.is_terminal() {
+        outcome
+    } else {
+        app.admin
+            .wait_request(outcome.request.id, Duration::from_secs(60))
+            .await
+            .expect("wait")
+    };
+    assert_eq!(
+        outcome.request.state,
+        RequestState::Succeeded,
+        "{:?}",
+        outcome.request.error
+    );
+    assert_eq!(
+        outcome.result.expect("result").rows,
+        vec![vec![serde_json::json!(15_000_000)]]
+    );
+    let running = app
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e["action"] == "request.running")
+        .count();
+    assert_eq!(running, 1, "a heartbeat marked the request running");
+    app.stop().await;
+}
