@@ -100,7 +100,7 @@ impl DevStack {
         if !opts.listen.ip().is_loopback() {
             return Err(NotLoopback(opts.listen).into());
         }
-        std::fs::create_dir_all(&opts.data_dir)?;
+        portcullis_server::create_private_dir(&opts.data_dir)?;
         let demo_db = opts.data_dir.join(DEMO_DB_FILE);
         create_demo_db(&demo_db).await?;
         let demo: ConnectionName = "demo".parse()?;

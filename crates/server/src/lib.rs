@@ -38,7 +38,7 @@ use dispatch::Dispatch;
 use store::Store;
 
 /// Creates the state directory owner-only (0700) when missing; an existing one is used as is.
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()

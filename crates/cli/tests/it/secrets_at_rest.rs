@@ -217,3 +217,25 @@ async fn auth_5_tokens_are_unique_and_unpredictable() {
     assert_ne!(a.split('_').nth(1), b.split('_').nth(1), "ids differ");
     app.stop().await;
 }
+
+/// NET-5: a new state directory is owner-only (0700) and the state file and its WAL are 0600;
+/// the signing key is 0600 inside a 0700 directory.
+#[tokio::test]
+async fn net_5_state_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = crate::harness::TestApp::spawn().await;
+    app.exec(&app.admin, "SELECT 1").await.expect("request");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let dir = app.data_dir().to_owned();
+    assert_eq!(mode(&dir), 0o700, "state directory");
+    assert_eq!(mode(&dir.join("portcullis.db")), 0o600, "state file");
+    assert_eq!(mode(&dir.join("keys")), 0o700, "key directory");
+    assert_eq!(
+        mode(&dir.join("keys").join("signing.key")),
+        0o600,
+        "signing key"
+    );
+    assert_eq!(mode(&dir.join("dev-admin.token")), 0o600, "admin token");
+    app.stop().await;
+}
