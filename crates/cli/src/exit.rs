@@ -66,3 +66,42 @@ pub(crate) fn for_state(state: RequestState) -> u8 {
         | RequestState::Running => TIMED_OUT,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use portcullis_core::RequestState::*;
+
+    use super::*;
+
+    #[test]
+    fn every_request_state_has_its_documented_exit_code() {
+        for (state, code) in [
+            (Succeeded, OK),
+            (Rejected, DENIED),
+            (Failed, FAILED),
+            (Expired, FAILED),
+            (Cancelled, FAILED),
+            (OutcomeUnknown, OUTCOME_UNKNOWN),
+            (PendingApproval, TIMED_OUT),
+            (Approved, TIMED_OUT),
+            (Dispatched, TIMED_OUT),
+            (Running, TIMED_OUT),
+        ] {
+            assert_eq!(for_state(state), code, "{state}");
+        }
+        let distinct: std::collections::BTreeSet<u8> = [
+            DENIED,
+            TIMED_OUT,
+            FAILED,
+            OUTCOME_UNKNOWN,
+            UNAUTHENTICATED,
+            AUDIT_BROKEN,
+        ]
+        .into();
+        assert_eq!(
+            distinct.len(),
+            6,
+            "scripts tell these outcomes apart by exit code"
+        );
+    }
+}
