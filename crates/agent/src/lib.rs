@@ -201,7 +201,11 @@ impl Agent {
         for attempt in 0..5 {
             match self.client.report(job.job_id, &report).await {
                 Ok(()) => return,
-                Err(e @ ClientError::Api { .. }) => {
+                // A 4xx is final (refused, already reported, lease gone); a 5xx means the
+                // server could not record it now (its store, its audit chain): try again.
+                Err(e @ (ClientError::Api { .. } | ClientError::Status { .. }))
+                    if e.status().is_some_and(|s| s < 500) =>
+                {
                     tracing::error!(job = %job.job_id, error = %e, "the server rejected the job report");
                     return;
                 }

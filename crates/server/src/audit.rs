@@ -187,6 +187,11 @@ fn to_hash(bytes: Vec<u8>) -> [u8; 32] {
 pub struct Audit {
     head: Mutex<Head>,
     committed: watch::Sender<Head>,
+    /// Held by an [`AuditTx`] from `begin` until the in-memory head is updated after its
+    /// commit. The commit hands the writer connection back before `commit` returns; without
+    /// the gate the next transaction could read the new head from the store while the
+    /// in-memory head is still the old one, and fail closed for nothing.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Audit {
@@ -213,6 +218,7 @@ impl Audit {
         Ok(Arc::new(Audit {
             head: Mutex::new(head),
             committed,
+            gate: Arc::new(tokio::sync::Mutex::new(())),
         }))
     }
 
@@ -231,10 +237,12 @@ pub struct AuditTx {
     tx: Tx,
     head: Head,
     audit: Arc<Audit>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl AuditTx {
     pub async fn begin(store: &Store, audit: &Arc<Audit>) -> Result<AuditTx, AuditError> {
+        let gate = Arc::clone(&audit.gate).lock_owned().await;
         let mut tx = store.begin().await?;
         let found = read_head(&mut tx).await?;
         let expected = audit.head();
@@ -248,6 +256,7 @@ impl AuditTx {
             tx,
             head: found,
             audit: audit.clone(),
+            _gate: gate,
         })
     }
 
@@ -302,9 +311,17 @@ impl AuditTx {
     }
 
     pub async fn commit(self) -> Result<(), AuditError> {
-        self.tx.commit().await?;
-        *self.audit.head.lock().unwrap_or_else(|e| e.into_inner()) = self.head;
-        self.audit.committed.send_replace(self.head);
+        let AuditTx {
+            tx,
+            head,
+            audit,
+            _gate,
+        } = self;
+        tx.commit().await?;
+        *audit.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        audit.committed.send_replace(head);
+        // Only now may the next transaction look at the head.
+        drop(_gate);
         Ok(())
     }
 }
@@ -635,4 +652,52 @@ pub fn row_to_view(
         prev_hash: hex::encode(row.try_get::<Vec<u8>, _>(9)?),
         hash: hex::encode(row.try_get::<Vec<u8>, _>(10)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// AUD-2 without false alarms: many concurrent transactions never take a head this
+    /// process committed for a tampered one, and the chain stays dense. The race this guards
+    /// against (the next transaction reading the store between a commit and the in-memory
+    /// head update) showed under the benchmark's 32-client load; this test is its regression
+    /// check, not a reliable reproducer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_transactions_never_see_a_stale_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), crate::store::Durability::Normal)
+            .await
+            .unwrap();
+        let audit = Audit::open(&store, &CheckpointFile::in_dir(dir.path()))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let (store, audit) = (store.clone(), Arc::clone(&audit));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..150 {
+                    let mut tx = AuditTx::begin(&store, &audit).await?;
+                    let event = Event {
+                        actor: format!("task-{t}"),
+                        action: Action::ServerStarted,
+                        target: format!("{i}"),
+                        outcome: Outcome::Success,
+                        details: serde_json::json!({}),
+                    };
+                    tx.append(&Context::system("test"), event).await?;
+                    tx.commit().await?;
+                }
+                Ok::<(), AuditError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let report = verify(store.reader(), None).await.unwrap();
+        assert_eq!(report.events, 1_200);
+        assert_eq!(report.first_bad_seq, None);
+    }
 }

@@ -65,6 +65,13 @@ const GOAL_DISPATCH_P99_US: f64 = 5_000.0;
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench` (and any filter); this binary takes no arguments.
+    // PORTCULLIS_LOG=error (or any filter) shows the server's and agent's log on stderr.
+    if let Ok(filter) = std::env::var("PORTCULLIS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -287,6 +294,32 @@ async fn run() -> anyhow::Result<()> {
         dispatch.from_send.p99,
         GOAL_DISPATCH_P99_US,
     ));
+
+    // 5. Diagnostic: the same sequential read and load with the state store at
+    // `synchronous = normal` (commits survive a process crash, not power loss), to show how
+    // much of the cost is the per-commit fsync.
+    section("5. diagnostic: state store with synchronous = normal (not the default)");
+    let normal_dir = tempfile::tempdir()?;
+    let mut normal_opts = DevOptions::new("127.0.0.1:0".parse()?, normal_dir.path().join("data"));
+    normal_opts.server.state.synchronous = portcullis_server::store::Durability::Normal;
+    let normal = DevStack::start(normal_opts).await?;
+    let normal_admin = Client::new(&normal.url, Some(&normal.admin_token))?;
+    let (normal_seq, _) = measure::through(&normal_admin, THROUGH_ITERATIONS / 2).await?;
+    println!("   sequential: {}", normal_seq.line());
+    let normal_load = throughput(&normal.url, &normal.admin_token).await?;
+    println!(
+        "   32 clients: {:.0} requests/s, {} errors",
+        normal_load.rate, normal_load.errors
+    );
+    for sample in &normal_load.error_samples {
+        println!("   error: {sample}");
+    }
+    summary.push(Row::info(
+        "diagnostic, synchronous=normal: through p50 / reads/s",
+        format!("{} / {:.0} req/s", us(normal_seq.p50), normal_load.rate),
+    ));
+    normal.stop().await;
+    drop(normal_dir);
 
     section(&format!(
         "summary (whole run {:.1} s)",
