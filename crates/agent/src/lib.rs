@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_client::{Client, ClientError};
+use portcullis_core::OperationClass;
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport, ServedConnection};
-use portcullis_proto::api::ExecError;
+use portcullis_proto::api::{ExecError, ExecResult};
 use portcullis_proto::token::{ReplayCache, TrustedKeys};
 use tokio::sync::watch;
 
 pub use config::AgentConfig;
-use exec::Targets;
+use exec::{RowSink, Summary, Targets};
 
 const CLAIM_WAIT_MS: u64 = 25_000;
 const REPLAY_CAPACITY: usize = 100_000;
@@ -88,8 +89,21 @@ impl Agent {
             .collect()
     }
 
-    /// Runs the gate and, when it passes, the executor. Never panics on hostile input.
+    /// Runs the gate and, when it passes, the executor, collecting the whole result. Never
+    /// panics on hostile input.
     pub async fn process(&self, job: &JobAssignment) -> JobReport {
+        let mut sink = RowSink::collect();
+        match self.gate_and_run(job, &mut sink).await {
+            Processed::Refused(error) => JobReport::Refused { error },
+            Processed::Ran(Ok(summary)) => JobReport::Succeeded {
+                result: sink.into_result(summary),
+            },
+            Processed::Ran(Err(error)) => JobReport::Failed { error },
+        }
+    }
+
+    /// Runs the gate and, when it passes, the executor into `sink`.
+    async fn gate_and_run(&self, job: &JobAssignment, sink: &mut RowSink) -> Processed {
         let now = now_ms();
         let permit = {
             let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,18 +113,13 @@ impl Agent {
             Ok(p) => p,
             Err(refusal) => {
                 tracing::warn!(job = %job.job_id, code = refusal.code, "refused a job: {}", refusal.message);
-                return JobReport::Refused {
-                    error: ExecError {
-                        code: refusal.code.to_owned(),
-                        message: refusal.message,
-                    },
-                };
+                return Processed::Refused(ExecError {
+                    code: refusal.code.to_owned(),
+                    message: refusal.message,
+                });
             }
         };
-        match self.targets.execute(&permit).await {
-            Ok(result) => JobReport::Succeeded { result },
-            Err(error) => JobReport::Failed { error },
-        }
+        Processed::Ran(self.targets.execute(&permit, sink).await)
     }
 
     /// Runs `max_concurrent_jobs` workers until `stop` turns true. Returns an error when the
@@ -195,27 +204,55 @@ impl Agent {
                 }
             }
         });
-        let report = self.process(&job).await;
+        // The result streams to the server while the executor runs; the upload's backpressure
+        // paces the executor, so a large result is never held whole.
+        let (mut sink, chunks) = RowSink::stream();
+        let work = async move {
+            let processed = self.gate_and_run(&job, &mut sink).await;
+            if let Processed::Ran(outcome) = &processed {
+                sink.finish(outcome).await;
+            }
+            drop(sink);
+            (job, processed)
+        };
+        let (done, uploaded) = tokio::join!(work, self.client.upload_result(job_id, chunks));
         heartbeat.abort();
+        let (job, processed) = done;
+        let report = match (processed, uploaded) {
+            (Processed::Ran(_), Ok(true)) => return,
+            (Processed::Refused(error), _) => JobReport::Refused { error },
+            (Processed::Ran(outcome), uploaded) => {
+                if let Err(e) = &uploaded {
+                    tracing::warn!(job = %job_id, error = %e, "the result upload failed; reporting the outcome without rows");
+                }
+                undelivered(job.class, outcome)
+            }
+        };
+        self.report(job_id, &report).await;
+    }
+
+    /// Reports an outcome through the plain report route, retrying what the server could not
+    /// record.
+    async fn report(&self, job_id: uuid::Uuid, report: &JobReport) {
         let mut backoff = Backoff::default();
         for attempt in 0..5 {
-            match self.client.report(job.job_id, &report).await {
+            match self.client.report(job_id, report).await {
                 Ok(()) => return,
                 // A 4xx is final (refused, already reported, lease gone); a 5xx means the
                 // server could not record it now (its store, its audit chain): try again.
                 Err(e @ (ClientError::Api { .. } | ClientError::Status { .. }))
                     if e.status().is_some_and(|s| s < 500) =>
                 {
-                    tracing::error!(job = %job.job_id, error = %e, "the server rejected the job report");
+                    tracing::error!(job = %job_id, error = %e, "the server rejected the job report");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(job = %job.job_id, attempt, error = %e, "reporting failed; retrying");
+                    tracing::warn!(job = %job_id, attempt, error = %e, "reporting failed; retrying");
                     tokio::time::sleep(backoff.next()).await;
                 }
             }
         }
-        tracing::error!(job = %job.job_id, "could not report the outcome; the server will settle the job when its lease expires");
+        tracing::error!(job = %job_id, "could not report the outcome; the server will settle the job when its lease expires");
     }
 
     fn mark_alive(&self, first_worker: bool) {
@@ -233,6 +270,38 @@ impl Agent {
         {
             tracing::warn!(error = %e, "cannot write the liveness file");
         }
+    }
+}
+
+/// The gate's verdict and, when it let the job through, the execution's outcome.
+enum Processed {
+    Refused(ExecError),
+    Ran(Result<Summary, ExecError>),
+}
+
+/// The report for an outcome whose rows could not be delivered. A read that the requester
+/// did not receive failed; a write happened and is reported as such, without its rows.
+fn undelivered(class: OperationClass, outcome: Result<Summary, ExecError>) -> JobReport {
+    match outcome {
+        Ok(summary) if class == OperationClass::Read => JobReport::Failed {
+            error: ExecError {
+                code: "result_not_delivered".into(),
+                message: format!(
+                    "the read ran but its {} row(s) could not be delivered",
+                    summary.row_count
+                ),
+            },
+        },
+        Ok(summary) => JobReport::Succeeded {
+            result: ExecResult {
+                columns: summary.columns,
+                rows: Vec::new(),
+                row_count: 0,
+                truncated: summary.row_count > 0 || summary.truncated,
+                affected_rows: summary.affected_rows,
+            },
+        },
+        Err(error) => JobReport::Failed { error },
     }
 }
 

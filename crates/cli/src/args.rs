@@ -122,6 +122,10 @@ pub(crate) struct ExecArgs {
     /// How long to wait for approval and execution, in seconds.
     #[arg(long, default_value_t = 300)]
     pub(crate) wait: u64,
+    /// Print the result as NDJSON while it is produced (a `{"columns": …}` header, one JSON
+    /// array per row, then a trailer with the state and counts): for results of any size.
+    #[arg(long, conflicts_with = "no_wait")]
+    pub(crate) stream: bool,
     /// The statement (SQL) or command (Redis).
     pub(crate) statement: String,
     #[command(flatten)]

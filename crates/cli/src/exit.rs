@@ -1,4 +1,4 @@
-//! Exit codes. Scripts rely on these; they are listed in `--help` and docs/cli.md.
+//! Exit codes. Scripts rely on these; they are listed in `--help` and the README.
 
 use portcullis_client::ClientError;
 use portcullis_core::RequestState;

@@ -2,6 +2,8 @@
 //! protocol) and by every integration test. It keeps one keep-alive connection pool per
 //! `Client`; errors from the server arrive as [`Problem`] documents with stable codes.
 
+mod stream;
+
 use std::time::Duration;
 
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
@@ -14,6 +16,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
+
+pub use stream::{MAX_LINE, ResultStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

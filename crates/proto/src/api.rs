@@ -14,6 +14,10 @@ pub struct CreateRequest {
     pub connection: ConnectionName,
     pub statement: String,
     pub reason: String,
+    /// Relay the result row by row through `GET /api/v1/requests/{id}/result` instead of
+    /// holding it for `wait`: for results too large to hold (see `stream`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Timestamps are RFC 3339 strings in UTC with microseconds.

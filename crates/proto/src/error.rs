@@ -33,6 +33,8 @@ codes! {
     PolicyDenied => "policy_denied", 403;
     InvalidState => "invalid_state", 409;
     Conflict => "conflict", 409;
+    ResultNotReady => "result_not_ready", 409;
+    ResultGone => "result_gone", 410;
     Internal => "internal", 500;
     Unavailable => "unavailable", 503;
 }

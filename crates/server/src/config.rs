@@ -51,6 +51,9 @@ pub struct ExecutionSettings {
     pub max_wait_secs: u64,
     /// How long a finished result stays available to its requester (stream-only otherwise).
     pub result_retention_secs: u64,
+    /// How long an agent's streamed result waits for its requester to start reading before
+    /// the read is abandoned (`result_not_delivered`).
+    pub stream_reader_wait_secs: u64,
 }
 
 impl Default for ExecutionSettings {
@@ -64,6 +67,7 @@ impl Default for ExecutionSettings {
             approval_timeout_secs: 3_600,
             max_wait_secs: 120,
             result_retention_secs: 60,
+            stream_reader_wait_secs: 30,
         }
     }
 }

@@ -9,12 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
 
 use portcullis_core::ConnectionName;
 use portcullis_core::RequestState;
 use portcullis_proto::api::{ExecError, ExecResult};
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
 /// How a request ended, as relayed to its waiters.
@@ -28,6 +31,33 @@ pub struct Finished {
 struct Slot {
     sender: watch::Sender<Option<Arc<Finished>>>,
     finished_at_ms: Option<i64>,
+    /// The requester waiting for a streamed result, until an upload takes it.
+    reader: Option<mpsc::Sender<Bytes>>,
+    /// Wakes an upload waiting for its reader.
+    reader_arrived: Arc<Notify>,
+    /// A streamed result went to its reader; it cannot be had again.
+    delivered: bool,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            sender: watch::channel(None).0,
+            finished_at_ms: None,
+            reader: None,
+            reader_arrived: Arc::new(Notify::new()),
+            delivered: false,
+        }
+    }
+}
+
+/// Where a requester stands with a streamed result.
+#[derive(Debug)]
+pub enum Reader {
+    /// Registered: the rows arrive on this receiver once an agent's upload takes it.
+    Waiting(mpsc::Receiver<Bytes>),
+    /// Already delivered to a reader (results are delivered once).
+    Delivered,
 }
 
 #[derive(Default)]
@@ -74,23 +104,63 @@ impl Dispatch {
     /// Subscribes to the outcome of `id`.
     pub fn subscribe(&self, id: Uuid) -> watch::Receiver<Option<Arc<Finished>>> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry(id)
-            .or_insert_with(|| Slot {
-                sender: watch::channel(None).0,
-                finished_at_ms: None,
-            })
-            .sender
-            .subscribe()
+        slots.entry(id).or_insert_with(Slot::new).sender.subscribe()
+    }
+
+    /// Registers the reader of `id`'s streamed result, replacing one that gave up, and wakes
+    /// an upload waiting for it. `capacity` chunks may wait in between.
+    pub fn register_reader(&self, id: Uuid, capacity: usize) -> Reader {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(id).or_insert_with(Slot::new);
+        if slot.delivered {
+            return Reader::Delivered;
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        slot.reader = Some(tx);
+        slot.reader_arrived.notify_one();
+        Reader::Waiting(rx)
+    }
+
+    /// Withdraws a reader that stopped waiting before any upload took it. Returns `false`
+    /// when an upload took it in the meantime (its receiver then has the rows).
+    pub fn withdraw_reader(&self, id: Uuid) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.get_mut(&id) {
+            Some(slot) if !slot.delivered => {
+                slot.reader = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits up to `wait` for a live reader of `id` and takes it: from then on the result is
+    /// delivered and no other reader can have it.
+    pub async fn take_reader(&self, id: Uuid, wait: Duration) -> Option<mpsc::Sender<Bytes>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = {
+                let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let slot = slots.entry(id).or_insert_with(Slot::new);
+                if let Some(tx) = slot.reader.take()
+                    && !tx.is_closed()
+                {
+                    slot.delivered = true;
+                    return Some(tx);
+                }
+                slot.reader_arrived.clone()
+            };
+            let notified = arrived.notified();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Publishes the outcome of `id` to every waiter, present and future (until retention).
     pub fn complete(&self, id: Uuid, finished: Finished, now_ms: i64) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.entry(id).or_insert_with(|| Slot {
-            sender: watch::channel(None).0,
-            finished_at_ms: None,
-        });
+        let slot = slots.entry(id).or_insert_with(Slot::new);
         slot.finished_at_ms = Some(now_ms);
         slot.sender.send_replace(Some(Arc::new(finished)));
     }
@@ -100,7 +170,7 @@ impl Dispatch {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|_, slot| match slot.finished_at_ms {
             Some(at) => now_ms - at < retention_ms,
-            None => slot.sender.receiver_count() > 0,
+            None => slot.sender.receiver_count() > 0 || slot.reader.is_some(),
         });
     }
 }

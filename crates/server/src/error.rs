@@ -50,6 +50,12 @@ pub enum ApiError {
     /// 409.
     #[error("conflict: {detail}")]
     Conflict { detail: String },
+    /// 409: the request has no result to read yet; `detail` says what it waits for.
+    #[error("result not ready: {detail}")]
+    ResultNotReady { detail: String },
+    /// 410: the result was delivered already, or no longer kept.
+    #[error("result gone: {detail}")]
+    ResultGone { detail: String },
     /// 503: a dependency (state store, audit chain) is unavailable; fails closed.
     #[error("unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -85,6 +91,8 @@ impl ApiError {
             ApiError::PolicyDenied => ErrorCode::PolicyDenied,
             ApiError::InvalidState { .. } => ErrorCode::InvalidState,
             ApiError::Conflict { .. } => ErrorCode::Conflict,
+            ApiError::ResultNotReady { .. } => ErrorCode::ResultNotReady,
+            ApiError::ResultGone { .. } => ErrorCode::ResultGone,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -137,6 +145,8 @@ impl IntoResponse for ApiError {
             ApiError::PolicyDenied => ("Denied by policy", None, None),
             ApiError::InvalidState { detail } => ("Invalid state", Some(detail.clone()), None),
             ApiError::Conflict { detail } => ("Conflict", Some(detail.clone()), None),
+            ApiError::ResultNotReady { detail } => ("Result not ready", Some(detail.clone()), None),
+            ApiError::ResultGone { detail } => ("Result gone", Some(detail.clone()), None),
             ApiError::Unavailable(e) => {
                 tracing::error!(%error_id, error = %format!("{e:#}"), "dependency unavailable");
                 ("Service unavailable", None, None)

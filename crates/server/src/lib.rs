@@ -17,6 +17,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod principals;
 pub mod reaper;
+pub mod results;
 pub mod routes;
 pub mod store;
 

@@ -209,8 +209,8 @@ pub async fn create_request(
     };
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query(
-        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(who.display())
@@ -230,6 +230,7 @@ pub async fn create_request(
     .bind(now)
     .bind(now)
     .bind(auto.then_some(now))
+    .bind(if body.stream { "stream" } else { "buffered" })
     .execute(tx.conn())
     .await?;
     let request_target = format!("request:{id}");
@@ -460,13 +461,15 @@ async fn try_claim(
     }))
 }
 
-/// Records an agent's report. Only the agent holding the lease can report, once.
+/// Records an agent's report. Only the agent holding the lease can report, once. When
+/// `streamed`, the result's rows already went to the requester and only its counts are kept.
 pub async fn report_job(
     state: &AppState,
     agent: &AgentPrincipal,
     ctx: &Context,
     job_id: Uuid,
     report: JobReport,
+    streamed: bool,
 ) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
@@ -540,7 +543,7 @@ pub async fn report_job(
         request_id,
         Finished {
             state: next,
-            result,
+            result: result.filter(|_| !streamed),
             error,
         },
         now,

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "explain",
         sql: include_str!("migrations/0002_explain.sql"),
     },
+    Migration {
+        version: 3,
+        name: "result_mode",
+        sql: include_str!("migrations/0003_result_mode.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

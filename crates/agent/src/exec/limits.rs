@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use portcullis_proto::api::{Column, ExecResult};
+use portcullis_proto::api::Column;
 use serde_json::Value;
 
+use super::sink::{RowSink, Summary};
 use super::values::json_len;
 use crate::permit::Permit;
 
@@ -37,71 +38,78 @@ impl Limits {
     }
 }
 
-/// Builds an [`ExecResult`] row by row, stopping at the first cap.
+/// Counts rows into a [`RowSink`], stopping at the first cap.
 #[derive(Debug)]
-pub(crate) struct Rows {
-    result: ExecResult,
+pub(crate) struct Rows<'s> {
+    sink: &'s mut RowSink,
+    summary: Summary,
     limits: Limits,
     /// JSON bytes of the rows so far, the `[`, `]` and commas of the row list included.
     bytes: u64,
 }
 
-impl Rows {
-    pub(crate) fn new(limits: Limits) -> Rows {
+impl<'s> Rows<'s> {
+    pub(crate) fn new(limits: Limits, sink: &'s mut RowSink) -> Rows<'s> {
         Rows {
-            result: ExecResult::default(),
+            sink,
+            summary: Summary::default(),
             limits,
             bytes: 2,
         }
     }
 
     pub(crate) fn has_columns(&self) -> bool {
-        !self.result.columns.is_empty()
+        !self.summary.columns.is_empty()
     }
 
     pub(crate) fn set_columns(&mut self, columns: Vec<Column>) {
-        self.result.columns = columns;
+        self.summary.columns = columns;
     }
 
-    /// Whether the caller should stop reading: a cap was reached.
+    /// Whether the caller should stop reading: a cap was reached, or the reader of a
+    /// streamed result went away.
     pub(crate) fn is_full(&self) -> bool {
-        self.result.truncated
+        self.summary.truncated || self.sink.is_broken()
     }
 
     /// Offers the next row; `row` is only built when the row cap leaves room. Once a cap
     /// refuses a row the result is `truncated` and every later offer is ignored.
-    pub(crate) fn offer(&mut self, row: impl FnOnce() -> Vec<Value>) {
-        if self.result.truncated {
+    pub(crate) async fn offer(&mut self, row: impl FnOnce() -> Vec<Value>) {
+        if self.summary.truncated {
             return;
         }
-        if self.result.row_count >= self.limits.row_cap {
-            self.result.truncated = true;
+        if self.summary.row_count >= self.limits.row_cap {
+            self.summary.truncated = true;
             return;
         }
         let row = row();
-        let separator = u64::from(self.result.row_count > 0);
+        let separator = u64::from(self.summary.row_count > 0);
         let size = json_len(&row) + separator;
         if self.bytes.saturating_add(size) > self.limits.max_bytes {
-            self.result.truncated = true;
+            self.summary.truncated = true;
             return;
         }
+        if !self.sink.has_header() {
+            self.sink.header(&self.summary.columns).await;
+        }
         self.bytes += size;
-        self.result.rows.push(row);
-        self.result.row_count += 1;
+        self.sink.row(row).await;
+        self.summary.row_count += 1;
     }
 
     pub(crate) fn set_affected(&mut self, affected: u64) {
-        self.result.affected_rows = Some(affected);
+        self.summary.affected_rows = Some(affected);
     }
 
-    pub(crate) fn finish(self) -> ExecResult {
-        self.result
+    pub(crate) fn finish(self) -> Summary {
+        self.summary
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_proto::api::ExecResult;
     use serde_json::json;
 
     fn limits(row_cap: u64, max_bytes: u64) -> Limits {
@@ -113,11 +121,18 @@ mod tests {
     }
 
     fn fill(limits: Limits, n: usize) -> ExecResult {
-        let mut rows = Rows::new(limits);
-        for i in 0..n {
-            rows.offer(|| vec![json!("abcdefgh"), json!(i)]);
-        }
-        rows.finish()
+        let mut sink = RowSink::collect();
+        let mut rows = Rows::new(limits, &mut sink);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            for i in 0..n {
+                rows.offer(|| vec![json!("abcdefgh"), json!(i)]).await;
+            }
+        });
+        let summary = rows.finish();
+        sink.into_result(summary)
     }
 
     #[test]

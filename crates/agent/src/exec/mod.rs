@@ -13,6 +13,7 @@ pub mod mysql;
 mod pool;
 pub mod postgres;
 pub mod redis;
+pub mod sink;
 mod sqlite;
 pub mod url;
 mod values;
@@ -20,7 +21,7 @@ mod values;
 use std::collections::HashMap;
 
 use portcullis_core::{ConnectionKind, ConnectionName, OperationClass};
-use portcullis_proto::api::{ExecError, ExecResult};
+use portcullis_proto::api::ExecError;
 
 use crate::config::{AgentConfig, TargetConfig};
 use crate::permit::Permit;
@@ -29,6 +30,7 @@ pub use limits::Limits;
 pub use mysql::MySqlTarget;
 pub use postgres::PgTarget;
 pub use redis::RedisTarget;
+pub use sink::{RowSink, Summary};
 pub use sqlite::SqliteTarget;
 
 /// The stable codes of execution failures (`ExecError::code`).
@@ -117,12 +119,18 @@ impl Targets {
         Ok(Targets { by_name })
     }
 
-    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
+    /// Executes a permitted statement, sending its header and rows to `sink` and returning
+    /// how it ended. The caller finishes the sink.
+    pub async fn execute(
+        &self,
+        permit: &Permit<'_>,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
         match self.by_name.get(&permit.target().name) {
-            Some(Target::Sqlite(t)) => t.execute(permit).await,
-            Some(Target::Postgres(t)) => t.execute(permit).await,
-            Some(Target::Mysql(t)) => t.execute(permit).await,
-            Some(Target::Redis(t)) => t.execute(permit).await,
+            Some(Target::Sqlite(t)) => t.execute(permit, sink).await,
+            Some(Target::Postgres(t)) => t.execute(permit, sink).await,
+            Some(Target::Mysql(t)) => t.execute(permit, sink).await,
+            Some(Target::Redis(t)) => t.execute(permit, sink).await,
             None => Err(ExecError {
                 code: "capability_connection".into(),
                 message: "no such connection on this agent".into(),

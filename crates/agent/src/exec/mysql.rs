@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use portcullis_core::{ConnectionName, OperationClass};
-use portcullis_proto::api::{Column, ExecError, ExecResult};
+use portcullis_proto::api::{Column, ExecError};
 use serde_json::Value;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlRow};
 use sqlx::pool::PoolConnection;
@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 
 use super::limits::Rows;
 use super::pool::StorePool;
+use super::sink::{RowSink, Summary};
 use super::values::mysql::{type_name, value};
 use super::{FailureCode, Limits, failure, no_answer};
 use crate::config::TargetConfig;
@@ -86,8 +87,12 @@ impl MySqlTarget {
         })
     }
 
-    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
-        self.run(permit.class(), permit.statement(), Limits::of(permit))
+    pub async fn execute(
+        &self,
+        permit: &Permit<'_>,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
+        self.run(permit.class(), permit.statement(), Limits::of(permit), sink)
             .await
     }
 
@@ -101,8 +106,10 @@ impl MySqlTarget {
         class: OperationClass,
         statement: &str,
         limits: Limits,
-    ) -> Result<ExecResult, ExecError> {
-        self.run(class, statement, limits).await
+    ) -> Result<portcullis_proto::api::ExecResult, ExecError> {
+        let mut sink = RowSink::collect();
+        let summary = self.run(class, statement, limits, &mut sink).await?;
+        Ok(sink.into_result(summary))
     }
 
     async fn run(
@@ -110,7 +117,8 @@ impl MySqlTarget {
         class: OperationClass,
         statement: &str,
         limits: Limits,
-    ) -> Result<ExecResult, ExecError> {
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
         let credential = self.credentials.get(&class).ok_or_else(|| {
             failure(
                 FailureCode::StoreUnavailable,
@@ -159,7 +167,7 @@ impl MySqlTarget {
         };
         let outcome = tokio::time::timeout(
             limits.timeout + GRACE,
-            run_on(&mut conn, class, statement, limits),
+            run_on(&mut conn, class, statement, limits, sink),
         )
         .await;
         match outcome {
@@ -233,7 +241,8 @@ async fn run_on(
     class: OperationClass,
     statement: &str,
     limits: Limits,
-) -> Result<(ExecResult, bool), sqlx::Error> {
+    sink: &mut RowSink,
+) -> Result<(Summary, bool), sqlx::Error> {
     let conn: &mut MySqlConnection = conn;
     let read = class == OperationClass::Read;
     let mut tx = conn
@@ -243,7 +252,7 @@ async fn run_on(
             "START TRANSACTION"
         })
         .await?;
-    let mut rows = Rows::new(limits);
+    let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {
         // One prepared statement, not cached: a write's RETURNING rows and its affected count
@@ -257,7 +266,7 @@ async fn run_on(
                     if !rows.has_columns() {
                         rows.set_columns(columns(&row));
                     }
-                    rows.offer(|| row_values(&row));
+                    rows.offer(|| row_values(&row)).await;
                     if read && rows.is_full() {
                         return Ok((rows.finish(), true));
                     }

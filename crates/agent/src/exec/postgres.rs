@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use portcullis_core::{ConnectionName, OperationClass};
-use portcullis_proto::api::{Column, ExecError, ExecResult};
+use portcullis_proto::api::{Column, ExecError};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgRow};
@@ -21,6 +21,7 @@ use sqlx::{
 
 use super::limits::Rows;
 use super::pool::StorePool;
+use super::sink::{RowSink, Summary};
 use super::values::postgres::value;
 use super::{FailureCode, Limits, failure, no_answer};
 use crate::config::TargetConfig;
@@ -59,8 +60,12 @@ impl PgTarget {
         })
     }
 
-    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
-        self.run(permit.class(), permit.statement(), Limits::of(permit))
+    pub async fn execute(
+        &self,
+        permit: &Permit<'_>,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
+        self.run(permit.class(), permit.statement(), Limits::of(permit), sink)
             .await
     }
 
@@ -74,8 +79,10 @@ impl PgTarget {
         class: OperationClass,
         statement: &str,
         limits: Limits,
-    ) -> Result<ExecResult, ExecError> {
-        self.run(class, statement, limits).await
+    ) -> Result<portcullis_proto::api::ExecResult, ExecError> {
+        let mut sink = RowSink::collect();
+        let summary = self.run(class, statement, limits, &mut sink).await?;
+        Ok(sink.into_result(summary))
     }
 
     async fn run(
@@ -83,7 +90,8 @@ impl PgTarget {
         class: OperationClass,
         statement: &str,
         limits: Limits,
-    ) -> Result<ExecResult, ExecError> {
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
         let pool = self.pools.get(&class).ok_or_else(|| {
             failure(
                 FailureCode::StoreUnavailable,
@@ -92,14 +100,14 @@ impl PgTarget {
         })?;
         let mut conn = pool.acquire(&limits).await?;
         let attempt = async {
-            match run_on(&mut conn, class, statement, limits).await {
+            match run_on(&mut conn, class, statement, limits, sink).await {
                 // sqlx resolves a result column's custom type (enum, domain, composite) with
                 // catalog queries between parsing and binding the unnamed statement, which
                 // destroys it; the bind then fails before anything executed, and the types
                 // are cached on this connection now, so the one retry binds. Not a re-run:
                 // the first attempt never reached Execute and its transaction rolled back.
                 Err(e) if lost_unnamed_statement(&e) => {
-                    run_on(&mut conn, class, statement, limits).await
+                    run_on(&mut conn, class, statement, limits, sink).await
                 }
                 other => other,
             }
@@ -107,13 +115,13 @@ impl PgTarget {
         let outcome = tokio::time::timeout(limits.timeout + GRACE, attempt).await;
         match outcome {
             Ok(Ok(Run {
-                result,
+                summary,
                 drop_connection,
             })) => {
                 if drop_connection {
                     conn.close_on_drop();
                 }
-                Ok(result)
+                Ok(summary)
             }
             Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
             Err(_) => {
@@ -149,7 +157,7 @@ fn database_error(db: &dyn sqlx::error::DatabaseError) -> FailureCode {
 /// A finished run; `drop_connection` when rows were left unread (a cap stopped the read), so
 /// closing the connection is cheaper than draining them and the server discards the rest.
 struct Run {
-    result: ExecResult,
+    summary: Summary,
     drop_connection: bool,
 }
 
@@ -158,6 +166,7 @@ async fn run_on(
     class: OperationClass,
     statement: &str,
     limits: Limits,
+    sink: &mut RowSink,
 ) -> Result<Run, sqlx::Error> {
     let conn: &mut PgConnection = conn;
     let read = class == OperationClass::Read;
@@ -174,7 +183,7 @@ async fn run_on(
     sqlx::raw_sql(AssertSqlSafe(guard))
         .execute(&mut *tx)
         .await?;
-    let mut rows = Rows::new(limits);
+    let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {
         // One prepared statement, not cached: a write's RETURNING rows and its affected count
@@ -188,11 +197,11 @@ async fn run_on(
                     if !rows.has_columns() {
                         rows.set_columns(columns(&row));
                     }
-                    rows.offer(|| row_values(&row));
+                    rows.offer(|| row_values(&row)).await;
                     // A write runs to completion whatever its RETURNING rows; a read stops.
                     if read && rows.is_full() {
                         return Ok(Run {
-                            result: rows.finish(),
+                            summary: rows.finish(),
                             drop_connection: true,
                         });
                     }
@@ -222,7 +231,7 @@ async fn run_on(
         rows.set_affected(affected);
     }
     Ok(Run {
-        result: rows.finish(),
+        summary: rows.finish(),
         drop_connection: false,
     })
 }

@@ -20,6 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use serde_json::Value;
 
+use super::sink::{RowSink, Summary};
 use super::url::ConnectionUrl;
 use super::values::{json_len, resp};
 use super::{FailureCode, Limits, failure, no_answer};
@@ -86,9 +87,15 @@ impl RedisTarget {
         })
     }
 
-    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
-        self.run(permit.class(), permit.statement(), Limits::of(permit))
-            .await
+    pub async fn execute(
+        &self,
+        permit: &Permit<'_>,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
+        let result = self
+            .run(permit.class(), permit.statement(), Limits::of(permit))
+            .await?;
+        Ok(sink.result(result).await)
     }
 
     /// Runs `command` with the `class` credential without a permit. Test-only: it exists so

@@ -16,6 +16,7 @@ use sqlx::{
 };
 
 use super::limits::Rows;
+use super::sink::{RowSink, Summary};
 use super::values::{base64, float, unsupported};
 use super::{FailureCode, Limits, failure};
 use crate::permit::Permit;
@@ -45,12 +46,19 @@ impl SqliteTarget {
         Ok(SqliteTarget { read, write })
     }
 
-    pub async fn execute(&self, permit: &Permit<'_>) -> Result<ExecResult, ExecError> {
+    pub async fn execute(
+        &self,
+        permit: &Permit<'_>,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
         let limits = Limits::of(permit);
         let work = async {
             match permit.class() {
-                OperationClass::Read => self.read(permit.statement(), limits).await,
-                _ => self.write(permit.statement()).await,
+                OperationClass::Read => self.read(permit.statement(), limits, sink).await,
+                _ => {
+                    let result = self.write(permit.statement()).await?;
+                    Ok(sink.result(result).await)
+                }
             }
         };
         match tokio::time::timeout(limits.timeout, work).await {
@@ -67,20 +75,25 @@ impl SqliteTarget {
         self.write.close().await;
     }
 
-    async fn read(&self, statement: &str, limits: Limits) -> Result<ExecResult, ExecError> {
+    async fn read(
+        &self,
+        statement: &str,
+        limits: Limits,
+        sink: &mut RowSink,
+    ) -> Result<Summary, ExecError> {
         let mut conn = self
             .read
             .acquire()
             .await
             .map_err(|e| failure(FailureCode::StoreUnavailable, e.to_string()))?;
-        let mut rows = Rows::new(limits);
+        let mut rows = Rows::new(limits, sink);
         {
             let mut stream = sqlx::query(AssertSqlSafe(statement.to_owned())).fetch(&mut *conn);
             while let Some(row) = stream.try_next().await.map_err(store_error)? {
                 if !rows.has_columns() {
                     rows.set_columns(columns(&row));
                 }
-                rows.offer(|| values(&row));
+                rows.offer(|| values(&row)).await;
                 if rows.is_full() {
                     break;
                 }

@@ -16,3 +16,4 @@ mod mysql;
 mod postgres;
 mod redis;
 mod secrets;
+mod tls;

@@ -29,18 +29,31 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Every log line of this test binary, from every thread. A process-wide subscriber, not a
+/// scoped one: a scoped subscriber misses events whose call site another thread registered
+/// first, so it would make the log check below flaky. Other tests' lines land here too,
+/// which only widens the check.
+fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+    .clone()
+}
+
 /// SEC-4: a credential's password appears in no execution error, no `Debug` or serialized
 /// form of the configuration, and no log line, whether the store is down (closed port) or
 /// refuses the credential.
 #[tokio::test]
 pub(crate) async fn sec4_passwords_never_appear_in_errors_debug_output_or_logs() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
 
     let cases = [
         (

@@ -77,6 +77,7 @@ pub(crate) fn read_body() -> CreateRequest {
         connection: "demo".parse().expect("a valid connection name"),
         statement: STATEMENT.into(),
         reason: "benchmark".into(),
+        stream: false,
     }
 }
 

@@ -21,8 +21,9 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<u8> {
         connection: args.connection.clone(),
         statement: args.statement.clone(),
         reason: args.reason.clone(),
+        stream: args.stream,
     };
-    let first_wait = if args.no_wait {
+    let first_wait = if args.no_wait || args.stream {
         0
     } else {
         args.wait.min(WAIT_SLICE)
@@ -30,6 +31,9 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let outcome = client
         .create_request(&body, Duration::from_secs(first_wait))
         .await?;
+    if args.stream {
+        return super::stream::print(&client, outcome.request.id, args.wait).await;
+    }
     if args.no_wait {
         if args.remote.json {
             output::json(

@@ -5,6 +5,7 @@ mod audit;
 mod dev;
 mod exec;
 mod serve;
+mod stream;
 
 use portcullis_client::Client;
 

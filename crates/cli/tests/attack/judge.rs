@@ -32,6 +32,7 @@ pub(crate) async fn submit(
         connection: store.connection().parse().expect("connection name"),
         statement,
         reason: "attack suite".into(),
+        stream: false,
     };
     let wait = if end_to_end {
         CASE_WAIT

@@ -46,6 +46,7 @@ fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
         ("GET", "/api/v1/requests", users()),
         ("GET", "/api/v1/requests/{id}", users()),
         ("GET", "/api/v1/requests/{id}/wait", users()),
+        ("GET", "/api/v1/requests/{id}/result", users()),
         ("POST", "/api/v1/requests/{id}/cancel", users()),
         ("POST", "/api/v1/tokens", admin()),
         ("GET", "/api/v1/tokens", admin()),
@@ -58,6 +59,7 @@ fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
         ("POST", "/api/v1/agent/claim", agent()),
         ("POST", "/api/v1/agent/jobs/{id}/heartbeat", agent()),
         ("POST", "/api/v1/agent/jobs/{id}/report", agent()),
+        ("POST", "/api/v1/agent/jobs/{id}/result", agent()),
     ]
 }
 

@@ -41,6 +41,7 @@ fn insert(i: usize) -> CreateRequest {
             "INSERT INTO customers (name, email, country, created_at) VALUES ('race {i}', 'race{i}@example.com', 'GB', '2025-01-01')"
         ),
         reason: "race".into(),
+        stream: false,
     }
 }
 
@@ -190,6 +191,7 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
         connection: "demo".parse().expect("name"),
         statement: "SELECT 1".into(),
         reason: "read".into(),
+        stream: false,
     };
     let read = app
         .admin
@@ -278,6 +280,7 @@ async fn a_waiting_agent_is_woken_by_a_new_job() {
         connection: "demo".parse().expect("name"),
         statement: "SELECT 2".into(),
         reason: "push".into(),
+        stream: false,
     };
     let created = app
         .admin

@@ -17,6 +17,7 @@ async fn a_write_awaiting_approval_is_explained_without_running() {
         connection: "demo".parse().expect("name"),
         statement: "UPDATE customers SET country = 'FR' WHERE id = 1".into(),
         reason: "needs an approver".into(),
+        stream: false,
     };
     let created = app
         .admin

@@ -94,6 +94,7 @@ impl TestApp {
             connection: "demo".parse().expect("name"),
             statement: statement.to_owned(),
             reason: "integration test".into(),
+            stream: false,
         };
         client.create_request(&body, Duration::from_secs(20)).await
     }

@@ -15,6 +15,7 @@ mod dispatch;
 mod explain;
 mod requests;
 mod secrets_at_rest;
+mod streaming;
 mod tidy;
 mod tokens;
 mod two_process;

@@ -42,6 +42,7 @@ async fn request_on(
         connection: connection.parse().expect("connection name"),
         statement: statement.to_owned(),
         reason: reason.to_owned(),
+        stream: false,
     };
     client.create_request(&body, Duration::from_secs(20)).await
 }

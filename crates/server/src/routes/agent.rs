@@ -34,6 +34,19 @@ pub(super) async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The result of a job, streamed as NDJSON (see [`crate::results`]). Not under the JSON
+/// body limit: the upload is checked line by line under its own limits.
+pub(super) async fn upload_result(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Result<StatusCode, ApiError> {
+    crate::results::upload(&state, &agent, &ctx, path_uuid(&id)?, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub(super) async fn report(
     State(state): State<AppState>,
     Agent(agent): Agent,
@@ -41,6 +54,6 @@ pub(super) async fn report(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<JobReport>,
 ) -> Result<StatusCode, ApiError> {
-    lifecycle::report_job(&state, &agent, &ctx, path_uuid(&id)?, body).await?;
+    lifecycle::report_job(&state, &agent, &ctx, path_uuid(&id)?, body, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }

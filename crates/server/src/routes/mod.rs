@@ -97,6 +97,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(requests::wait),
         ),
         r(
+            Method::GET,
+            "/api/v1/requests/{id}/result",
+            User,
+            get(requests::result),
+        ),
+        r(
             Method::POST,
             "/api/v1/requests/{id}/cancel",
             User,
@@ -167,6 +173,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "/api/v1/agent/jobs/{id}/report",
             Agent,
             post(agent::report).layer(DefaultBodyLimit::max(AGENT_REPORT_LIMIT)),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/agent/jobs/{id}/result",
+            Agent,
+            post(agent::upload_result),
         ),
     ]
 }

@@ -48,6 +48,21 @@ pub(super) async fn wait(
     ))
 }
 
+/// The result as NDJSON: header, rows, trailer (see [`crate::results`]).
+pub(super) async fn result(
+    State(state): State<AppState>,
+    User(who): User,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<WaitParams>,
+) -> Result<axum::response::Response, ApiError> {
+    let id = path_uuid(&id)?;
+    let wait = params
+        .wait
+        .unwrap_or(30)
+        .min(state.config.execution.max_wait_secs);
+    crate::results::download(&state, &who, id, Duration::from_secs(wait)).await
+}
+
 /// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
 /// requester who asked for them.
 async fn wait_outcome(
