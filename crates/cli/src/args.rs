@@ -66,6 +66,47 @@ pub(crate) enum Command {
     /// Show the signing key to pin in agent configurations.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print a new random master key (for PORTCULLIS_MASTER_KEY or master_key_file).
+    Keygen,
+    /// Create the first admin with the one-time setup token of a fresh server.
+    Bootstrap(BootstrapArgs),
+    /// Sign in: stores a short-lived session token for this server (mode 0600).
+    Login(LoginArgs),
+    /// End the stored session.
+    Logout(RemoteOnly),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BootstrapArgs {
+    /// The file the server wrote on first start (`<data>/setup.token`).
+    #[arg(long)]
+    pub(crate) setup_token_file: PathBuf,
+    /// The first admin's user name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Read the password from stdin (one line) instead of prompting.
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// Your user name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// The 6-digit code from your authenticator app (prompted when needed and omitted).
+    #[arg(long)]
+    pub(crate) code: Option<String>,
+    /// A recovery code instead of an authenticator code (each works once).
+    #[arg(long, conflicts_with = "code")]
+    pub(crate) recovery_code: Option<String>,
+    /// Read the password from stdin (one line) instead of prompting.
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
 }
 
 #[derive(Debug, Args)]

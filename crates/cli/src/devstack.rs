@@ -9,16 +9,20 @@ use std::sync::Arc;
 use portcullis_agent::config::{PinnedKey, TargetConfig};
 use portcullis_agent::{Agent, AgentConfig};
 use portcullis_core::{ConnectionKind, ConnectionName, Environment, OperationClass, Policy};
+use portcullis_identity::MasterKey;
 use portcullis_proto::token::public_key_base64;
 use portcullis_server::audit::Context;
 use portcullis_server::config::ConnectionDecl;
-use portcullis_server::{Server, ServerConfig, principals};
+use portcullis_server::{Server, ServerConfig, ServerSecrets, principals};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub const ADMIN_TOKEN_FILE: &str = "dev-admin.token";
 pub const DEMO_DB_FILE: &str = "demo.db";
+/// Dev mode's own master key, generated on first start (mode 0600). Only `dev` does this:
+/// `portcullis server` refuses to start without a key from the operator (SEC-1).
+pub const DEV_MASTER_KEY_FILE: &str = "dev-master.key";
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -128,7 +132,10 @@ impl DevStack {
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
-        let server = Server::start(config, opts.policy.clone(), listener).await?;
+        let secrets = ServerSecrets {
+            master_key: dev_master_key(&opts.data_dir)?,
+        };
+        let server = Server::start(config, opts.policy.clone(), secrets, listener).await?;
         let state = server.state.clone();
         let token_file = opts.data_dir.join(ADMIN_TOKEN_FILE);
         let admin_token = std::fs::read_to_string(&token_file)
@@ -182,6 +189,24 @@ impl DevStack {
         }
         self.server.stop().await;
     }
+}
+
+/// Loads dev mode's master key, creating it (0600) on first start.
+fn dev_master_key(data_dir: &Path) -> anyhow::Result<MasterKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(DEV_MASTER_KEY_FILE);
+    if !path.exists() {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        file.write_all(format!("{}\n", MasterKey::generate()).as_bytes())?;
+        file.sync_all()?;
+    }
+    Ok(MasterKey::load(None, Some(&path))?)
 }
 
 /// An agent configuration serving the demo database, pinning `server`'s key.

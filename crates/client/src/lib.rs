@@ -369,3 +369,28 @@ fn encode_segment(s: &str) -> String {
 }
 
 pub use reqwest::Method as HttpMethod;
+
+impl Client {
+    /// `POST /api/v1/bootstrap`: the one-time setup token creates the first admin.
+    pub async fn bootstrap(
+        &self,
+        body: &portcullis_proto::people::BootstrapRequest,
+    ) -> Result<portcullis_proto::people::BootstrapResponse, ClientError> {
+        self.post("/api/v1/bootstrap", body).await
+    }
+
+    /// `POST /api/v1/login`: a new session whose token acts like a short-lived API token.
+    pub async fn login(
+        &self,
+        body: &portcullis_proto::people::LoginRequest,
+    ) -> Result<portcullis_proto::people::LoginResponse, ClientError> {
+        self.post("/api/v1/login", body).await
+    }
+
+    /// `POST /api/v1/logout`: ends the session this client acts with.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        Self::send(self.request(Method::POST, "/api/v1/logout", Self::DEFAULT_TIMEOUT)?)
+            .await
+            .map(drop)
+    }
+}

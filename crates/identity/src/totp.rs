@@ -86,6 +86,19 @@ impl TotpSecret {
         })
     }
 
+    /// The secret as unpadded base32, the form authenticator apps accept for manual entry.
+    /// It is the secret itself: show it once and never log it.
+    pub fn to_base32(&self) -> String {
+        totp_rs::Secret::new(self.bytes.to_vec().into_boxed_slice()).to_base32()
+    }
+
+    /// A secret from its base32 form (as [`to_base32`](Self::to_base32) prints it).
+    pub fn from_base32(text: &str) -> Result<TotpSecret, TotpError> {
+        let secret = totp_rs::Secret::try_from_base32(text.trim().to_ascii_uppercase())
+            .map_err(|_| TotpError::Malformed)?;
+        TotpSecret::from_bytes(secret.as_bytes())
+    }
+
     /// The raw secret, for sealing with the vault. Never log or display it.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -161,6 +174,19 @@ impl TotpSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base32_round_trips() {
+        let secret = TotpSecret::generate();
+        let text = secret.to_base32();
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        );
+        let back = TotpSecret::from_base32(&text.to_ascii_lowercase()).expect("parse");
+        assert_eq!(back.as_bytes(), secret.as_bytes());
+        assert!(TotpSecret::from_base32("not base32!").is_err());
+    }
 
     /// A time in the middle of a step, so ±1 step is unambiguous.
     const NOW: u64 = 1_800_000_015;

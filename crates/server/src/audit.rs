@@ -59,6 +59,13 @@ actions! {
     AgentCreated => "agent.created",
     AgentRevoked => "agent.revoked",
     UserCreated => "user.created",
+    BootstrapCompleted => "bootstrap.completed",
+    BootstrapFailed => "bootstrap.failed",
+    LoginSucceeded => "login.succeeded",
+    LoginFailed => "login.failed",
+    LoginLocked => "login.locked",
+    Logout => "logout",
+    OriginRefused => "origin.refused",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

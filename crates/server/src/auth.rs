@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{Environment, Role};
+use portcullis_identity::SessionTimes;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
@@ -19,6 +21,8 @@ use crate::store::Store;
 
 pub const API_TOKEN_PREFIX: &str = "pct";
 pub const AGENT_TOKEN_PREFIX: &str = "pca";
+/// Sessions (AUTH-3): the same shape, stored the same way (SEC-5).
+pub const SESSION_PREFIX: &str = "pcs";
 
 /// A freshly minted credential: the secret string shown once and what to store.
 pub struct Minted {
@@ -66,12 +70,19 @@ pub struct UserPrincipal {
     pub user_name: String,
     pub role: Role,
     pub environments: Option<Vec<Environment>>,
+    /// Acting through a login session (`token_id` is the session's id) rather than an API
+    /// token.
+    pub session: bool,
 }
 
 impl UserPrincipal {
     /// How the principal appears in audit events and request views.
     pub fn display(&self) -> String {
-        format!("{} (token {})", self.user_name, self.token_name)
+        if self.session {
+            format!("{} (session)", self.user_name)
+        } else {
+            format!("{} (token {})", self.user_name, self.token_name)
+        }
     }
 }
 
@@ -120,17 +131,42 @@ struct Credential {
     principal: Principal,
     expires_at_ms: Option<i64>,
     revoked: bool,
+    /// For sessions: when it began and was last used (idle and absolute expiry, AUTH-3).
+    session: Option<SessionTimes>,
 }
 
 /// Verifies bearer credentials. Revocation through this type takes effect at once: the cache
 /// entry is dropped in the same call that writes the revocation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Authenticator {
     cache: Mutex<HashMap<String, Credential>>,
     last_used: Mutex<HashMap<String, (i64, String)>>,
+    last_seen: Mutex<HashMap<String, i64>>,
+    idle: Duration,
+    absolute: Duration,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        let s = crate::config::SessionSettings::default();
+        Authenticator::new(
+            Duration::from_secs(s.idle_timeout_secs),
+            Duration::from_secs(s.absolute_lifetime_secs),
+        )
+    }
 }
 
 impl Authenticator {
+    pub fn new(idle: Duration, absolute: Duration) -> Authenticator {
+        Authenticator {
+            cache: Mutex::default(),
+            last_used: Mutex::default(),
+            last_seen: Mutex::default(),
+            idle,
+            absolute,
+        }
+    }
+
     pub async fn authenticate(
         &self,
         store: &Store,
@@ -151,6 +187,7 @@ impl Authenticator {
                 let c = match prefix {
                     API_TOKEN_PREFIX => load_api_token(store, id).await,
                     AGENT_TOKEN_PREFIX => load_agent(store, id).await,
+                    SESSION_PREFIX => load_session(store, id).await,
                     _ => return Err(AuthFailure::Malformed),
                 }
                 .map_err(|e| {
@@ -167,7 +204,13 @@ impl Authenticator {
         };
         let kind_matches = matches!(
             (&credential.principal, prefix),
-            (Principal::User(_), API_TOKEN_PREFIX) | (Principal::Agent(_), AGENT_TOKEN_PREFIX)
+            (Principal::User(u), API_TOKEN_PREFIX) if !u.session
+        ) || matches!(
+            (&credential.principal, prefix),
+            (Principal::User(u), SESSION_PREFIX) if u.session
+        ) || matches!(
+            (&credential.principal, prefix),
+            (Principal::Agent(_), AGENT_TOKEN_PREFIX)
         );
         let presented = hash_secret(bearer);
         if !kind_matches || !bool::from(presented.ct_eq(&credential.secret_hash)) {
@@ -178,6 +221,26 @@ impl Authenticator {
         }
         if credential.expires_at_ms.is_some_and(|exp| now_ms >= exp) {
             return Err(AuthFailure::Expired);
+        }
+        if let Some(times) = credential.session {
+            if times.expired(now_ms, self.idle, self.absolute).is_some() {
+                self.forget(id);
+                return Err(AuthFailure::Expired);
+            }
+            if let Some(c) = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(id)
+                .and_then(|c| c.session.as_mut())
+            {
+                c.last_seen_ms = c.last_seen_ms.max(now_ms);
+            }
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned(), now_ms);
+            return Ok(credential.principal);
         }
         if matches!(credential.principal, Principal::User(_)) {
             self.last_used
@@ -200,7 +263,8 @@ impl Authenticator {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Writes the batched last-used times and addresses of API tokens.
+    /// Writes the batched last-used times and addresses of API tokens, and the last-seen
+    /// times of sessions.
     pub async fn flush_last_used(&self, store: &Store) -> sqlx::Result<()> {
         let pending: Vec<(String, (i64, String))> = self
             .last_used
@@ -208,10 +272,25 @@ impl Authenticator {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
-        if pending.is_empty() {
+        let seen: Vec<(String, i64)> = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if pending.is_empty() && seen.is_empty() {
             return Ok(());
         }
         let mut tx = store.begin().await?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE sessions SET last_seen_at_ms = MAX(last_seen_at_ms, ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         for (id, (at, addr)) in pending {
             sqlx::query(
                 "UPDATE api_tokens SET last_used_at_ms = ?, last_used_addr = ? WHERE id = ?",
@@ -250,9 +329,42 @@ async fn load_api_token(store: &Store, id: &str) -> anyhow::Result<Option<Creden
             environments,
             user_id: row.try_get(6)?,
             user_name: row.try_get(7)?,
+            session: false,
         }),
         expires_at_ms: Some(row.try_get(4)?),
         revoked,
+        session: None,
+    }))
+}
+
+async fn load_session(store: &Store, id: &str) -> anyhow::Result<Option<Credential>> {
+    let row = sqlx::query(
+        "SELECT s.secret_hash, s.created_at_ms, s.last_seen_at_ms, s.revoked_at_ms, u.id, u.name, u.role, u.suspended_at_ms
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?",
+    )
+    .bind(id)
+    .fetch_optional(store.reader())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let revoked =
+        row.try_get::<Option<i64>, _>(3)?.is_some() || row.try_get::<Option<i64>, _>(7)?.is_some();
+    Ok(Some(Credential {
+        secret_hash: to_hash(row.try_get(0)?),
+        principal: Principal::User(UserPrincipal {
+            token_id: id.to_owned(),
+            token_name: "session".into(),
+            user_id: row.try_get(4)?,
+            user_name: row.try_get(5)?,
+            role: row.try_get::<String, _>(6)?.parse()?,
+            environments: None,
+            session: true,
+        }),
+        expires_at_ms: None,
+        revoked,
+        session: Some(SessionTimes {
+            created_ms: row.try_get(1)?,
+            last_seen_ms: row.try_get(2)?,
+        }),
     }))
 }
 
@@ -270,6 +382,7 @@ async fn load_agent(store: &Store, id: &str) -> anyhow::Result<Option<Credential
         }),
         expires_at_ms: None,
         revoked: row.try_get::<Option<i64>, _>(2)?.is_some(),
+        session: None,
     }))
 }
 

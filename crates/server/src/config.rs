@@ -32,6 +32,51 @@ impl Default for TokenSettings {
     }
 }
 
+/// Sessions (AUTH-3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSettings {
+    /// A session unused this long ends.
+    pub idle_timeout_secs: u64,
+    /// A session ends this long after login, however busy.
+    pub absolute_lifetime_secs: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            idle_timeout_secs: 15 * 60,
+            absolute_lifetime_secs: 12 * 3600,
+        }
+    }
+}
+
+/// Password logins (AUTH-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSettings {
+    /// Failed logins in a row before the account locks.
+    pub lockout_threshold: u32,
+    /// The first lock's length; each further failure doubles it.
+    pub lockout_base_secs: u64,
+    /// The longest lock.
+    pub lockout_max_secs: u64,
+    /// Password hashes computed at once at most (each takes about 19 MiB and a core for
+    /// tens of milliseconds); 0 means the number of cores.
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        LoginSettings {
+            lockout_threshold: 5,
+            lockout_base_secs: 30,
+            lockout_max_secs: 3600,
+            max_concurrent_hashes: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecutionSettings {
@@ -87,9 +132,15 @@ pub struct ServerConfig {
     /// Set when a TLS-terminating proxy is the only way to reach this server; without it the
     /// server refuses to serve plain HTTP on a non-loopback address (NET-1).
     pub behind_tls_proxy: bool,
-    /// Where the first start writes the admin API token (mode 0600, never overwritten).
-    /// Defaults to `<data_dir>/admin.token`.
+    /// `portcullis dev` only: where the first start writes an admin API token instead of the
+    /// one-time setup token. Not settable from a file or the environment (SEC-2), and refused
+    /// on a non-loopback address.
+    #[serde(skip)]
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the master key (0600); `PORTCULLIS_MASTER_KEY` wins when set (SEC-1).
+    pub master_key_file: Option<PathBuf>,
+    pub sessions: SessionSettings,
+    pub login: LoginSettings,
     pub connections: Vec<ConnectionDecl>,
     pub policy: Vec<PolicyRule>,
     pub tokens: TokenSettings,
@@ -104,6 +155,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./portcullis-data"),
             behind_tls_proxy: false,
             admin_token_file: None,
+            master_key_file: None,
+            sessions: SessionSettings::default(),
+            login: LoginSettings::default(),
             connections: Vec::new(),
             policy: Vec::new(),
             tokens: TokenSettings::default(),
@@ -119,6 +173,9 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "behind_tls_proxy",
+    "master_key_file",
+    "sessions",
+    "login",
     "tokens",
     "execution",
 ];
@@ -172,6 +229,17 @@ impl ServerConfig {
                     .into(),
             ));
         }
+        let s = &self.sessions;
+        if s.idle_timeout_secs == 0 || s.absolute_lifetime_secs < s.idle_timeout_secs {
+            return Err(ConfigError::Invalid(
+                "sessions.idle_timeout_secs must be positive and at most sessions.absolute_lifetime_secs".into(),
+            ));
+        }
+        if self.login.lockout_threshold == 0 || self.login.lockout_base_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "login.lockout_threshold and login.lockout_base_secs must be positive".into(),
+            ));
+        }
         if self.tokens.max_ttl_days == 0 || self.tokens.max_ttl_days > 3_650 {
             return Err(ConfigError::Invalid(
                 "tokens.max_ttl_days must be between 1 and 3650".into(),
@@ -188,10 +256,14 @@ impl ServerConfig {
         Ok(())
     }
 
-    pub fn admin_token_file(&self) -> PathBuf {
-        self.admin_token_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    /// Where the one-time setup token is written on a first start without users (SEC-2).
+    pub fn setup_token_file(&self) -> PathBuf {
+        self.data_dir.join("setup.token")
+    }
+
+    /// Whether session cookies must carry `Secure`: everywhere but plain HTTP on loopback.
+    pub fn secure_cookies(&self) -> bool {
+        self.behind_tls_proxy || !self.listen.ip().is_loopback()
     }
 
     pub fn connection(&self, name: &ConnectionName) -> Option<&ConnectionDecl> {

@@ -13,6 +13,12 @@ pub enum ApiError {
     /// 401: no valid credential.
     #[error("authentication required")]
     Unauthenticated,
+    /// 401: a login failed. One answer for every cause (AUTH-1).
+    #[error("login failed")]
+    LoginFailed,
+    /// 401: the password was right and a second factor is needed (AUTH-2).
+    #[error("second factor required")]
+    MfaRequired,
     /// 403: the principal lacks the permission for this route or operation.
     #[error("forbidden")]
     Forbidden { reason: &'static str },
@@ -80,7 +86,9 @@ impl From<crate::audit::AuditError> for ApiError {
 impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthenticated => ErrorCode::Unauthenticated,
+            ApiError::Unauthenticated | ApiError::LoginFailed | ApiError::MfaRequired => {
+                ErrorCode::Unauthenticated
+            }
             ApiError::Forbidden { .. } | ApiError::OperationDenied { .. } => ErrorCode::Forbidden,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
@@ -126,6 +134,19 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let (title, detail, reason) = match &self {
             ApiError::Unauthenticated => ("Authentication required", None, None),
+            ApiError::LoginFailed => (
+                "Login failed",
+                Some(
+                    "the name, password or code is wrong, or the account is locked or suspended"
+                        .to_owned(),
+                ),
+                Some("login_failed".to_owned()),
+            ),
+            ApiError::MfaRequired => (
+                "Second factor required",
+                Some("enter the code from your authenticator app, or a recovery code".to_owned()),
+                Some("mfa_required".to_owned()),
+            ),
             ApiError::OperationDenied { detail } => (
                 "Operation denied",
                 Some(detail.clone()),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod explain;
 pub mod keys;
 pub mod lifecycle;
+pub mod people;
 pub mod principals;
 pub mod reaper;
 pub mod results;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::ServerConfig;
+pub use people::ServerSecrets;
 pub use routes::app;
 
 use audit::{Audit, CheckpointFile};
@@ -66,6 +68,7 @@ pub struct Inner {
     pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     pub dispatch: Dispatch,
     pub presence: Mutex<lifecycle::Presence>,
+    pub people: people::People,
 }
 
 impl std::ops::Deref for AppState {
@@ -79,21 +82,29 @@ impl std::ops::Deref for AppState {
 /// handle to stop it.
 pub struct Server {
     pub addr: SocketAddr,
-    /// True when this start created the first admin and wrote its token to
-    /// `config.admin_token_file()`.
+    /// `portcullis dev` only: true when this start created the first admin and wrote its
+    /// token to `config.admin_token_file`.
     pub provisioned_admin: bool,
+    /// True when this start found no users and wrote the one-time setup token to
+    /// `config.setup_token_file()` (SEC-2).
+    pub setup_token_written: bool,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Opens the state in `config.data_dir`, then serves on `listener` until stopped.
+    /// Opens the state in `config.data_dir`, then serves on `listener` until stopped. Fails
+    /// before serving anything when a sealed secret cannot be opened with `secrets` (SEC-3).
     pub async fn start(
         config: ServerConfig,
         policy: Policy,
+        secrets: ServerSecrets,
         listener: TcpListener,
     ) -> anyhow::Result<Server> {
+        if config.admin_token_file.is_some() && !config.listen.ip().is_loopback() {
+            anyhow::bail!("an admin token file is for `portcullis dev` on loopback only (SEC-2)");
+        }
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         let signing_key = keys::load_or_create(&data_dir)?;
@@ -102,16 +113,23 @@ impl Server {
         let audit = Audit::open(&store, &checkpoint).await?;
         let key = Arc::new(signing_key.clone());
         let signer = TokenSigner::new(signing_key);
+        let people = people::People::open(&store, &config, &secrets).await?;
+        drop(secrets);
+        let auth = Authenticator::new(
+            Duration::from_secs(config.sessions.idle_timeout_secs),
+            Duration::from_secs(config.sessions.absolute_lifetime_secs),
+        );
         let state = AppState(Arc::new(Inner {
             config,
             policy,
             store,
             audit: audit.clone(),
-            auth: Authenticator::default(),
+            auth,
             signer,
             checkpoint_key: key.clone(),
             dispatch: Dispatch::default(),
             presence: Mutex::new(lifecycle::Presence::default()),
+            people,
         }));
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
@@ -126,12 +144,19 @@ impl Server {
             shutdown.subscribe(),
         )));
         // Everything a client may rely on exists before the first connection is accepted:
-        // the start event and, on first start, the admin credential.
+        // the start event and, on first start, the setup token (or dev's admin credential).
         lifecycle::record_start(&state, addr).await?;
-        let admin_token_file = state.config.admin_token_file();
-        let provisioned_admin = principals::provision_admin(&state, &admin_token_file)
-            .await?
-            .is_some();
+        let (provisioned_admin, setup_token_written) = match &state.config.admin_token_file {
+            Some(file) => (
+                principals::provision_admin(&state, file).await?.is_some(),
+                false,
+            ),
+            None => (
+                false,
+                people::provision_setup_token(&state.store, &state.config.setup_token_file())
+                    .await?,
+            ),
+        };
         let router = app(state.clone());
         tasks.push(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -148,6 +173,7 @@ impl Server {
         Ok(Server {
             addr,
             provisioned_admin,
+            setup_token_written,
             state,
             shutdown,
             tasks,

@@ -16,7 +16,7 @@ use crate::auth::{self, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX};
 use crate::clock;
 use crate::error::ApiError;
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

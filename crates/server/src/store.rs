@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "result_mode",
         sql: include_str!("migrations/0003_result_mode.sql"),
     },
+    Migration {
+        version: 4,
+        name: "people",
+        sql: include_str!("migrations/0004_people.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

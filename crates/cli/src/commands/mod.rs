@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod dev;
 mod exec;
+mod people;
 mod serve;
 mod stream;
 
@@ -25,19 +26,27 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Whoami(a) => admin::whoami(&a.remote).await,
         Command::Audit(c) => audit::run(c).await,
         Command::Key(c) => audit::key(c).await,
+        Command::Keygen => people::keygen(),
+        Command::Bootstrap(a) => people::bootstrap(a).await,
+        Command::Login(a) => people::login(a).await,
+        Command::Logout(a) => people::logout(&a.remote).await,
     }
 }
 
-/// A client for the remote, requiring a token.
+/// A client for the remote, acting with `--token`/`PORTCULLIS_TOKEN` or, without one, the
+/// session stored by `portcullis login` for this server.
 pub(crate) fn client(remote: &Remote) -> anyhow::Result<Client> {
-    let Some(token) = remote.token.as_deref().filter(|t| !t.trim().is_empty()) else {
-        return Err(Exit::new(
-            exit::USAGE,
-            "no API token: set PORTCULLIS_TOKEN or pass --token",
+    if let Some(token) = remote.token.as_deref().filter(|t| !t.trim().is_empty()) {
+        return Ok(Client::new(&remote.server, Some(token))?);
+    }
+    match people::stored_session(&remote.server)? {
+        Some(token) => Ok(Client::new(&remote.server, Some(&token))?),
+        None => Err(Exit::new(
+            exit::UNAUTHENTICATED,
+            "not signed in: run `portcullis login --name NAME`, or set PORTCULLIS_TOKEN to an API token",
         )
-        .into());
-    };
-    Ok(Client::new(&remote.server, Some(token))?)
+        .into()),
+    }
 }
 
 /// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives.

@@ -2,8 +2,10 @@
 
 use portcullis_agent::{Agent, AgentConfig, load_token};
 use portcullis_core::Policy;
+use portcullis_identity::MasterKey;
+use portcullis_identity::master_key::MASTER_KEY_ENV;
 use portcullis_proto::token::public_key_base64;
-use portcullis_server::{Server, ServerConfig};
+use portcullis_server::{Server, ServerConfig, ServerSecrets};
 use tokio::net::TcpListener;
 
 use crate::args::{AgentArgs, ServerArgs};
@@ -29,14 +31,20 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
+    // SEC-1: no default for the master key; a missing or weak one stops the start here.
+    let master_key = MasterKey::load(
+        std::env::var(MASTER_KEY_ENV).ok(),
+        config.master_key_file.as_deref(),
+    )
+    .map_err(|e| Exit::new(exit::USAGE, format!("cannot start: {e}")))?;
     let policy = Policy::new(config.policy.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let server = Server::start(config, policy, listener).await?;
-    let token_file = server.state.config.admin_token_file();
-    if server.provisioned_admin {
-        tracing::warn!(path = %token_file.display(), "first start: wrote an admin API token; move it somewhere safe and delete the file");
+    let server = Server::start(config, policy, ServerSecrets { master_key }, listener).await?;
+    if server.setup_token_written {
+        let file = server.state.config.setup_token_file();
+        tracing::warn!(path = %file.display(), "first start: no users yet; wrote a one-time setup token. Create the first admin with `portcullis bootstrap --setup-token-file {}`", file.display());
     }
     let signer = &server.state.signer;
     tracing::info!(

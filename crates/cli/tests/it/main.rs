@@ -13,6 +13,7 @@ mod authz_matrix;
 mod dev_mode;
 mod dispatch;
 mod explain;
+mod people;
 mod requests;
 mod secrets_at_rest;
 mod streaming;

@@ -1,6 +1,7 @@
 //! Deployment shape 2 with the real binaries: `portcullis server` and `portcullis agent` as
-//! separate processes, set up the way an operator would (admin token from the first start,
-//! `key show` for the pin, `agents create` for the agent token), then a request end to end.
+//! separate processes, set up the way an operator would (a master key, the one-time setup
+//! token of the first start, `bootstrap` and `login` with TOTP, `key show` for the pin,
+//! `agents create` for the agent token), then a request end to end.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -47,6 +48,30 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+fn run_with_stdin(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run portcullis");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
 }
@@ -75,27 +100,75 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
             .arg(&server_toml)
             // An environment override of a nested setting; the agent applies the signed cap.
             .env("PORTCULLIS_EXECUTION__ROW_CAP", "5")
+            .env(
+                "PORTCULLIS_MASTER_KEY",
+                portcullis_identity::MasterKey::generate(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn server"),
     );
-    let admin_file = data.join("admin.token");
-    wait_for("the server's first-start admin token", || {
-        admin_file.exists() && probe::health_ok(&url)
+    let setup_file = data.join("setup.token");
+    wait_for("the server's one-time setup token", || {
+        setup_file.exists() && probe::health_ok(&url)
     });
-    let admin = std::fs::read_to_string(&admin_file)
-        .expect("admin token")
-        .trim()
-        .to_owned();
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&admin_file).expect("meta").permissions(),
+        &std::fs::metadata(&setup_file).expect("meta").permissions(),
     ) & 0o777;
     assert_eq!(mode, 0o600);
+    let config_dir = dir.path().join("cli-config");
     let env = [
         ("PORTCULLIS_SERVER", url.as_str()),
-        ("PORTCULLIS_TOKEN", admin.as_str()),
+        ("PORTCULLIS_CONFIG_DIR", config_dir.to_str().expect("utf8")),
     ];
+    // Nothing works before someone signs in (SEC-2).
+    let (code, _, err) = run(&["request", "list"], &env);
+    assert_eq!(code, 7, "{err}");
+    let password = "correct horse battery staple 42";
+    let (code, out, err) = run_with_stdin(
+        &[
+            "bootstrap",
+            "--setup-token-file",
+            setup_file.to_str().expect("utf8"),
+            "--name",
+            "alice",
+            "--password-stdin",
+            "--json",
+        ],
+        &env,
+        &format!("{password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(created["recovery_codes"].as_array().map(Vec::len), Some(10));
+    assert!(!setup_file.exists(), "the setup token is spent");
+    let totp = portcullis_identity::TotpSecret::from_base32(
+        created["totp_secret"].as_str().expect("secret"),
+    )
+    .expect("base32");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (code, _, err) = run_with_stdin(
+        &[
+            "login",
+            "--name",
+            "alice",
+            "--code",
+            &totp.current_code(now),
+            "--password-stdin",
+        ],
+        &env,
+        &format!("{password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let sessions = config_dir.join("sessions.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&sessions).expect("meta").permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600, "the stored session is private");
 
     let (code, pin, err) = run(
         &["key", "show", "--data", data.to_str().expect("utf8")],

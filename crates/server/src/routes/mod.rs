@@ -6,6 +6,7 @@ mod admin;
 mod agent;
 mod audit;
 mod health;
+mod people;
 mod requests;
 
 use std::net::SocketAddr;
@@ -70,6 +71,14 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Public,
             get(admin::public_key),
         ),
+        r(
+            Method::POST,
+            "/api/v1/bootstrap",
+            Public,
+            post(people::bootstrap),
+        ),
+        r(Method::POST, "/api/v1/login", Public, post(people::login)),
+        r(Method::POST, "/api/v1/logout", User, post(people::logout)),
         r(Method::GET, "/api/v1/me", User, get(admin::me)),
         r(
             Method::GET,
@@ -257,9 +266,33 @@ async fn guarded(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .map(str::to_owned);
-    let Some(bearer) = bearer else {
-        return ApiError::Unauthenticated.into_response();
+    let (bearer, via_cookie) = match bearer {
+        Some(b) => (b, false),
+        None => match session_cookie(&req, state.config.secure_cookies()) {
+            Some(c) => (c, true),
+            None => return ApiError::Unauthenticated.into_response(),
+        },
     };
+    // AUTH-3: a browser sends cookies with cross-site requests; a state-changing request
+    // carried by the session cookie must come from this server's own origin.
+    if via_cookie && !is_safe(req.method()) && !same_origin(&req) {
+        let event = Event {
+            actor: "anonymous".into(),
+            action: Action::OriginRefused,
+            target: format!("{} {}", req.method(), req.uri().path()),
+            outcome: Outcome::Denied,
+            details: json!({
+                "origin": req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(|o| o.chars().take(200).collect::<String>()),
+            }),
+        };
+        if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
+            return e.into_response();
+        }
+        return ApiError::Forbidden {
+            reason: "origin_mismatch",
+        }
+        .into_response();
+    }
     let principal = match state
         .auth
         .authenticate(&state.store, &bearer, clock::now_ms(), &ctx.client_addr)
@@ -314,6 +347,45 @@ async fn guarded(
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// The session id from the session cookie, if the request carries one.
+fn session_cookie(req: &Request, secure: bool) -> Option<String> {
+    let name = portcullis_identity::session::session_cookie_name(secure);
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// `Origin` names the host this request was sent to (scheme aside, which a proxy may
+/// change). A missing `Origin` is refused: browsers send it on every state-changing request.
+fn same_origin(req: &Request) -> bool {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) => {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            rest == Some(host)
+        }
+        _ => false,
+    }
 }
 
 /// The authenticated API-token principal of a `User` or `Permission` route.
