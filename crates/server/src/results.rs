@@ -202,37 +202,62 @@ pub async fn upload(
     relay(state, agent, ctx, job_id, body, reader).await
 }
 
+/// The lines of an upload body, read chunk by chunk.
+struct BodyLines {
+    stream: axum::body::BodyDataStream,
+    split: LineSplitter,
+    ended: bool,
+    /// Body bytes read so far.
+    taken: usize,
+}
+
+impl BodyLines {
+    fn new(body: Body) -> BodyLines {
+        BodyLines {
+            stream: body.into_data_stream(),
+            split: LineSplitter::new(MAX_LINE),
+            ended: false,
+            taken: 0,
+        }
+    }
+
+    /// Reads the next chunk; `false` once the body has ended. A last line without its
+    /// newline is completed, so [`next_line`](Self::next_line) yields it too.
+    async fn read(&mut self) -> Result<bool, ApiError> {
+        if self.ended {
+            return Ok(false);
+        }
+        match self.stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(|_| protocol("the upload was cut"))?;
+                self.taken += chunk.len();
+                self.split.push(&chunk);
+            }
+            None => {
+                self.ended = true;
+                self.split.push(b"\n");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next complete line of what was read so far.
+    fn next_line(&mut self) -> Result<Option<&[u8]>, ApiError> {
+        self.split.next_line().map_err(|e| protocol(e.to_string()))
+    }
+}
+
 /// Reads a whole upload into a report, bounded by [`MAX_COLLECTED`].
 async fn collect(state: &AppState, body: Body) -> Result<JobReport, ApiError> {
     let mut checker = Checker::new(state.config.execution.row_cap);
-    let mut split = LineSplitter::new(MAX_LINE);
     let mut result = ExecResult::default();
-    let mut taken = 0usize;
-    let mut stream = body.into_data_stream();
-    let mut ended = false;
-    while !ended {
-        match stream.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(|_| protocol("the upload was cut"))?;
-                taken += chunk.len();
-                if taken > MAX_COLLECTED {
-                    return Err(ApiError::PayloadTooLarge);
-                }
-                split.push(&chunk);
-            }
-            None => ended = true,
+    let mut lines = BodyLines::new(body);
+    while lines.read().await? {
+        if lines.taken > MAX_COLLECTED {
+            return Err(ApiError::PayloadTooLarge);
         }
-        let last = ended.then(|| split.finish()).flatten();
-        loop {
-            let line = match split.next_line() {
-                Ok(Some(line)) => line.to_vec(),
-                Ok(None) => break,
-                Err(e) => return Err(protocol(e.to_string())),
-            };
-            take_line(&mut checker, &mut result, &line)?;
-        }
-        if let Some(line) = last {
-            take_line(&mut checker, &mut result, &line)?;
+        while let Some(line) = lines.next_line()? {
+            take_line(&mut checker, &mut result, line)?;
         }
     }
     Ok(match checker.finish()? {
@@ -272,29 +297,14 @@ async fn relay(
     reader: mpsc::Sender<Bytes>,
 ) -> Result<(), ApiError> {
     let mut checker = Checker::new(state.config.execution.row_cap);
-    let mut split = LineSplitter::new(MAX_LINE);
     let mut columns = Vec::new();
-    let mut stream = body.into_data_stream();
-    let mut ended = false;
+    let mut lines = BodyLines::new(body);
     let gone = || ApiError::Conflict {
         detail: "the requester stopped reading the result".into(),
     };
-    while !ended {
-        match stream.next().await {
-            Some(chunk) => split.push(&chunk.map_err(|_| protocol("the upload was cut"))?),
-            None => ended = true,
-        }
+    while lines.read().await? {
         let mut out = Vec::new();
-        let last = ended.then(|| split.finish()).flatten();
-        loop {
-            let line = match split.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => return Err(protocol(e.to_string())),
-            };
-            relay_line(&mut checker, &mut columns, &mut out, line)?;
-        }
-        if let Some(line) = &last {
+        while let Some(line) = lines.next_line()? {
             relay_line(&mut checker, &mut columns, &mut out, line)?;
         }
         if !out.is_empty() && reader.send(Bytes::from(out)).await.is_err() {

@@ -195,12 +195,13 @@ async fn auth1_auth2_logins_fail_alike_and_codes_work_once() {
         .login(&login(Some(code.clone())))
         .await
         .expect("login");
-    let me = Client::new(&app.url, Some(&session.token))
-        .expect("client")
-        .whoami()
-        .await
-        .expect("whoami");
+    let signed_in = Client::new(&app.url, Some(&session.token)).expect("client");
+    let me = signed_in.whoami().await.expect("whoami");
     assert_eq!(me.role, portcullis_core::Role::Admin);
+    // AUTH-3: logging out ends the session on the very next request.
+    signed_in.logout().await.expect("logout");
+    let after = signed_in.whoami().await.expect_err("session ended");
+    assert_eq!(after.status(), Some(401));
     let replay = anonymous
         .login(&login(Some(code)))
         .await
