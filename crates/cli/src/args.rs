@@ -74,6 +74,118 @@ pub(crate) enum Command {
     Login(LoginArgs),
     /// End the stored session.
     Logout(RemoteOnly),
+    /// Accept an invitation: set your password and enrol your authenticator.
+    Enrol(EnrolArgs),
+    /// Change your password; every other session and every API token of yours ends.
+    Password(PasswordArgs),
+    /// Confirm a fresh authenticator code for this session, before sensitive actions.
+    StepUp(StepUpArgs),
+    /// Add, list, invite, suspend and unsuspend users; reset a lost authenticator.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Re-seal every stored secret under a new vault key version.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EnrolArgs {
+    /// A file holding the enrolment token from your invitation (or set
+    /// PORTCULLIS_ENROL_TOKEN).
+    #[arg(long, conflicts_with = "token_env")]
+    pub(crate) token_file: Option<PathBuf>,
+    #[arg(
+        long = "enrol-token",
+        env = "PORTCULLIS_ENROL_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub(crate) token_env: Option<String>,
+    /// Read the password from stdin (one line) instead of prompting: a new password, or your
+    /// current one when your authenticator was reset.
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    /// Do not enrol an authenticator (only for roles that do not require MFA).
+    #[arg(long)]
+    pub(crate) no_mfa: bool,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PasswordArgs {
+    /// Read the current and the new password from stdin, one per line, instead of prompting.
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StepUpArgs {
+    /// The 6-digit code from your authenticator app (prompted when omitted).
+    #[arg(long)]
+    pub(crate) code: Option<String>,
+    /// A recovery code instead (each works once).
+    #[arg(long, conflicts_with = "code")]
+    pub(crate) recovery_code: Option<String>,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Add a user; prints the invitation's enrolment token once.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: Role,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List users: role, MFA, sessions, tokens, suspension.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A new invitation (for users from [[users]], or when one expired).
+    Invite {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Suspend at once: sessions and tokens end, requests not yet running are cancelled.
+    Suspend {
+        name: String,
+        /// Why; recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Lift a suspension (the user signs in again).
+    Unsuspend {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// For a lost authenticator: removes TOTP, recovery codes, trusted devices and sessions,
+    /// and prints an invitation to enrol again.
+    ResetMfa {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VaultCommand {
+    /// Re-seal everything under a new key version now; the server swaps keys without a
+    /// restart.
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +214,10 @@ pub(crate) struct LoginArgs {
     /// A recovery code instead of an authenticator code (each works once).
     #[arg(long, conflicts_with = "code")]
     pub(crate) recovery_code: Option<String>,
+    /// Remember this device: later logins here need no code until the server's
+    /// trusted-device period ends (the device token is stored like the session, 0600).
+    #[arg(long)]
+    pub(crate) remember_device: bool,
     /// Read the password from stdin (one line) instead of prompting.
     #[arg(long)]
     pub(crate) password_stdin: bool,

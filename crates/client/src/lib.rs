@@ -11,6 +11,7 @@ use portcullis_proto::api::{
     AgentCreated, AgentView, AuditVerifyView, ConnectionView, CreateAgent, CreateRequest,
     CreateToken, PublicKeyView, RequestOutcome, RequestView, TokenCreated, TokenView, WhoAmI,
 };
+use portcullis_proto::people;
 use portcullis_proto::{ErrorCode, Problem};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -374,16 +375,16 @@ impl Client {
     /// `POST /api/v1/bootstrap`: the one-time setup token creates the first admin.
     pub async fn bootstrap(
         &self,
-        body: &portcullis_proto::people::BootstrapRequest,
-    ) -> Result<portcullis_proto::people::BootstrapResponse, ClientError> {
+        body: &people::BootstrapRequest,
+    ) -> Result<people::BootstrapResponse, ClientError> {
         self.post("/api/v1/bootstrap", body).await
     }
 
     /// `POST /api/v1/login`: a new session whose token acts like a short-lived API token.
     pub async fn login(
         &self,
-        body: &portcullis_proto::people::LoginRequest,
-    ) -> Result<portcullis_proto::people::LoginResponse, ClientError> {
+        body: &people::LoginRequest,
+    ) -> Result<people::LoginResponse, ClientError> {
         self.post("/api/v1/login", body).await
     }
 
@@ -392,5 +393,71 @@ impl Client {
         Self::send(self.request(Method::POST, "/api/v1/logout", Self::DEFAULT_TIMEOUT)?)
             .await
             .map(drop)
+    }
+
+    /// `POST /api/v1/enrol`: an invitation's token sets the password and enrols TOTP.
+    pub async fn enrol(
+        &self,
+        body: &people::EnrolRequest,
+    ) -> Result<people::EnrolResponse, ClientError> {
+        self.post("/api/v1/enrol", body).await
+    }
+
+    /// `POST /api/v1/step-up`: a fresh code for this session, before sensitive actions.
+    pub async fn step_up(
+        &self,
+        body: &people::StepUpRequest,
+    ) -> Result<people::StepUpResponse, ClientError> {
+        self.post("/api/v1/step-up", body).await
+    }
+
+    /// `POST /api/v1/password`: ends every other session and every token of the user.
+    pub async fn change_password(
+        &self,
+        body: &people::PasswordChange,
+    ) -> Result<people::PasswordChanged, ClientError> {
+        self.post("/api/v1/password", body).await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<people::UserView>, ClientError> {
+        self.get("/api/v1/users").await
+    }
+
+    pub async fn add_user(
+        &self,
+        body: &people::CreateUser,
+    ) -> Result<people::UserCreated, ClientError> {
+        self.post("/api/v1/users", body).await
+    }
+
+    pub async fn invite_user(&self, name: &str) -> Result<people::Invite, ClientError> {
+        let path = format!("/api/v1/users/{}/invite", encode_segment(name));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    pub async fn suspend_user(
+        &self,
+        name: &str,
+        body: &people::SuspendUser,
+    ) -> Result<people::Suspended, ClientError> {
+        let path = format!("/api/v1/users/{}/suspend", encode_segment(name));
+        self.post(&path, body).await
+    }
+
+    pub async fn unsuspend_user(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/users/{}/unsuspend", encode_segment(name));
+        Self::send(self.request(Method::POST, &path, Self::DEFAULT_TIMEOUT)?)
+            .await
+            .map(drop)
+    }
+
+    pub async fn reset_mfa(&self, name: &str) -> Result<people::Invite, ClientError> {
+        let path = format!("/api/v1/users/{}/reset-mfa", encode_segment(name));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    pub async fn rotate_vault(&self) -> Result<people::VaultRotated, ClientError> {
+        self.post("/api/v1/vault/rotate", &serde_json::json!({}))
+            .await
     }
 }

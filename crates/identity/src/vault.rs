@@ -157,7 +157,16 @@ impl KeyRing {
         context: &SealContext<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let (version, nonce, ciphertext) = split(sealed)?;
-        let cipher = self.cipher(version)?;
+        // A value sealed under the next version is readable too: a rotation commits its
+        // re-sealed values before the new ring replaces this one in a running server.
+        let next;
+        let cipher = if version == self.current_version().saturating_add(1) {
+            check_version(version)?;
+            next = derive_cipher(&self.prk, version)?;
+            &next
+        } else {
+            self.cipher(version)?
+        };
         let aad = associated_data(version, context);
         cipher
             .decrypt(
@@ -449,10 +458,19 @@ mod tests {
         let master = master();
         let v3 = KeyRing::new(&master, 3).expect("v3");
         let sealed = v3.seal(b"secret", &TOTP_SEED).expect("seal");
+        let v1 = KeyRing::new(&master, 1).expect("v1");
+        assert_eq!(
+            v1.open(&sealed, &TOTP_SEED)
+                .expect_err("two versions ahead"),
+            VaultError::UnknownKeyVersion(3)
+        );
+        // One version ahead opens: a rotation commits before the new ring is swapped in.
         let v2 = KeyRing::new(&master, 2).expect("v2");
         assert_eq!(
-            v2.open(&sealed, &TOTP_SEED).expect_err("newer"),
-            VaultError::UnknownKeyVersion(3)
+            v2.open(&sealed, &TOTP_SEED)
+                .expect("next version")
+                .as_slice(),
+            b"secret"
         );
         let mut zero = sealed.clone();
         zero[..4].copy_from_slice(&0u32.to_be_bytes());

@@ -66,6 +66,19 @@ actions! {
     LoginLocked => "login.locked",
     Logout => "logout",
     OriginRefused => "origin.refused",
+    UserInvited => "user.invited",
+    UserEnrolled => "user.enrolled",
+    EnrolFailed => "enrol.failed",
+    UserUpdated => "user.updated",
+    UserSuspended => "user.suspended",
+    UserUnsuspended => "user.unsuspended",
+    UserMfaReset => "user.mfa_reset",
+    AdminCapExceeded => "admin_cap.exceeded",
+    StepUpSucceeded => "step_up.succeeded",
+    StepUpFailed => "step_up.failed",
+    PasswordChanged => "password.changed",
+    PasswordChangeFailed => "password.change_failed",
+    VaultRotated => "vault.rotated",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,6 +24,10 @@ pub const API_TOKEN_PREFIX: &str = "pct";
 pub const AGENT_TOKEN_PREFIX: &str = "pca";
 /// Sessions (AUTH-3): the same shape, stored the same way (SEC-5).
 pub const SESSION_PREFIX: &str = "pcs";
+/// Invitations: the enrolment token that sets a password and enrols TOTP.
+pub const ENROL_PREFIX: &str = "pce";
+/// Trusted devices: stands in for the TOTP code at login (never for step-up).
+pub const DEVICE_PREFIX: &str = "pcd";
 
 /// A freshly minted credential: the secret string shown once and what to store.
 pub struct Minted {
@@ -73,6 +78,9 @@ pub struct UserPrincipal {
     /// Acting through a login session (`token_id` is the session's id) rather than an API
     /// token.
     pub session: bool,
+    /// For sessions: when the session last passed a TOTP check (login or step-up). `None`
+    /// after a login on a trusted device (AUTH-2).
+    pub mfa_at_ms: Option<i64>,
 }
 
 impl UserPrincipal {
@@ -136,10 +144,13 @@ struct Credential {
 }
 
 /// Verifies bearer credentials. Revocation through this type takes effect at once: the cache
-/// entry is dropped in the same call that writes the revocation.
+/// entry is dropped in the same call that writes the revocation, and a lookup that raced with
+/// a revocation (read the row before it, finished after) is not cached: every `forget` moves
+/// an epoch, and a lookup only caches what it read within one epoch (AUTH-7).
 #[derive(Debug)]
 pub struct Authenticator {
     cache: Mutex<HashMap<String, Credential>>,
+    epoch: AtomicU64,
     last_used: Mutex<HashMap<String, (i64, String)>>,
     last_seen: Mutex<HashMap<String, i64>>,
     idle: Duration,
@@ -160,6 +171,7 @@ impl Authenticator {
     pub fn new(idle: Duration, absolute: Duration) -> Authenticator {
         Authenticator {
             cache: Mutex::default(),
+            epoch: AtomicU64::new(0),
             last_used: Mutex::default(),
             last_seen: Mutex::default(),
             idle,
@@ -184,6 +196,7 @@ impl Authenticator {
         let credential = match cached {
             Some(c) => c,
             None => {
+                let epoch = self.epoch.load(Ordering::SeqCst);
                 let c = match prefix {
                     API_TOKEN_PREFIX => load_api_token(store, id).await,
                     AGENT_TOKEN_PREFIX => load_agent(store, id).await,
@@ -195,10 +208,10 @@ impl Authenticator {
                     AuthFailure::Unknown
                 })?
                 .ok_or(AuthFailure::Unknown)?;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.to_owned(), c.clone());
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                if self.epoch.load(Ordering::SeqCst) == epoch {
+                    cache.insert(id.to_owned(), c.clone());
+                }
                 c
             }
         };
@@ -253,14 +266,26 @@ impl Authenticator {
 
     /// Drops a cached credential; call after revoking it in the store.
     pub fn forget(&self, id: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.remove(id);
+    }
+
+    /// Drops every cached session and token of a user but `except` (the caller's own
+    /// session); call after suspending the user or revoking their credentials in the store.
+    pub fn forget_user(&self, user_id: &str, except: Option<&str>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.retain(|id, c| {
+            !matches!(&c.principal, Principal::User(u) if u.user_id == user_id)
+                || except == Some(id.as_str())
+        });
     }
 
     pub fn forget_all(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
     }
 
     /// Writes the batched last-used times and addresses of API tokens, and the last-seen
@@ -330,6 +355,7 @@ async fn load_api_token(store: &Store, id: &str) -> anyhow::Result<Option<Creden
             user_id: row.try_get(6)?,
             user_name: row.try_get(7)?,
             session: false,
+            mfa_at_ms: None,
         }),
         expires_at_ms: Some(row.try_get(4)?),
         revoked,
@@ -339,7 +365,7 @@ async fn load_api_token(store: &Store, id: &str) -> anyhow::Result<Option<Creden
 
 async fn load_session(store: &Store, id: &str) -> anyhow::Result<Option<Credential>> {
     let row = sqlx::query(
-        "SELECT s.secret_hash, s.created_at_ms, s.last_seen_at_ms, s.revoked_at_ms, u.id, u.name, u.role, u.suspended_at_ms
+        "SELECT s.secret_hash, s.created_at_ms, s.last_seen_at_ms, s.revoked_at_ms, u.id, u.name, u.role, u.suspended_at_ms, s.mfa_at_ms
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?",
     )
     .bind(id)
@@ -358,6 +384,7 @@ async fn load_session(store: &Store, id: &str) -> anyhow::Result<Option<Credenti
             role: row.try_get::<String, _>(6)?.parse()?,
             environments: None,
             session: true,
+            mfa_at_ms: row.try_get(8)?,
         }),
         expires_at_ms: None,
         revoked,

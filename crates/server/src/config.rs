@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use portcullis_core::{ConnectionKind, ConnectionName, Environment, PolicyRule};
+use portcullis_core::{ConnectionKind, ConnectionName, Environment, Permission, PolicyRule, Role};
 use serde::{Deserialize, Serialize};
 
 /// A connection the server knows about: a name, a kind and an environment. How to reach it
@@ -77,6 +77,81 @@ impl Default for LoginSettings {
     }
 }
 
+/// A user declared in the configuration file. The file is the source of truth for the role;
+/// a suspension, whether from the file or from `portcullis user suspend`, survives restarts
+/// (AUTH-7). Such users get their password and TOTP through `portcullis user invite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDecl {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// What happens when a change would exceed `people.max_admins` (AZ-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminCapMode {
+    /// The change is refused (the default).
+    #[default]
+    Refuse,
+    /// The change goes ahead with an audited warning.
+    Warn,
+}
+
+/// People: MFA, step-up, trusted devices, invitations, the admin cap (AUTH-2, AZ-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleSettings {
+    /// Active admins allowed at most; 0 means no cap.
+    pub max_admins: u32,
+    pub admin_cap: AdminCapMode,
+    /// Roles that must sign in with TOTP. Default: admin and every role that can approve or
+    /// break glass.
+    pub mfa_required_roles: Vec<Role>,
+    /// Sensitive actions (approvals, break-glass, token and agent creation, user and vault
+    /// changes) need a TOTP check this recent in the session.
+    pub step_up_secs: u64,
+    /// "Remember this device" lets a device token stand in for the TOTP code at login for
+    /// this many days; 0 turns trusted devices off.
+    pub trusted_device_days: u64,
+    /// How long an invitation (enrolment token) stays valid.
+    pub invite_ttl_hours: u64,
+}
+
+/// The roles that need MFA unless configured otherwise (AUTH-2).
+pub fn default_mfa_roles() -> Vec<Role> {
+    Role::ALL
+        .iter()
+        .copied()
+        .filter(|r| {
+            *r == Role::Admin
+                || r.has(Permission::RequestsApprove)
+                || r.has(Permission::RequestsBreakGlass)
+        })
+        .collect()
+}
+
+impl Default for PeopleSettings {
+    fn default() -> Self {
+        PeopleSettings {
+            max_admins: 5,
+            admin_cap: AdminCapMode::Refuse,
+            mfa_required_roles: default_mfa_roles(),
+            step_up_secs: 600,
+            trusted_device_days: 7,
+            invite_ttl_hours: 72,
+        }
+    }
+}
+
+impl PeopleSettings {
+    pub fn mfa_required(&self, role: Role) -> bool {
+        self.mfa_required_roles.contains(&role)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecutionSettings {
@@ -141,6 +216,11 @@ pub struct ServerConfig {
     pub master_key_file: Option<PathBuf>,
     pub sessions: SessionSettings,
     pub login: LoginSettings,
+    pub people: PeopleSettings,
+    /// The vault re-seals every stored secret under a new key version this often; 0 turns
+    /// the scheduled rotation off (`portcullis vault rotate` still works) (SEC-3).
+    pub vault_key_rotation_days: u64,
+    pub users: Vec<UserDecl>,
     pub connections: Vec<ConnectionDecl>,
     pub policy: Vec<PolicyRule>,
     pub tokens: TokenSettings,
@@ -158,6 +238,9 @@ impl Default for ServerConfig {
             master_key_file: None,
             sessions: SessionSettings::default(),
             login: LoginSettings::default(),
+            people: PeopleSettings::default(),
+            vault_key_rotation_days: 90,
+            users: Vec::new(),
             connections: Vec::new(),
             policy: Vec::new(),
             tokens: TokenSettings::default(),
@@ -176,6 +259,8 @@ const ENV_KEYS: &[&str] = &[
     "master_key_file",
     "sessions",
     "login",
+    "people",
+    "vault_key_rotation_days",
     "tokens",
     "execution",
 ];
@@ -245,6 +330,49 @@ impl ServerConfig {
                 "tokens.max_ttl_days must be between 1 and 3650".into(),
             ));
         }
+        let p = &self.people;
+        if p.step_up_secs == 0 || p.step_up_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "people.step_up_secs must be between 1 and 86400".into(),
+            ));
+        }
+        if p.trusted_device_days > 90 {
+            return Err(ConfigError::Invalid(
+                "people.trusted_device_days must be at most 90 (0 turns trusted devices off)"
+                    .into(),
+            ));
+        }
+        if p.invite_ttl_hours == 0 || p.invite_ttl_hours > 720 {
+            return Err(ConfigError::Invalid(
+                "people.invite_ttl_hours must be between 1 and 720".into(),
+            ));
+        }
+        if !p.mfa_required(Role::Admin) {
+            return Err(ConfigError::Invalid(
+                "people.mfa_required_roles must include admin (AUTH-2)".into(),
+            ));
+        }
+        if self.vault_key_rotation_days > 3_650 {
+            return Err(ConfigError::Invalid(
+                "vault_key_rotation_days must be at most 3650 (0 turns the schedule off)".into(),
+            ));
+        }
+        let mut users: Vec<&str> = Vec::new();
+        for u in &self.users {
+            if !crate::principals::valid_name(&u.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[users]] name {:?} must be 1-64 characters of letters, digits, '-', '_', '.', '@'",
+                    u.name
+                )));
+            }
+            if users.contains(&u.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "user {} is declared twice in [[users]]",
+                    u.name
+                )));
+            }
+            users.push(&u.name);
+        }
         let mut names: Vec<&ConnectionName> = self.connections.iter().map(|c| &c.name).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -268,5 +396,39 @@ impl ServerConfig {
 
     pub fn connection(&self, name: &ConnectionName) -> Option<&ConnectionDecl> {
         self.connections.iter().find(|c| &c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server.toml");
+        let config = ServerConfig::load(Some(&path)).expect("examples/server.toml");
+        assert_eq!(config.users.len(), 1);
+        assert!(config.people.mfa_required(Role::Ops));
+        assert_eq!(config.vault_key_rotation_days, 90);
+    }
+
+    #[test]
+    fn mfa_defaults_cover_every_role_that_can_approve_and_admin_is_mandatory() {
+        let roles = default_mfa_roles();
+        assert!(roles.contains(&Role::Admin) && roles.contains(&Role::Ops));
+        assert!(!roles.contains(&Role::Developer));
+        let mut config = ServerConfig::default();
+        config.people.mfa_required_roles = vec![Role::Ops];
+        assert!(config.validate().is_err(), "admin must require MFA");
+        config.people.mfa_required_roles = vec![Role::Admin];
+        config.users = vec![
+            UserDecl {
+                name: "a".into(),
+                role: Role::Viewer,
+                suspended: false,
+            };
+            2
+        ];
+        assert!(config.validate().is_err(), "a user declared twice");
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 401: the password was right and a second factor is needed (AUTH-2).
     #[error("second factor required")]
     MfaRequired,
+    /// 403: a sensitive action in a session whose last TOTP check is too old (AUTH-2).
+    #[error("step-up required")]
+    StepUpRequired,
     /// 403: the principal lacks the permission for this route or operation.
     #[error("forbidden")]
     Forbidden { reason: &'static str },
@@ -89,7 +92,9 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::LoginFailed | ApiError::MfaRequired => {
                 ErrorCode::Unauthenticated
             }
-            ApiError::Forbidden { .. } | ApiError::OperationDenied { .. } => ErrorCode::Forbidden,
+            ApiError::Forbidden { .. }
+            | ApiError::OperationDenied { .. }
+            | ApiError::StepUpRequired => ErrorCode::Forbidden,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::BadRequest { .. } => ErrorCode::BadRequest,
@@ -152,7 +157,18 @@ impl IntoResponse for ApiError {
                 Some(detail.clone()),
                 Some("operation_not_permitted".to_owned()),
             ),
-            ApiError::Forbidden { reason } => ("Forbidden", None, Some((*reason).to_owned())),
+            ApiError::Forbidden { reason } => (
+                "Forbidden",
+                forbidden_detail(reason).map(str::to_owned),
+                Some((*reason).to_owned()),
+            ),
+            ApiError::StepUpRequired => (
+                "Step-up required",
+                Some(
+                    "confirm with a fresh authenticator code first: portcullis step-up".to_owned(),
+                ),
+                Some("step_up_required".to_owned()),
+            ),
             ApiError::NotFound => ("Not found", None, None),
             ApiError::MethodNotAllowed => ("Method not allowed", None, None),
             ApiError::BadRequest { detail } => ("Bad request", Some(detail.clone()), None),
@@ -182,6 +198,23 @@ impl IntoResponse for ApiError {
         problem.reason = reason;
         problem_response(problem)
     }
+}
+
+/// What a person can do about a refusal; fixed text, safe to show.
+fn forbidden_detail(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "mfa_enrolment_required" => {
+            "this role requires an authenticator: ask an admin for an invitation (portcullis user reset-mfa NAME) and run portcullis enrol"
+        }
+        "mfa_not_enrolled" => "no authenticator is enrolled for this account",
+        "step_up_failed" => "the code is wrong or already used, or the account is locked",
+        "password_incorrect" => "the current password is wrong, or the account is locked",
+        "origin_mismatch" => {
+            "a state-changing request with the session cookie needs this server's Origin"
+        }
+        "missing_permission" => "your role does not grant this",
+        _ => return None,
+    })
 }
 
 /// A JSON body extractor whose rejections are problem documents.

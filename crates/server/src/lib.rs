@@ -146,6 +146,7 @@ impl Server {
         // Everything a client may rely on exists before the first connection is accepted:
         // the start event and, on first start, the setup token (or dev's admin credential).
         lifecycle::record_start(&state, addr).await?;
+        people::users::apply_config(&state).await?;
         let (provisioned_admin, setup_token_written) = match &state.config.admin_token_file {
             Some(file) => (
                 principals::provision_admin(&state, file).await?.is_some(),
@@ -157,6 +158,10 @@ impl Server {
                     .await?,
             ),
         };
+        tasks.push(tokio::spawn(people::vault::run_schedule(
+            state.clone(),
+            shutdown.subscribe(),
+        )));
         let router = app(state.clone());
         tasks.push(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();

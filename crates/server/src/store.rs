@@ -52,6 +52,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "people",
         sql: include_str!("migrations/0004_people.sql"),
     },
+    Migration {
+        version: 5,
+        name: "users",
+        sql: include_str!("migrations/0005_users.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

@@ -7,6 +7,7 @@ mod exec;
 mod people;
 mod serve;
 mod stream;
+mod users;
 
 use portcullis_client::Client;
 
@@ -30,6 +31,11 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Bootstrap(a) => people::bootstrap(a).await,
         Command::Login(a) => people::login(a).await,
         Command::Logout(a) => people::logout(&a.remote).await,
+        Command::Enrol(a) => people::enrol(a).await,
+        Command::Password(a) => people::password(a).await,
+        Command::StepUp(a) => people::step_up(a).await,
+        Command::User(c) => users::run(c).await,
+        Command::Vault(c) => users::vault(c).await,
     }
 }
 
@@ -50,13 +56,16 @@ pub(crate) fn client(remote: &Remote) -> anyhow::Result<Client> {
 }
 
 /// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives.
+/// Colours only on a terminal: files and journals get plain text.
 pub(crate) fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = std::env::var("PORTCULLIS_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use portcullis_client::Client;
 use portcullis_identity::MasterKey;
 use portcullis_proto::ErrorCode;
-use portcullis_proto::people::{BootstrapRequest, LoginRequest};
+use portcullis_proto::people::{
+    BootstrapRequest, EnrolRequest, LoginRequest, PasswordChange, StepUpRequest,
+};
 use zeroize::Zeroizing;
 
-use crate::args::{BootstrapArgs, LoginArgs, Remote};
+use crate::args::{BootstrapArgs, EnrolArgs, LoginArgs, PasswordArgs, Remote, StepUpArgs};
 use crate::exit::{self, Exit};
 use crate::output;
 
@@ -88,11 +90,19 @@ pub(crate) async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<u8> {
 pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<u8> {
     let password = read_password(args.password_stdin, "password: ")?;
     let client = Client::new(&args.remote.server, None)?;
+    let device_key = format!("{} {}", key(&args.remote.server), args.name);
+    let device_token = if args.code.is_none() && args.recovery_code.is_none() {
+        load_map(DEVICES)?.remove(&device_key)
+    } else {
+        None
+    };
     let mut body = LoginRequest {
         name: args.name.clone(),
         password: password.to_string(),
         code: args.code.clone(),
         recovery_code: args.recovery_code.clone(),
+        remember_device: args.remember_device,
+        device_token,
     };
     let session = match client.login(&body).await {
         Err(e)
@@ -106,6 +116,11 @@ pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<u8> {
         other => other?,
     };
     store_session(&args.remote.server, &session.token)?;
+    if let Some(device) = &session.device_token {
+        let mut devices = load_map(DEVICES)?;
+        devices.insert(device_key, device.clone());
+        save_map(DEVICES, &devices)?;
+    }
     if args.remote.json {
         output::json(&serde_json::json!({
             "name": session.name,
@@ -159,8 +174,20 @@ fn config_dir() -> anyhow::Result<PathBuf> {
 
 type Sessions = BTreeMap<String, String>;
 
+const SESSIONS: &str = "sessions.json";
+/// Trusted-device tokens, per server and user name.
+const DEVICES: &str = "devices.json";
+
 fn load_sessions() -> anyhow::Result<Sessions> {
-    let path = config_dir()?.join("sessions.json");
+    load_map(SESSIONS)
+}
+
+fn save_sessions(sessions: &Sessions) -> anyhow::Result<()> {
+    save_map(SESSIONS, sessions)
+}
+
+fn load_map(file: &str) -> anyhow::Result<Sessions> {
+    let path = config_dir()?.join(file);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             anyhow::anyhow!(
@@ -173,11 +200,11 @@ fn load_sessions() -> anyhow::Result<Sessions> {
     }
 }
 
-fn save_sessions(sessions: &Sessions) -> anyhow::Result<()> {
+fn save_map(file: &str, sessions: &Sessions) -> anyhow::Result<()> {
     let dir = config_dir()?;
     portcullis_server::create_private_dir(&dir)?;
-    let path = dir.join("sessions.json");
-    let tmp = dir.join("sessions.json.tmp");
+    let path = dir.join(file);
+    let tmp = dir.join(format!("{file}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -212,4 +239,122 @@ fn forget_session(server: &str) -> anyhow::Result<()> {
 /// The session token `portcullis login` stored for `server`, if any.
 pub(crate) fn stored_session(server: &str) -> anyhow::Result<Option<String>> {
     Ok(load_sessions()?.remove(&key(server)))
+}
+
+fn print_enrolment(name: &str, otpauth_uri: Option<&str>, secret: Option<&str>, codes: &[String]) {
+    if let (Some(uri), Some(secret)) = (otpauth_uri, secret) {
+        println!("Shown once — store them now:");
+        println!();
+        println!("authenticator (otpauth URI): {uri}");
+        println!("authenticator (manual key):  {secret}");
+        println!();
+        println!("recovery codes (each works once):");
+        for code in codes {
+            println!("  {code}");
+        }
+        println!();
+    }
+    println!("next: portcullis login --name {name}");
+}
+
+pub(crate) async fn enrol(args: EnrolArgs) -> anyhow::Result<u8> {
+    let token =
+        match (&args.token_file, &args.token_env) {
+            (Some(file), _) => Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
+                Exit::new(exit::USAGE, format!("cannot read {}: {e}", file.display()))
+            })?),
+            (None, Some(token)) => Zeroizing::new(token.clone()),
+            (None, None) => {
+                if !std::io::stdin().is_terminal() {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        "give the enrolment token with --token-file or PORTCULLIS_ENROL_TOKEN",
+                    )
+                    .into());
+                }
+                Zeroizing::new(rpassword::prompt_password("enrolment token: ")?)
+            }
+        };
+    let password = read_password(args.password_stdin, "password: ")?;
+    let client = Client::new(&args.remote.server, None)?;
+    let done = client
+        .enrol(&EnrolRequest {
+            enrol_token: token.trim().to_owned(),
+            password: password.to_string(),
+            mfa: args.no_mfa.then_some(false),
+        })
+        .await?;
+    if args.remote.json {
+        output::json(&serde_json::json!({
+            "name": done.name,
+            "role": done.role,
+            "otpauth_uri": done.otpauth_uri,
+            "totp_secret": done.totp_secret,
+            "recovery_codes": done.recovery_codes,
+        }))?;
+    } else {
+        eprintln!("enrolled {} ({})", done.name, done.role);
+        print_enrolment(
+            &done.name,
+            done.otpauth_uri.as_deref(),
+            done.totp_secret.as_deref(),
+            &done.recovery_codes,
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(crate) async fn password(args: PasswordArgs) -> anyhow::Result<u8> {
+    let client = super::client(&args.remote)?;
+    let current = read_password(args.password_stdin, "current password: ")?;
+    let new = read_password(args.password_stdin, "new password: ")?;
+    if !args.password_stdin && std::io::stdin().is_terminal() {
+        let again = read_password(false, "again: ")?;
+        if *again != *new {
+            return Err(Exit::new(exit::USAGE, "the passwords differ").into());
+        }
+    }
+    let changed = client
+        .change_password(&PasswordChange {
+            current_password: current.to_string(),
+            new_password: new.to_string(),
+        })
+        .await?;
+    if args.remote.json {
+        output::json(&changed)?;
+    } else {
+        eprintln!(
+            "password changed; ended {} other session(s), {} API token(s) and {} trusted device(s)",
+            changed.sessions_revoked, changed.tokens_revoked, changed.devices_revoked
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(crate) async fn step_up(args: StepUpArgs) -> anyhow::Result<u8> {
+    let client = super::client(&args.remote)?;
+    let code = match (&args.code, &args.recovery_code) {
+        (None, None) => {
+            if !std::io::stdin().is_terminal() {
+                return Err(Exit::new(exit::USAGE, "give --code or --recovery-code").into());
+            }
+            Some(rpassword::prompt_password("authenticator code: ")?)
+        }
+        (code, _) => code.clone(),
+    };
+    let done = client
+        .step_up(&StepUpRequest {
+            code,
+            recovery_code: args.recovery_code.clone(),
+        })
+        .await?;
+    if args.remote.json {
+        output::json(&done)?;
+    } else {
+        eprintln!(
+            "confirmed; sensitive actions allowed until {}",
+            done.valid_until
+        );
+    }
+    Ok(exit::OK)
 }

@@ -20,3 +20,4 @@ mod streaming;
 mod tidy;
 mod tokens;
 mod two_process;
+mod users;

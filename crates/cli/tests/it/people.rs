@@ -9,21 +9,31 @@ use portcullis_proto::people::{BootstrapRequest, BootstrapResponse, LoginRequest
 use portcullis_server::{Server, ServerConfig, ServerSecrets};
 use tokio::net::TcpListener;
 
-const PASSWORD: &str = "violet kestrel harbour 1987 lantern";
+pub(crate) const PASSWORD: &str = "violet kestrel harbour 1987 lantern";
 
-struct Fresh {
-    server: Server,
-    url: String,
-    _dir: tempfile::TempDir,
-    key: String,
+pub(crate) struct Fresh {
+    pub(crate) server: Server,
+    pub(crate) url: String,
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) key: String,
 }
 
 async fn start_in(dir: &std::path::Path, key: &str) -> anyhow::Result<Server> {
-    let config = ServerConfig {
+    start_with(dir, key, |_| {}).await
+}
+
+/// A server as `portcullis server` starts it, in `dir/data`, with `configure` applied.
+pub(crate) async fn start_with(
+    dir: &std::path::Path,
+    key: &str,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> anyhow::Result<Server> {
+    let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.join("data"),
         ..ServerConfig::default()
     };
+    configure(&mut config);
     let listener = TcpListener::bind(config.listen).await.expect("bind");
     let secrets = ServerSecrets {
         master_key: MasterKey::parse(key).expect("key"),
@@ -32,9 +42,15 @@ async fn start_in(dir: &std::path::Path, key: &str) -> anyhow::Result<Server> {
 }
 
 async fn fresh() -> Fresh {
+    fresh_with(|_| {}).await
+}
+
+pub(crate) async fn fresh_with(configure: impl FnOnce(&mut ServerConfig)) -> Fresh {
     let dir = tempfile::tempdir().expect("temp");
     let key = MasterKey::generate();
-    let server = start_in(dir.path(), &key).await.expect("start");
+    let server = start_with(dir.path(), &key, configure)
+        .await
+        .expect("start");
     let url = format!("http://{}", server.addr);
     Fresh {
         server,
@@ -45,18 +61,18 @@ async fn fresh() -> Fresh {
 }
 
 impl Fresh {
-    fn anonymous(&self) -> Client {
+    pub(crate) fn anonymous(&self) -> Client {
         Client::new(&self.url, None).expect("client")
     }
 
-    fn setup_token(&self) -> String {
+    pub(crate) fn setup_token(&self) -> String {
         std::fs::read_to_string(self.server.state.config.setup_token_file())
             .expect("setup token")
             .trim()
             .to_owned()
     }
 
-    async fn bootstrap(&self) -> BootstrapResponse {
+    pub(crate) async fn bootstrap(&self) -> BootstrapResponse {
         self.anonymous()
             .bootstrap(&BootstrapRequest {
                 setup_token: self.setup_token(),
@@ -67,7 +83,7 @@ impl Fresh {
             .expect("bootstrap")
     }
 
-    async fn audit_actions(&self) -> Vec<String> {
+    pub(crate) async fn audit_actions(&self) -> Vec<String> {
         sqlx::query_scalar("SELECT action FROM audit_events ORDER BY seq")
             .fetch_all(self.server.state.store.reader())
             .await
@@ -75,23 +91,23 @@ impl Fresh {
     }
 }
 
-fn login(code: Option<String>) -> LoginRequest {
+pub(crate) fn login(code: Option<String>) -> LoginRequest {
     LoginRequest {
         name: "alice".into(),
         password: PASSWORD.into(),
         code,
-        recovery_code: None,
+        ..LoginRequest::default()
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
 }
 
-fn reason(e: &portcullis_client::ClientError) -> Option<String> {
+pub(crate) fn reason(e: &portcullis_client::ClientError) -> Option<String> {
     match e {
         portcullis_client::ClientError::Api { problem, .. } => problem.reason.clone(),
         _ => None,
@@ -328,6 +344,26 @@ async fn auth3_cookie_attributes_origin_check_and_expiry() {
         auth(now + 60_000 + 15 * 60_000 + 1).await.is_err(),
         "idle for more than 15 minutes"
     );
+    // A busy session still ends 12 hours after login.
+    let busy = app
+        .anonymous()
+        .login(&LoginRequest {
+            recovery_code: Some(created.recovery_codes[0].clone()),
+            ..login(None)
+        })
+        .await
+        .expect("login")
+        .token;
+    let auth = |at: i64| state.auth.authenticate(&state.store, &busy, at, "test");
+    let mut at = now;
+    while at + 10 * 60_000 < now + 12 * 3_600_000 {
+        at += 10 * 60_000;
+        assert!(auth(at).await.is_ok(), "used every 10 minutes");
+    }
+    assert!(
+        auth(now + 12 * 3_600_000 + 60_000).await.is_err(),
+        "past the absolute lifetime"
+    );
     app.server.stop().await;
 }
 
@@ -357,7 +393,7 @@ async fn sec3_a_wrong_master_key_stops_the_start() {
         .err()
         .expect("another key must not start");
     assert!(
-        format!("{refused:#}").contains("cannot open the TOTP secret"),
+        format!("{refused:#}").contains("the vault cannot open users.totp_sealed"),
         "{refused:#}"
     );
     let again = start_in(&dir, &key).await.expect("the right key starts");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::harness::bin;
 
 /// Kills and reaps the child even when an assertion fails.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -265,6 +265,8 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
     assert_eq!(agents[0]["name"], "shop-agent");
     assert_eq!(agents[0]["connected"], true);
 
+    people_commands(dir.path(), &url, &env, password);
+
     drop(server);
     let (code, out, err) = run(
         &["audit", "verify", "--data", data.to_str().expect("utf8")],
@@ -273,9 +275,110 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-mod probe {
+/// `portcullis user add|list|suspend|unsuspend|reset-mfa`, `enrol`, `password` and `vault
+/// rotate` through the binary, as an admin signed in with `login` (AUTH-4, AUTH-7, SEC-3).
+fn people_commands(dir: &Path, url: &str, admin_env: &[(&str, &str)], admin_password: &str) {
+    let (code, out, err) = run(
+        &["user", "add", "bob", "--role", "developer", "--json"],
+        admin_env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let added: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(added["info"]["role"], "developer");
+    let invite = dir.join("bob.invite");
+    write(
+        &invite,
+        added["invite"]["enrol_token"].as_str().expect("token"),
+    );
+    let bob_dir = dir.join("bob-config");
+    let bob_env = [
+        ("PORTCULLIS_SERVER", url),
+        ("PORTCULLIS_CONFIG_DIR", bob_dir.to_str().expect("utf8")),
+    ];
+    let bob_password = "amber tugboat violin 2261 quarry";
+    let (code, _, err) = run_with_stdin(
+        &[
+            "enrol",
+            "--token-file",
+            invite.to_str().expect("utf8"),
+            "--no-mfa",
+            "--password-stdin",
+        ],
+        &bob_env,
+        &format!("{bob_password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_with_stdin(
+        &["login", "--name", "bob", "--password-stdin"],
+        &bob_env,
+        &format!("{bob_password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["whoami", "--json"], &bob_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bob"), "{out}");
+
+    let (code, out, err) = run(&["user", "list", "--json"], admin_env);
+    assert_eq!(code, 0, "{err}");
+    let users: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let bob = users
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == "bob"))
+        .expect("bob listed");
+    assert_eq!(bob["active_sessions"], 1);
+    let (code, out, err) = run(&["user", "list"], admin_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("NAME") && out.contains("bob"), "{out}");
+
+    let (code, out, err) = run(
+        &[
+            "user",
+            "suspend",
+            "bob",
+            "--reason",
+            "offboarding",
+            "--json",
+        ],
+        admin_env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let suspended: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(suspended["sessions_revoked"], 1);
+    let (code, _, err) = run(&["whoami"], &bob_env);
+    assert_eq!(code, 7, "a suspended user's session ends at once: {err}");
+    let (code, _, err) = run(&["user", "suspend", "nobody"], admin_env);
+    assert_ne!(code, 0, "{err}");
+    let (code, _, err) = run(&["user", "unsuspend", "bob"], admin_env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_with_stdin(
+        &["login", "--name", "bob", "--password-stdin"],
+        &bob_env,
+        &format!("{bob_password}\n"),
+    );
+    assert_eq!(code, 0, "signs in again after unsuspend: {err}");
+    let (code, out, err) = run(&["user", "reset-mfa", "bob", "--json"], admin_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enrol_token"), "{out}");
+
+    let (code, out, err) = run(&["vault", "rotate", "--json"], admin_env);
+    assert_eq!(code, 0, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(rotated["version"], 2);
+
+    let (code, out, err) = run_with_stdin(
+        &["password", "--password-stdin", "--json"],
+        admin_env,
+        &format!("{admin_password}\nnew lantern mosaic 5512 quarry\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sessions_revoked"), "{out}");
+    let (code, _, err) = run(&["whoami"], admin_env);
+    assert_eq!(code, 0, "the admin's own session goes on: {err}");
+}
+
+pub(crate) mod probe {
     /// A blocking health probe with std only (keeps this test free of a second HTTP stack).
-    pub(super) fn health_ok(url: &str) -> bool {
+    pub(crate) fn health_ok(url: &str) -> bool {
         use std::io::{Read, Write};
         let addr = url.trim_start_matches("http://");
         let Ok(mut s) = std::net::TcpStream::connect(addr) else {

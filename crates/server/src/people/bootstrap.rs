@@ -2,7 +2,7 @@
 //! a password that passes the strength check (AUTH-1) and an enrolled TOTP secret with
 //! recovery codes (AUTH-2). The token works once; afterwards the route only answers 409.
 
-use portcullis_identity::{TotpSecret, check_strength, generate_codes, hash_code};
+use portcullis_identity::{TotpSecret, check_strength, generate_codes};
 use portcullis_proto::people::{BootstrapRequest, BootstrapResponse};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -53,7 +53,7 @@ pub async fn bootstrap(
     let password = Zeroizing::new(body.password);
     check_strength(&password, &[&body.name]).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hash = super::login::hash_password(state, password).await?;
-    let user_id = uuid::Uuid::new_v4().to_string();
+    let mut user_id = uuid::Uuid::new_v4().to_string();
     let totp = TotpSecret::generate();
     let sealed = state
         .people
@@ -75,24 +75,55 @@ pub async fn bootstrap(
             detail: "this server is already set up; sign in instead".into(),
         });
     }
-    sqlx::query(
-        "INSERT INTO users (id, name, role, created_at_ms, password_hash, totp_sealed, password_changed_at_ms) VALUES (?, ?, 'admin', ?, ?, ?, ?)",
+    // An admin declared in [[users]] who has no password yet becomes the first admin;
+    // any other existing name is taken.
+    let declared: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE name = ? AND source = 'config' AND role = 'admin' AND password_hash IS NULL AND suspended_at_ms IS NULL",
     )
-    .bind(&user_id)
     .bind(&body.name)
-    .bind(now)
-    .bind(hash.as_str())
-    .bind(&sealed)
-    .bind(now)
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await?;
-    for code in &codes {
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
-            .bind(&user_id)
-            .bind(hash_code(code).to_vec())
+    let written = match declared {
+        Some(id) => {
+            let sealed = state
+                .people
+                .seal_totp(&id, totp.as_bytes())
+                .map_err(ApiError::Internal)?;
+            let done = sqlx::query(
+                "UPDATE users SET password_hash = ?, totp_sealed = ?, password_changed_at_ms = ? WHERE id = ?",
+            )
+            .bind(hash.as_str())
+            .bind(&sealed)
+            .bind(now)
+            .bind(&id)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+            user_id = id;
+            done
+        }
+        None => sqlx::query(
+            "INSERT INTO users (id, name, role, created_at_ms, password_hash, totp_sealed, password_changed_at_ms, source) VALUES (?, ?, 'admin', ?, ?, ?, ?, 'bootstrap') ON CONFLICT(name) DO NOTHING",
+        )
+        .bind(&user_id)
+        .bind(&body.name)
+        .bind(now)
+        .bind(hash.as_str())
+        .bind(&sealed)
+        .bind(now)
+        .execute(tx.conn())
+        .await?
+        .rows_affected(),
+    };
+    if written != 1 {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "a user named {} exists already; choose another name",
+                body.name
+            ),
+        });
     }
+    super::login::store_recovery_codes(&mut tx, &user_id, &codes).await?;
     let event = Event {
         actor: format!("setup-token ({})", body.name),
         action: Action::BootstrapCompleted,

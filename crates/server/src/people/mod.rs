@@ -2,8 +2,11 @@
 //! password and TOTP logins (AUTH-1, AUTH-2) and sessions (AUTH-3). The primitives live in
 //! `portcullis-identity`; this module stores and audits.
 
+pub mod account;
 pub mod bootstrap;
 pub mod login;
+pub mod users;
+pub mod vault;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,15 +16,13 @@ use std::sync::RwLock;
 use portcullis_identity::password::{Hasher, WorkLimiter};
 use portcullis_identity::vault::{KeyRing, SealContext};
 use portcullis_identity::{Lockout, MasterKey};
-use sqlx::Row;
 use zeroize::Zeroizing;
 
 use crate::auth::hash_secret;
 use crate::config::ServerConfig;
 use crate::store::Store;
 
-/// The setting holding the vault's current key version.
-const VAULT_VERSION: &str = "vault_key_version";
+use vault::{VAULT_ROTATED_AT, VAULT_VERSION};
 /// The setting holding the SHA-256 of the one-time setup token.
 pub(crate) const SETUP_TOKEN_HASH: &str = "setup_token_sha256";
 /// The prefix of the one-time setup token.
@@ -43,6 +44,8 @@ pub struct People {
     pub vault: RwLock<KeyRing>,
     pub hasher: Hasher,
     pub lockout: Lockout,
+    /// One rotation at a time.
+    pub(crate) rotating: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for People {
@@ -59,16 +62,10 @@ impl People {
         config: &ServerConfig,
         secrets: &ServerSecrets,
     ) -> anyhow::Result<People> {
-        let version: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-                .bind(VAULT_VERSION)
-                .fetch_optional(store.reader())
-                .await?;
+        let version = vault::setting_ms(store, VAULT_VERSION).await?;
         let version = match version {
-            Some(v) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .ok_or_else(|| anyhow::anyhow!("the stored vault key version is corrupt"))?,
+            Some(v) => u32::try_from(v)
+                .map_err(|_| anyhow::anyhow!("the stored vault key version is corrupt"))?,
             None => {
                 let mut conn = store.begin().await?;
                 sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?)")
@@ -80,21 +77,17 @@ impl People {
                 1
             }
         };
-        let ring = KeyRing::new(&secrets.master_key, version)?;
-        let sealed =
-            sqlx::query("SELECT id, name, totp_sealed FROM users WHERE totp_sealed IS NOT NULL")
-                .fetch_all(store.reader())
+        if vault::setting_ms(store, VAULT_ROTATED_AT).await?.is_none() {
+            let mut conn = store.begin().await?;
+            sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?)")
+                .bind(VAULT_ROTATED_AT)
+                .bind(crate::clock::now_ms().to_string().into_bytes())
+                .execute(&mut *conn)
                 .await?;
-        for row in sealed {
-            let id: String = row.try_get(0)?;
-            let name: String = row.try_get(1)?;
-            let value: Vec<u8> = row.try_get(2)?;
-            ring.open(&value, &totp_context(&id)).map_err(|e| {
-                anyhow::anyhow!(
-                    "the vault cannot open the TOTP secret of user {name} ({e}); is PORTCULLIS_MASTER_KEY the key this data directory was created with?"
-                )
-            })?;
+            conn.commit().await?;
         }
+        let ring = KeyRing::new(&secrets.master_key, version)?;
+        vault::check_all(store, &ring).await?;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let limit = match config.login.max_concurrent_hashes {
             0 => cores,
@@ -108,6 +101,7 @@ impl People {
                 base: std::time::Duration::from_secs(config.login.lockout_base_secs),
                 max: std::time::Duration::from_secs(config.login.lockout_max_secs),
             },
+            rotating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -128,17 +122,15 @@ impl People {
 
 /// Where a user's TOTP seed is sealed: the AAD binds it to this row and column.
 fn totp_context(user_id: &str) -> SealContext<'_> {
-    SealContext {
-        table: "users",
-        row: user_id,
-        column: "totp_sealed",
-    }
+    vault::SEALED[0].context(user_id)
 }
 
-/// First start without users (SEC-2): writes a fresh one-time setup token to `file` (0600)
-/// and stores only its hash. Returns `true` when it did.
+/// First start without anyone who can sign in (SEC-2): writes a fresh one-time setup token
+/// to `file` (0600) and stores only its hash. Users declared in `[[users]]` do not count:
+/// they have no password until invited, and inviting needs an admin. Returns `true` when it
+/// wrote the token.
 pub async fn provision_setup_token(store: &Store, file: &Path) -> anyhow::Result<bool> {
-    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE source <> 'config'")
         .fetch_one(store.reader())
         .await?;
     if users > 0 {

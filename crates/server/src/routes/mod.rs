@@ -29,12 +29,16 @@ use crate::error::ApiError;
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
-    /// No credential (health, readiness, the public key for operators).
+    /// No credential: health, readiness, the public key for operators, and the sign-in
+    /// endpoints (bootstrap, login, enrol). Nothing else (SEC-2).
     Public,
     /// Any API-token principal; the handler checks object-level rights.
     User,
     /// An API-token principal whose role grants this permission.
     Permission(Permission),
+    /// A sensitive action: the permission, and for a session a TOTP check within
+    /// `people.step_up_secs` (AUTH-2). API tokens were created under step-up themselves.
+    StepUp(Permission),
     /// An agent token; agents can only claim, heartbeat and report.
     Agent,
 }
@@ -51,7 +55,7 @@ const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
 
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Guard::*;
-    use portcullis_core::Permission::{AgentsManage, AuditRead, TokensManage};
+    use portcullis_core::Permission::{AgentsManage, AuditRead, TokensManage, UsersManage};
     let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| {
         (
             RouteSpec {
@@ -79,6 +83,56 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         r(Method::POST, "/api/v1/login", Public, post(people::login)),
         r(Method::POST, "/api/v1/logout", User, post(people::logout)),
+        r(Method::POST, "/api/v1/enrol", Public, post(people::enrol)),
+        r(Method::POST, "/api/v1/step-up", User, post(people::step_up)),
+        r(
+            Method::POST,
+            "/api/v1/password",
+            User,
+            post(people::change_password),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/users",
+            Permission(UsersManage),
+            get(people::list_users),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users",
+            StepUp(UsersManage),
+            post(people::add_user),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{name}/invite",
+            StepUp(UsersManage),
+            post(people::invite_user),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{name}/suspend",
+            StepUp(UsersManage),
+            post(people::suspend_user),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{name}/unsuspend",
+            StepUp(UsersManage),
+            post(people::unsuspend_user),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{name}/reset-mfa",
+            StepUp(UsersManage),
+            post(people::reset_mfa),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/vault/rotate",
+            StepUp(UsersManage),
+            post(people::rotate_vault),
+        ),
         r(Method::GET, "/api/v1/me", User, get(admin::me)),
         r(
             Method::GET,
@@ -120,7 +174,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(
             Method::POST,
             "/api/v1/tokens",
-            Permission(TokensManage),
+            StepUp(TokensManage),
             post(admin::create_token),
         ),
         r(
@@ -138,7 +192,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(
             Method::POST,
             "/api/v1/agents",
-            Permission(AgentsManage),
+            StepUp(AgentsManage),
             post(admin::create_agent),
         ),
         r(
@@ -225,11 +279,24 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "-".to_owned(), |ConnectInfo(a)| a.ip().to_string());
+    let method = req.method().clone();
+    // The path only: a query string is never logged.
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
     req.extensions_mut().insert(Context {
         correlation_id: correlation_id.clone(),
-        client_addr,
+        client_addr: client_addr.clone(),
     });
     let mut response = next.run(req).await;
+    tracing::debug!(
+        request_id = %correlation_id,
+        client = %client_addr,
+        %method,
+        path = %path.chars().take(200).collect::<String>(),
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "http request"
+    );
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         headers.insert(REQUEST_ID.clone(), v);
@@ -316,7 +383,7 @@ async fn guarded(
     };
     let allowed = match (&guard, &principal) {
         (Guard::Agent, Principal::Agent(_)) | (Guard::User, Principal::User(_)) => true,
-        (Guard::Permission(p), Principal::User(u)) => u.role.has(*p),
+        (Guard::Permission(p) | Guard::StepUp(p), Principal::User(u)) => u.role.has(*p),
         _ => false,
     };
     if !allowed {
@@ -325,7 +392,7 @@ async fn guarded(
             Principal::Agent(a) => format!("agent:{}", a.name),
         };
         let required = match guard {
-            Guard::Permission(p) => p.as_str(),
+            Guard::Permission(p) | Guard::StepUp(p) => p.as_str(),
             Guard::Agent => "agent",
             Guard::User => "user",
             Guard::Public => "none",
@@ -345,8 +412,34 @@ async fn guarded(
         }
         .into_response();
     }
+    if let (Guard::StepUp(_), Principal::User(u)) = (&guard, &principal)
+        && u.session
+    {
+        let window = (state.config.people.step_up_secs as i64) * 1000;
+        let fresh = u
+            .mfa_at_ms
+            .is_some_and(|at| step_up_fresh(at, clock::now_ms(), window));
+        if !fresh {
+            let event = Event {
+                actor: u.display(),
+                action: Action::AccessDenied,
+                target: format!("{} {}", req.method(), req.uri().path()),
+                outcome: Outcome::Denied,
+                details: json!({ "required": "step_up" }),
+            };
+            if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
+                return e.into_response();
+            }
+            return ApiError::StepUpRequired.into_response();
+        }
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Whether a TOTP check at `mfa_at_ms` still covers a sensitive action at `now_ms`.
+pub fn step_up_fresh(mfa_at_ms: i64, now_ms: i64, window_ms: i64) -> bool {
+    now_ms >= mfa_at_ms && now_ms - mfa_at_ms <= window_ms
 }
 
 /// The session id from the session cookie, if the request carries one.

@@ -1,11 +1,15 @@
-//! `/api/v1/bootstrap`, `/api/v1/login`, `/api/v1/logout`.
+//! People: bootstrap, login, logout, enrolment, step-up, password change, users and the vault.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_identity::session::{clear_cookie_header, session_cookie_name};
-use portcullis_proto::people::{BootstrapRequest, BootstrapResponse, LoginRequest};
+use portcullis_proto::people::{
+    BootstrapRequest, BootstrapResponse, CreateUser, EnrolRequest, EnrolResponse, Invite,
+    LoginRequest, PasswordChange, PasswordChanged, StepUpRequest, StepUpResponse, SuspendUser,
+    Suspended, UserCreated, UserView, VaultRotated,
+};
 
 use super::{Ctx, User};
 use crate::AppState;
@@ -63,4 +67,105 @@ pub(super) async fn logout(
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(response)
+}
+
+pub(super) async fn enrol(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<EnrolRequest>,
+) -> Result<Json<EnrolResponse>, ApiError> {
+    Ok(Json(people::account::enrol(&state, &ctx, body).await?))
+}
+
+pub(super) async fn step_up(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<StepUpRequest>,
+) -> Result<Json<StepUpResponse>, ApiError> {
+    Ok(Json(
+        people::account::step_up(&state, &ctx, &who, body).await?,
+    ))
+}
+
+pub(super) async fn change_password(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<Json<PasswordChanged>, ApiError> {
+    Ok(Json(
+        people::account::change_password(&state, &ctx, &who, body).await?,
+    ))
+}
+
+pub(super) async fn list_users(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    state.auth.flush_last_used(&state.store).await?;
+    Ok(Json(people::users::list(&state).await?))
+}
+
+pub(super) async fn add_user(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<UserCreated>), ApiError> {
+    let created = people::users::add(&state, &ctx, &who.display(), &body.name, body.role).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub(super) async fn invite_user(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Invite>, ApiError> {
+    Ok(Json(
+        people::users::invite(&state, &ctx, &who.display(), &name).await?,
+    ))
+}
+
+pub(super) async fn suspend_user(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SuspendUser>,
+) -> Result<Json<Suspended>, ApiError> {
+    Ok(Json(
+        people::users::suspend(&state, &ctx, &who.display(), &name, body.reason.as_deref()).await?,
+    ))
+}
+
+pub(super) async fn unsuspend_user(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    people::users::unsuspend(&state, &ctx, &who.display(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn reset_mfa(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Invite>, ApiError> {
+    Ok(Json(
+        people::users::reset_mfa(&state, &ctx, &who.display(), &name).await?,
+    ))
+}
+
+pub(super) async fn rotate_vault(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+) -> Result<Json<VaultRotated>, ApiError> {
+    Ok(Json(
+        people::vault::rotate(&state, &ctx, &who.display()).await?,
+    ))
 }
