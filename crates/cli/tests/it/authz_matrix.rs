@@ -39,7 +39,7 @@ fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
     vec![
         ("GET", "/health", public()),
         ("GET", "/ready", public()),
-        ("GET", "/api/v1/public-key", public()),
+        ("GET", "/api/v1/public-key", users()),
         ("POST", "/api/v1/bootstrap", public()),
         ("POST", "/api/v1/login", public()),
         ("POST", "/api/v1/logout", users()),

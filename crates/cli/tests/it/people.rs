@@ -114,8 +114,8 @@ pub(crate) fn reason(e: &portcullis_client::ClientError) -> Option<String> {
     }
 }
 
-/// SEC-2: the first start writes a 0600 setup token; nothing but health, readiness, the
-/// public key, bootstrap and login answers without credentials; the token works once.
+/// SEC-2: the first start writes a 0600 setup token; nothing but health, readiness,
+/// bootstrap, login and enrol answers without credentials; the token works once.
 #[tokio::test]
 async fn sec2_bootstrap_once_with_the_setup_token_and_no_anonymous_access() {
     let app = fresh().await;

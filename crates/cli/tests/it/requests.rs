@@ -728,7 +728,7 @@ async fn web_5_every_response_has_a_request_id_and_no_store() {
     let multi = r#"{"connection":"demo","statement":"SELECT 1; SELECT 2","reason":"headers"}"#;
     let cases: Vec<HeaderProbe<'_>> = vec![
         ("GET", "/health", None, None, 200),
-        ("GET", "/api/v1/public-key", None, None, 200),
+        ("GET", "/api/v1/public-key", Some(&admin), None, 200),
         ("GET", "/api/v1/me", Some(&admin), None, 200),
         (
             "POST",

@@ -730,7 +730,7 @@ async fn sec3_vault_rotation_round_trip_hot_swap_and_tamper() {
 
 /// SEC-2: after bootstrap, every route but the declared public ones answers 401 without
 /// credentials (generated from the route table), and the public ones are exactly health,
-/// readiness, the public key and the sign-in endpoints.
+/// readiness and the sign-in endpoints.
 #[tokio::test]
 async fn sec2_no_route_answers_without_credentials_after_bootstrap() {
     let app = fresh_with(|_| {}).await;
@@ -756,7 +756,6 @@ async fn sec2_no_route_answers_without_credentials_after_bootstrap() {
     assert_eq!(
         public,
         [
-            "GET /api/v1/public-key",
             "GET /health",
             "GET /ready",
             "POST /api/v1/bootstrap",

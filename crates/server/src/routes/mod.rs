@@ -29,8 +29,8 @@ use crate::error::ApiError;
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
-    /// No credential: health, readiness, the public key for operators, and the sign-in
-    /// endpoints (bootstrap, login, enrol). Nothing else (SEC-2).
+    /// No credential: health, readiness and the sign-in endpoints (bootstrap, login,
+    /// enrol). Nothing else (SEC-2).
     Public,
     /// Any API-token principal; the handler checks object-level rights.
     User,
@@ -72,7 +72,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(
             Method::GET,
             "/api/v1/public-key",
-            Public,
+            User,
             get(admin::public_key),
         ),
         r(
@@ -279,24 +279,32 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "-".to_owned(), |ConnectInfo(a)| a.ip().to_string());
-    let method = req.method().clone();
-    // The path only: a query string is never logged.
-    let path = req.uri().path().to_owned();
-    let started = std::time::Instant::now();
+    // The access log (DEBUG): method, path (never a query string), status, time. Nothing is
+    // copied when it is off.
+    let access = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().chars().take(200).collect::<String>(),
+            client_addr.clone(),
+            std::time::Instant::now(),
+        )
+    });
     req.extensions_mut().insert(Context {
         correlation_id: correlation_id.clone(),
-        client_addr: client_addr.clone(),
+        client_addr,
     });
     let mut response = next.run(req).await;
-    tracing::debug!(
-        request_id = %correlation_id,
-        client = %client_addr,
-        %method,
-        path = %path.chars().take(200).collect::<String>(),
-        status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "http request"
-    );
+    if let Some((method, path, client_addr, started)) = access {
+        tracing::debug!(
+            request_id = %correlation_id,
+            client = %client_addr,
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "http request"
+        );
+    }
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         headers.insert(REQUEST_ID.clone(), v);
