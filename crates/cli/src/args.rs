@@ -86,6 +86,14 @@ pub(crate) enum Command {
     /// Re-seal every stored secret under a new vault key version.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Ask how policy decides a statement.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// List alerts: lockouts, RBAC denials, admin actions, token changes, audit failures.
+    Alerts(AlertsArgs),
+    /// Incident response: lock every non-admin account, revoke every session and token,
+    /// cancel everything pending (`lockdown lift` undoes the account locks).
+    Lockdown(LockdownArgs),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +166,14 @@ pub(crate) enum UserCommand {
     Suspend {
         name: String,
         /// Why; recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Incident response: the same as suspend, with the reason recorded as a lock.
+    Lock {
+        name: String,
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -324,6 +340,66 @@ pub(crate) enum RequestCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Approve someone else's pending request (needs requests:approve and a fresh step-up).
+    Approve {
+        id: uuid::Uuid,
+        /// A note recorded with your decision.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Reject a pending request; the requester sees your comment.
+    Reject {
+        id: uuid::Uuid,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Explain which rule decides a statement and why, without running anything.
+    Check {
+        /// Decide as a requester with this role (default: yours).
+        #[arg(long = "as")]
+        role: Option<Role>,
+        #[arg(long, short = 'c')]
+        connection: ConnectionName,
+        /// The statement (SQL) or command (Redis).
+        statement: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AlertsArgs {
+    /// Only alerts after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) after: i64,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: u32,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LockdownArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<LockdownCommand>,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LockdownCommand {
+    /// Unlock the accounts the lockdown locked (people sign in again).
+    Lift,
 }
 
 #[derive(Debug, Subcommand)]

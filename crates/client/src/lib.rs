@@ -216,6 +216,74 @@ impl Client {
         Self::json(self.request(Method::GET, &path, wait + Self::DEFAULT_TIMEOUT)?).await
     }
 
+    /// Like [`Client::wait_request`], but answers early when an approval decision lands, for
+    /// a live status line.
+    pub async fn wait_request_progress(
+        &self,
+        id: Uuid,
+        wait: Duration,
+    ) -> Result<RequestOutcome, ClientError> {
+        let path = format!(
+            "/api/v1/requests/{id}/wait?wait={}&progress=true",
+            wait.as_secs()
+        );
+        Self::json(self.request(Method::GET, &path, wait + Self::DEFAULT_TIMEOUT)?).await
+    }
+
+    /// Approves a pending request (a session with a fresh step-up).
+    pub async fn approve_request(
+        &self,
+        id: Uuid,
+        comment: Option<String>,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/api/v1/requests/{id}/approve"),
+            &portcullis_proto::api::DecideRequest { comment },
+        )
+        .await
+    }
+
+    /// Rejects a pending request; `comment` says why.
+    pub async fn reject_request(
+        &self,
+        id: Uuid,
+        comment: String,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/api/v1/requests/{id}/reject"),
+            &portcullis_proto::api::DecideRequest {
+                comment: Some(comment),
+            },
+        )
+        .await
+    }
+
+    /// How policy would decide, and why, without running anything.
+    pub async fn policy_check(
+        &self,
+        body: &portcullis_proto::api::PolicyCheck,
+    ) -> Result<portcullis_proto::api::PolicyVerdict, ClientError> {
+        self.post("/api/v1/policy/check", body).await
+    }
+
+    pub async fn alerts(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<portcullis_proto::api::AlertView>, ClientError> {
+        self.get(&format!("/api/v1/alerts?after={after}&limit={limit}"))
+            .await
+    }
+
+    pub async fn lockdown(&self) -> Result<people::LockdownOutcome, ClientError> {
+        self.post("/api/v1/lockdown", &serde_json::json!({})).await
+    }
+
+    pub async fn lift_lockdown(&self) -> Result<people::LockdownLifted, ClientError> {
+        self.post("/api/v1/lockdown/lift", &serde_json::json!({}))
+            .await
+    }
+
     pub async fn request_view(&self, id: Uuid) -> Result<RequestView, ClientError> {
         self.get(&format!("/api/v1/requests/{id}")).await
     }

@@ -16,7 +16,7 @@ pub mod sql;
 
 pub use authz::{Authorized, Denied, authorize};
 pub use names::{ConnectionKind, ConnectionName, Environment, OperationClass, ParseError};
-pub use operation::{ClassifyError, classify};
+pub use operation::{ClassifyError, Operation, analyse, classify};
 pub use policy::{Decision, Policy, PolicyRule};
 pub use rbac::{Permission, Role};
 pub use request::RequestState;

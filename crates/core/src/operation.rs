@@ -27,13 +27,33 @@ impl ClassifyError {
     }
 }
 
+/// What the server decides on: the class and, for SQL, the tables touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub class: OperationClass,
+    /// Lower-cased, deduplicated and sorted; empty for Redis.
+    pub tables: Vec<String>,
+}
+
 /// Classifies `text` as an operation on a `kind` connection.
 pub fn classify(kind: ConnectionKind, text: &str) -> Result<OperationClass, ClassifyError> {
+    analyse(kind, text).map(|op| op.class)
+}
+
+/// Classifies `text` and lists the tables it touches.
+pub fn analyse(kind: ConnectionKind, text: &str) -> Result<Operation, ClassifyError> {
     if let Some(dialect) = SqlDialect::for_kind(kind) {
-        return Ok(SqlStatement::parse(dialect, text)?.class());
+        let statement = SqlStatement::parse(dialect, text)?;
+        return Ok(Operation {
+            class: statement.class(),
+            tables: statement.tables().to_vec(),
+        });
     }
     match kind {
-        ConnectionKind::Redis => Ok(RedisCommand::parse(text)?.class()),
+        ConnectionKind::Redis => Ok(Operation {
+            class: RedisCommand::parse(text)?.class(),
+            tables: Vec::new(),
+        }),
         other => Err(ClassifyError::UnsupportedKind(other)),
     }
 }

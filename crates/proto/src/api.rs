@@ -1,6 +1,6 @@
 //! The public REST API's request and response bodies (`/api/v1`).
 
-use portcullis_core::policy::Decision;
+use portcullis_core::policy::{Decision, Step};
 use portcullis_core::{
     ConnectionKind, ConnectionName, Environment, OperationClass, RequestState, Role,
 };
@@ -51,6 +51,79 @@ pub struct RequestView {
     /// `{"columns": […], "rows": […]}`, or `{"error": {…}}` when it could not be had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explain: Option<serde_json::Value>,
+    /// The approval steps the policy requires, in order (AZ-3); empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// The step awaiting approvals (0-based); equal to `steps.len()` once all are met.
+    #[serde(default)]
+    pub current_step: u32,
+    /// Every decision so far, oldest first (in single-request views; lists leave it out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalView>,
+    /// The policy rule that decided (its name, or `#N`), or none for the built-in default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_rule: Option<String>,
+}
+
+/// One approver's decision on a request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalView {
+    pub approver: String,
+    pub role: Role,
+    /// The step it counted towards (0-based).
+    pub step: u32,
+    /// `approve` or `reject`.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub at: String,
+}
+
+/// `POST /api/v1/requests/{id}/approve` and `/reject`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// Why; required to reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// `POST /api/v1/policy/check`: how policy would decide, without running anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheck {
+    pub connection: ConnectionName,
+    pub statement: String,
+    /// Decide as a requester with this role (default: the caller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// The answer to a policy check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyVerdict {
+    pub connection: ConnectionName,
+    pub environment: Environment,
+    pub class: OperationClass,
+    pub role: Role,
+    pub tables: Vec<String>,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// The rule that matched (`name` or `#N`), or none for the built-in default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Each rule checked before it, and the matcher it failed on.
+    pub skipped: Vec<SkippedRule>,
+    /// A sentence saying why.
+    pub because: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkippedRule {
+    pub rule: String,
+    /// `connection`, `environment`, `class`, `role` or `tables`.
+    pub failed_on: String,
 }
 
 /// A failure reported for an execution, safe to show to the requester.
@@ -203,4 +276,18 @@ pub struct WhoAmI {
     pub principal: String,
     pub role: Role,
     pub permissions: Vec<portcullis_core::Permission>,
+}
+
+/// A stored alert (AUD-5), from `GET /api/v1/alerts`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertView {
+    pub seq: i64,
+    pub at: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The audit action that raised it.
+    pub kind: String,
+    pub actor: String,
+    pub target: String,
+    pub details: serde_json::Value,
 }

@@ -264,3 +264,18 @@ pub struct VaultRotated {
     pub version: u32,
     pub resealed: u64,
 }
+
+/// `POST /api/v1/lockdown` (IR-3): what the lockdown ended, in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockdownOutcome {
+    pub users_locked: u64,
+    pub sessions_revoked: u64,
+    pub tokens_revoked: u64,
+    pub requests_cancelled: u64,
+}
+
+/// `POST /api/v1/lockdown/lift`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockdownLifted {
+    pub users_unlocked: u64,
+}

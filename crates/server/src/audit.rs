@@ -79,6 +79,13 @@ actions! {
     PasswordChanged => "password.changed",
     PasswordChangeFailed => "password.change_failed",
     VaultRotated => "vault.rotated",
+    ApprovalRecorded => "request.approval_recorded",
+    ApprovalRefused => "request.approval_refused",
+    RequestRejected => "request.rejected",
+    AuditVerifyFailed => "audit.verify_failed",
+    Lockdown => "lockdown",
+    LockdownLifted => "lockdown.lifted",
+    BreakGlass => "break_glass",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +219,8 @@ pub struct Audit {
     /// the gate the next transaction could read the new head from the store while the
     /// in-memory head is still the old one, and fail closed for nothing.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Where alerts go after their transaction commits (AUD-5).
+    sinks: Vec<Box<dyn crate::alerts::AlertSink>>,
 }
 
 impl Audit {
@@ -239,6 +248,7 @@ impl Audit {
             head: Mutex::new(head),
             committed,
             gate: Arc::new(tokio::sync::Mutex::new(())),
+            sinks: vec![Box::new(crate::alerts::LogSink)],
         }))
     }
 
@@ -258,6 +268,8 @@ pub struct AuditTx {
     head: Head,
     audit: Arc<Audit>,
     _gate: tokio::sync::OwnedMutexGuard<()>,
+    /// Alerts raised by this transaction's events, delivered once it commits.
+    alerts: Vec<crate::alerts::Alert>,
 }
 
 impl AuditTx {
@@ -277,6 +289,7 @@ impl AuditTx {
             head: found,
             audit: audit.clone(),
             _gate: gate,
+            alerts: Vec::new(),
         })
     }
 
@@ -327,6 +340,27 @@ impl AuditTx {
         .execute(&mut *self.tx)
         .await?;
         self.head = Head { seq, hash };
+        if let Some(severity) = crate::alerts::severity_of(&event) {
+            sqlx::query(
+                "INSERT INTO alerts (at_ms, severity, kind, actor, target, details) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(now_ms)
+            .bind(severity.as_str())
+            .bind(event.action.as_str())
+            .bind(&event.actor)
+            .bind(&event.target)
+            .bind(&details)
+            .execute(&mut *self.tx)
+            .await?;
+            self.alerts.push(crate::alerts::Alert {
+                at,
+                severity,
+                kind: event.action.as_str().to_owned(),
+                actor: event.actor,
+                target: event.target,
+                details: event.details,
+            });
+        }
         Ok(seq)
     }
 
@@ -336,12 +370,18 @@ impl AuditTx {
             head,
             audit,
             _gate,
+            alerts,
         } = self;
         tx.commit().await?;
         *audit.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
         audit.committed.send_replace(head);
         // Only now may the next transaction look at the head.
         drop(_gate);
+        for alert in &alerts {
+            for sink in &audit.sinks {
+                sink.deliver(alert);
+            }
+        }
         Ok(())
     }
 }

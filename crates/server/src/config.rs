@@ -330,6 +330,7 @@ impl ServerConfig {
                 "tokens.max_ttl_days must be between 1 and 3650".into(),
             ));
         }
+        portcullis_core::Policy::new(self.policy.clone()).map_err(ConfigError::Invalid)?;
         let p = &self.people;
         if p.step_up_secs == 0 || p.step_up_secs > 86_400 {
             return Err(ConfigError::Invalid(
@@ -410,6 +411,9 @@ mod tests {
         assert_eq!(config.users.len(), 1);
         assert!(config.people.mfa_required(Role::Ops));
         assert_eq!(config.vault_key_rotation_days, 90);
+        let policy = portcullis_core::Policy::new(config.policy.clone()).expect("policy");
+        assert_eq!(policy.rules()[1].steps.len(), 2);
+        assert_eq!(policy.rules()[1].steps[1].approvals, 2);
     }
 
     #[test]

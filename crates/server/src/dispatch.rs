@@ -37,6 +37,8 @@ struct Slot {
     reader_arrived: Arc<Notify>,
     /// A streamed result went to its reader; it cannot be had again.
     delivered: bool,
+    /// Bumped on every approval decision, for clients showing live progress.
+    progress: watch::Sender<u64>,
 }
 
 impl Slot {
@@ -47,6 +49,7 @@ impl Slot {
             reader: None,
             reader_arrived: Arc::new(Notify::new()),
             delivered: false,
+            progress: watch::channel(0).0,
         }
     }
 }
@@ -99,6 +102,24 @@ impl Dispatch {
                 fut
             })
             .collect()
+    }
+
+    /// Announces a step forward (an approval decision) to the clients watching `id`.
+    pub fn progress(&self, id: Uuid) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(&id) {
+            slot.progress.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Subscribes to the progress announcements of `id`.
+    pub fn subscribe_progress(&self, id: Uuid) -> watch::Receiver<u64> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(id)
+            .or_insert_with(Slot::new)
+            .progress
+            .subscribe()
     }
 
     /// Subscribes to the outcome of `id`.

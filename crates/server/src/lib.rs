@@ -6,6 +6,8 @@
 //! agents (which connect out to it) do the executing. `app(state)` builds the router;
 //! `Server::start` opens the state store and runs the background tasks.
 
+pub mod alerts;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod clock;

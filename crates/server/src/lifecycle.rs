@@ -9,10 +9,9 @@ use std::time::Duration;
 use portcullis_core::policy::{Decision, Facts, Source};
 use portcullis_core::{ConnectionName, RequestState, authorize};
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
-use portcullis_proto::api::{CreateRequest, ExecError, RequestView};
+use portcullis_proto::api::{ApprovalView, CreateRequest, ExecError, RequestView};
 use portcullis_proto::token::{TokenClaims, statement_sha256};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -76,16 +75,21 @@ async fn deny(
     }
 }
 
-fn approval_hash(request_id: Uuid, source: Source, statement_hash: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"portcullis/approval/v1\0");
-    h.update(request_id.as_bytes());
-    match source {
-        Source::Rule(i) => h.update(format!("policy-rule:{i}")),
-        Source::Default => h.update("policy-default"),
-    }
-    h.update(statement_hash);
-    h.finalize().into()
+/// Queues the one execution job of an approved request.
+pub(crate) async fn queue_execution(
+    tx: &mut AuditTx,
+    id: Uuid,
+    connection: &ConnectionName,
+    now: i64,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO jobs (id, request_id, connection, state, created_at_ms) VALUES (?, ?, ?, 'queued', ?)")
+        .bind(Uuid::new_v4().to_string())
+        .bind(id.to_string())
+        .bind(connection.as_str())
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// Validates, classifies, authorizes and decides a new request, then records it (and, when
@@ -143,8 +147,8 @@ pub async fn create_request(
         .await);
     };
     let statement_hash = statement_sha256(&body.statement);
-    let class = match portcullis_core::classify(decl.kind, &body.statement) {
-        Ok(class) => class,
+    let operation = match portcullis_core::analyse(decl.kind, &body.statement) {
+        Ok(op) => op,
         Err(e) => {
             let (reason, detail) = (e.code(), e.to_string());
             let details =
@@ -161,6 +165,7 @@ pub async fn create_request(
             .await);
         }
     };
+    let class = operation.class;
     if let Err(denied) = authorize(
         who.role,
         who.environments.as_deref(),
@@ -178,14 +183,22 @@ pub async fn create_request(
         connection: &decl.name,
         environment: decl.environment,
         class,
+        role: who.role,
+        tables: &operation.tables,
     };
-    let (decision, source) = state.policy.evaluate(&facts);
+    let evaluation = state.policy.evaluate(&facts);
+    let (decision, source) = (evaluation.decision, evaluation.source);
     let rule = match source {
         Source::Rule(i) => Some(i as i64),
         Source::Default => None,
     };
+    let rule_name = crate::approvals::rule_label(&state.policy, source);
+    let steps = (!evaluation.steps.is_empty())
+        .then(|| serde_json::to_string(&evaluation.steps))
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.into()))?;
     if decision == Decision::Deny {
-        let details = json!({ "reason": "policy", "class": class.as_str(), "rule": rule });
+        let details = json!({ "reason": "policy", "class": class.as_str(), "rule": rule_name, "tables": operation.tables });
         return Err(deny(
             state,
             ctx,
@@ -201,7 +214,7 @@ pub async fn create_request(
     let id = Uuid::new_v4();
     let now = clock::now_ms();
     let auto = decision == Decision::AutoApprove;
-    let approval = auto.then(|| approval_hash(id, source, &statement_hash));
+    let approval = auto.then(|| crate::approvals::auto_approval_hash(id, source, &statement_hash));
     let initial = if auto {
         RequestState::Approved
     } else {
@@ -209,8 +222,8 @@ pub async fn create_request(
     };
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query(
-        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(who.display())
@@ -231,6 +244,8 @@ pub async fn create_request(
     .bind(now)
     .bind(auto.then_some(now))
     .bind(if body.stream { "stream" } else { "buffered" })
+    .bind(&steps)
+    .bind(&rule_name)
     .execute(tx.conn())
     .await?;
     let request_target = format!("request:{id}");
@@ -245,7 +260,9 @@ pub async fn create_request(
             "class": class.as_str(),
             "statement_sha256": hex::encode(statement_hash),
             "decision": decision.as_str(),
-            "rule": rule,
+            "rule": rule_name,
+            "tables": operation.tables,
+            "steps": evaluation.steps,
         }),
     };
     tx.append_at(ctx, created, now).await?;
@@ -263,13 +280,7 @@ pub async fn create_request(
             .await?;
     }
     if auto {
-        sqlx::query("INSERT INTO jobs (id, request_id, connection, state, created_at_ms) VALUES (?, ?, ?, 'queued', ?)")
-            .bind(Uuid::new_v4().to_string())
-            .bind(id.to_string())
-            .bind(decl.name.as_str())
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
+        queue_execution(&mut tx, id, &decl.name, now).await?;
         let approved = Event {
             actor: "policy".into(),
             action: Action::RequestApproved,
@@ -678,14 +689,35 @@ pub async fn load_view(
 ) -> Result<Option<(RequestView, String)>, ApiError> {
     let row = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id
+                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id,
+                steps, current_step, policy_rule_name
          FROM requests WHERE id = ?",
     )
     .bind(id.to_string())
     .fetch_optional(state.store.reader())
     .await?;
-    row.map(|r| Ok((row_to_view(&r)?, r.try_get("requester_user_id")?)))
-        .transpose()
+    let Some(r) = row else { return Ok(None) };
+    let mut view = row_to_view(&r)?;
+    let approvals = sqlx::query(
+        "SELECT approver, role, step, decision, comment, at_ms FROM approvals WHERE request_id = ? ORDER BY at_ms, approver",
+    )
+    .bind(id.to_string())
+    .fetch_all(state.store.reader())
+    .await?;
+    view.approvals = approvals
+        .iter()
+        .map(|a| {
+            Ok(ApprovalView {
+                approver: a.try_get(0)?,
+                role: parse(a.try_get::<String, _>(1)?)?,
+                step: u32::try_from(a.try_get::<i64, _>(2)?).unwrap_or(0),
+                decision: a.try_get(3)?,
+                comment: a.try_get(4)?,
+                at: clock::format_ms(a.try_get(5)?),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Some((view, r.try_get("requester_user_id")?)))
 }
 
 pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError> {
@@ -696,6 +728,12 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
     let error_message: Option<String> = r.try_get(18)?;
     // List queries leave the plan out; a missing column means none.
     let explain: Option<String> = r.try_get("explain").ok().flatten();
+    let steps: Option<String> = r.try_get("steps").ok().flatten();
+    let steps = steps
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt steps in the state store: {e}")))?
+        .unwrap_or_default();
     Ok(RequestView {
         id: parse_uuid(r.try_get(0)?)?,
         connection: parse(r.try_get::<String, _>(1)?)?,
@@ -719,6 +757,14 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
             message: error_message.unwrap_or_default(),
         }),
         explain: explain.and_then(|e| serde_json::from_str(&e).ok()),
+        steps,
+        current_step: r
+            .try_get::<i64, _>("current_step")
+            .ok()
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0),
+        approvals: Vec::new(),
+        policy_rule: r.try_get("policy_rule_name").ok().flatten(),
     })
 }
 

@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "users",
         sql: include_str!("migrations/0005_users.sql"),
     },
+    Migration {
+        version: 6,
+        name: "approvals",
+        sql: include_str!("migrations/0006_approvals.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

@@ -105,3 +105,28 @@ pub(crate) async fn key(command: KeyCommand) -> anyhow::Result<u8> {
         }
     }
 }
+
+pub(crate) async fn alerts(args: crate::args::AlertsArgs) -> anyhow::Result<u8> {
+    let list = super::client(&args.remote)?
+        .alerts(args.after, args.limit.clamp(1, 1000))
+        .await?;
+    if args.remote.json {
+        output::json(&list)?;
+    } else {
+        let rows = list
+            .iter()
+            .map(|a| {
+                vec![
+                    a.seq.to_string(),
+                    a.at.clone(),
+                    a.severity.clone(),
+                    a.kind.clone(),
+                    a.actor.clone(),
+                    a.target.clone(),
+                ]
+            })
+            .collect();
+        output::table(&["SEQ", "AT", "SEVERITY", "KIND", "ACTOR", "TARGET"], rows);
+    }
+    Ok(exit::OK)
+}

@@ -66,19 +66,25 @@ async fn wait_until_done(
         s.enable_steady_tick(Duration::from_millis(120));
         s
     });
+    let mut last_line: Option<String> = None;
     while !outcome.request.state.is_terminal() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        if let Some(s) = &spinner {
-            s.set_message(format!(
-                "request {} is {}",
-                outcome.request.id, outcome.request.state
-            ));
+        let line = status_line(&outcome.request);
+        match &spinner {
+            Some(s) => s.set_message(line),
+            None if !quiet && last_line.as_deref() != Some(line.as_str()) => {
+                eprintln!("{line}");
+                last_line = Some(line);
+            }
+            None => {}
         }
         let slice = Duration::from_secs(left.as_secs().clamp(1, WAIT_SLICE));
-        outcome = client.wait_request(outcome.request.id, slice).await?;
+        outcome = client
+            .wait_request_progress(outcome.request.id, slice)
+            .await?;
     }
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -185,6 +191,7 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
                     &[
                         "id",
                         "state",
+                        "approval",
                         "connection",
                         "class",
                         "requester",
@@ -213,6 +220,32 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
             let outcome = wait_until_done(&client, outcome, wait, remote.json).await?;
             print_outcome(&outcome, remote.json)
         }
+        RequestCommand::Approve {
+            id,
+            comment,
+            remote,
+        } => {
+            let view = super::client(&remote)?.approve_request(id, comment).await?;
+            if remote.json {
+                output::json(&view)?;
+            } else {
+                eprintln!("{}", status_line(&view));
+            }
+            Ok(exit::OK)
+        }
+        RequestCommand::Reject {
+            id,
+            comment,
+            remote,
+        } => {
+            let view = super::client(&remote)?.reject_request(id, comment).await?;
+            if remote.json {
+                output::json(&view)?;
+            } else {
+                eprintln!("request {} is {}", view.id, view.state);
+            }
+            Ok(exit::OK)
+        }
         RequestCommand::Cancel { id, remote } => {
             let view = super::client(&remote)?.cancel_request(id).await?;
             if remote.json {
@@ -225,10 +258,46 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// Where a request stands, in one line: for one awaiting approval, the step, the count and
+/// who decided.
+fn status_line(r: &RequestView) -> String {
+    if r.state != portcullis_core::RequestState::PendingApproval || r.steps.is_empty() {
+        return format!("request {} is {}", r.id, r.state);
+    }
+    let step = r.current_step as usize;
+    let needed = r.steps.get(step).map_or(0, |s| s.approvals);
+    let given: Vec<&str> = r
+        .approvals
+        .iter()
+        .filter(|a| a.step as usize == step && a.decision == "approve")
+        .map(|a| a.approver.as_str())
+        .collect();
+    let mut line = format!(
+        "request {} pending: step {} of {}, {} of {} approval(s)",
+        r.id,
+        step + 1,
+        r.steps.len(),
+        given.len(),
+        needed
+    );
+    if !given.is_empty() {
+        line.push_str(&format!(" ({} approved)", given.join(", ")));
+    }
+    line
+}
+
+fn progress(r: &RequestView) -> String {
+    if r.state != portcullis_core::RequestState::PendingApproval || r.steps.is_empty() {
+        return "-".into();
+    }
+    format!("step {}/{}", r.current_step + 1, r.steps.len())
+}
+
 fn request_row(r: &RequestView) -> Vec<String> {
     vec![
         r.id.to_string(),
         r.state.to_string(),
+        progress(r),
         r.connection.to_string(),
         r.class.to_string(),
         r.requester.clone(),
@@ -246,7 +315,53 @@ fn print_request(r: &RequestView) {
             format!("{} ({}, {})", r.connection, r.kind, r.environment),
         ],
         vec!["class".into(), r.class.to_string()],
-        vec!["decision".into(), r.decision.to_string()],
+        vec![
+            "decision".into(),
+            match &r.policy_rule {
+                Some(rule) => format!("{} (rule {rule})", r.decision),
+                None => format!("{} (default)", r.decision),
+            },
+        ],
+        vec![
+            "steps".into(),
+            if r.steps.is_empty() {
+                "-".into()
+            } else {
+                r.steps
+                    .iter()
+                    .map(|s| {
+                        let roles: Vec<&str> = s.roles.iter().map(|r| r.as_str()).collect();
+                        format!("{} from {}", s.approvals, roles.join("/"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", then ")
+            },
+        ],
+        vec![
+            "approvals".into(),
+            if r.approvals.is_empty() {
+                "-".into()
+            } else {
+                r.approvals
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} ({}) {}d step {} at {}{}",
+                            a.approver,
+                            a.role,
+                            a.decision,
+                            a.step + 1,
+                            a.at,
+                            a.comment
+                                .as_deref()
+                                .map(|c| format!(": {c}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        ],
         vec!["requester".into(), r.requester.clone()],
         vec!["reason".into(), r.reason.clone()],
         vec!["statement".into(), r.statement.clone()],
@@ -295,4 +410,49 @@ fn explain_text(plan: &serde_json::Value) -> String {
                 .join("\n")
         })
         .unwrap_or_default()
+}
+
+pub(crate) async fn policy(command: crate::args::PolicyCommand) -> anyhow::Result<u8> {
+    let crate::args::PolicyCommand::Check {
+        role,
+        connection,
+        statement,
+        remote,
+    } = command;
+    let verdict = super::client(&remote)?
+        .policy_check(&portcullis_proto::api::PolicyCheck {
+            connection,
+            statement,
+            role,
+        })
+        .await?;
+    if remote.json {
+        output::json(&verdict)?;
+    } else {
+        println!("{}", verdict.because);
+        println!(
+            "  {} on {} ({}) as {}; tables: {}",
+            verdict.class,
+            verdict.connection,
+            verdict.environment,
+            verdict.role,
+            if verdict.tables.is_empty() {
+                "-".to_owned()
+            } else {
+                verdict.tables.join(", ")
+            }
+        );
+        for skipped in &verdict.skipped {
+            println!(
+                "  rule {} did not match on {}",
+                skipped.rule, skipped.failed_on
+            );
+        }
+    }
+    // Scripts can branch on the answer: 3 when policy denies.
+    Ok(if verdict.decision == portcullis_core::Decision::Deny {
+        exit::DENIED
+    } else {
+        exit::OK
+    })
 }

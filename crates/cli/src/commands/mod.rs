@@ -36,6 +36,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
         Command::StepUp(a) => people::step_up(a).await,
         Command::User(c) => users::run(c).await,
         Command::Vault(c) => users::vault(c).await,
+        Command::Policy(c) => exec::policy(c).await,
+        Command::Alerts(a) => audit::alerts(a).await,
+        Command::Lockdown(a) => users::lockdown(a).await,
     }
 }
 

@@ -37,7 +37,8 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         config.master_key_file.as_deref(),
     )
     .map_err(|e| Exit::new(exit::USAGE, format!("cannot start: {e}")))?;
-    let policy = Policy::new(config.policy.clone());
+    let policy = Policy::new(config.policy.clone())
+        .map_err(|e| Exit::new(exit::USAGE, format!("invalid configuration: {e}")))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

@@ -3,7 +3,7 @@
 
 use portcullis_proto::people::{CreateUser, Invite, SuspendUser};
 
-use crate::args::{UserCommand, VaultCommand};
+use crate::args::{LockdownArgs, LockdownCommand, UserCommand, VaultCommand};
 use crate::exit;
 use crate::output;
 
@@ -89,18 +89,17 @@ pub(crate) async fn run(command: UserCommand) -> anyhow::Result<u8> {
             name,
             reason,
             remote,
+        } => suspend(&name, reason, &remote, "suspended").await?,
+        UserCommand::Lock {
+            name,
+            reason,
+            remote,
         } => {
-            let done = super::client(&remote)?
-                .suspend_user(&name, &SuspendUser { reason })
-                .await?;
-            if remote.json {
-                output::json(&done)?;
-            } else {
-                eprintln!(
-                    "{name} suspended: {} session(s) and {} token(s) revoked, {} request(s) cancelled",
-                    done.sessions_revoked, done.tokens_revoked, done.requests_cancelled
-                );
-            }
+            let reason = Some(reason.map_or_else(
+                || "locked (incident response)".to_owned(),
+                |r| format!("locked: {r}"),
+            ));
+            suspend(&name, reason, &remote, "locked").await?;
         }
         UserCommand::Unsuspend { name, remote } => {
             super::client(&remote)?.unsuspend_user(&name).await?;
@@ -138,4 +137,56 @@ pub(crate) async fn vault(command: VaultCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+pub(crate) async fn lockdown(args: LockdownArgs) -> anyhow::Result<u8> {
+    let client = super::client(&args.remote)?;
+    match args.command {
+        None => {
+            let done = client.lockdown().await?;
+            if args.remote.json {
+                output::json(&done)?;
+            } else {
+                eprintln!(
+                    "LOCKDOWN: {} account(s) locked, {} session(s) and {} token(s) revoked, {} request(s) cancelled; undo the locks with `portcullis lockdown lift`",
+                    done.users_locked,
+                    done.sessions_revoked,
+                    done.tokens_revoked,
+                    done.requests_cancelled
+                );
+            }
+        }
+        Some(LockdownCommand::Lift) => {
+            let done = client.lift_lockdown().await?;
+            if args.remote.json {
+                output::json(&done)?;
+            } else {
+                eprintln!(
+                    "lockdown lifted: {} account(s) unlocked; they sign in again",
+                    done.users_unlocked
+                );
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn suspend(
+    name: &str,
+    reason: Option<String>,
+    remote: &crate::args::Remote,
+    done_word: &str,
+) -> anyhow::Result<()> {
+    let done = super::client(remote)?
+        .suspend_user(name, &SuspendUser { reason })
+        .await?;
+    if remote.json {
+        output::json(&done)?;
+    } else {
+        eprintln!(
+            "{name} {done_word}: {} session(s) and {} token(s) revoked, {} request(s) cancelled",
+            done.sessions_revoked, done.tokens_revoked, done.requests_cancelled
+        );
+    }
+    Ok(())
 }

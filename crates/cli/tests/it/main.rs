@@ -8,6 +8,7 @@ mod harness;
 
 mod agent_config;
 mod agent_tokens;
+mod approvals;
 mod audit_tamper;
 mod authz_matrix;
 mod dev_mode;

@@ -38,7 +38,8 @@ pub(crate) async fn start_with(
     let secrets = ServerSecrets {
         master_key: MasterKey::parse(key).expect("key"),
     };
-    Server::start(config, Policy::default(), secrets, listener).await
+    let policy = Policy::new(config.policy.clone()).expect("policy");
+    Server::start(config, policy, secrets, listener).await
 }
 
 async fn fresh() -> Fresh {

@@ -399,19 +399,12 @@ async fn admin_class_statements_are_refused() {
 async fn policy_denied_write_is_403() {
     let rules = vec![
         PolicyRule {
-            connection: None,
-            environment: None,
             class: Some(OperationClass::Write),
-            decision: Decision::Deny,
+            ..PolicyRule::any(Decision::Deny)
         },
-        PolicyRule {
-            connection: None,
-            environment: None,
-            class: None,
-            decision: Decision::AutoApprove,
-        },
+        PolicyRule::any(Decision::AutoApprove),
     ];
-    let app = TestApp::spawn_with(|o| o.policy = Policy::new(rules)).await;
+    let app = TestApp::spawn_with(|o| o.policy = Policy::new(rules).expect("policy")).await;
     let checksum = app.demo_checksum().await;
     let e = app
         .exec(&app.admin, "UPDATE customers SET name = 'x' WHERE id = 1")
@@ -423,7 +416,7 @@ async fn policy_denied_write_is_403() {
     assert!(
         denied
             .iter()
-            .any(|e| e["details"]["reason"] == "policy" && e["details"]["rule"] == 0),
+            .any(|e| e["details"]["reason"] == "policy" && e["details"]["rule"] == "#1"),
         "{denied:?}"
     );
     let ok = app.exec(&app.admin, "SELECT 1").await.expect("reads run");

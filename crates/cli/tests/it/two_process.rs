@@ -265,6 +265,30 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
     assert_eq!(agents[0]["name"], "shop-agent");
     assert_eq!(agents[0]["connected"], true);
 
+    let (code, out, err) = run(
+        &[
+            "policy",
+            "check",
+            "--connection",
+            "shop",
+            "--as",
+            "developer",
+            "UPDATE orders SET note = 'x'",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("held for approval") && out.contains("orders"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["alerts", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("agent.created"),
+        "creating an agent is alerted: {out}"
+    );
+
     people_commands(dir.path(), &url, &env, password);
 
     drop(server);

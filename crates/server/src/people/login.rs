@@ -543,10 +543,8 @@ pub(crate) async fn fail(
         };
         tx.append_at(ctx, event, now).await?;
     }
+    // The lock raises an alert with its event (AUD-5).
     tx.commit().await?;
-    if locked_until.is_some() {
-        tracing::warn!(alert = true, user = %name, failures, client = %ctx.client_addr, "ALERT: account locked after repeated failed logins");
-    }
     Ok(())
 }
 

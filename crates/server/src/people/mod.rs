@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod bootstrap;
+pub mod lockdown;
 pub mod login;
 pub mod users;
 pub mod vault;

@@ -150,8 +150,8 @@ async fn check_admin_cap(
                 outcome: Outcome::Success,
                 details: json!({ "active_admins": after, "max_admins": max }),
             };
+            // Raises an alert with the event (AUD-5).
             tx.append_at(ctx, event, now).await?;
-            tracing::warn!(alert = true, user = %name, active_admins = after, max_admins = max, "ALERT: more active admins than people.max_admins");
             Ok(())
         }
     }
@@ -271,7 +271,7 @@ pub async fn invite(
 /// Suspends inside `tx`: the flag, every credential, the invitation, and the requests that
 /// have not reached an agent (AUTH-7). Returns the counts and the cancelled request ids, to
 /// be announced to waiters after the commit.
-async fn suspend_in(
+pub(crate) async fn suspend_in(
     tx: &mut AuditTx,
     ctx: &Context,
     actor: &str,
@@ -345,8 +345,13 @@ async fn suspend_in(
 }
 
 /// After a suspension commits: the cache forgets the user, waiters learn of cancellations.
-fn after_suspend(state: &AppState, user_id: &str, cancelled: Vec<Uuid>, now: i64) {
+pub(crate) fn after_suspend(state: &AppState, user_id: &str, cancelled: Vec<Uuid>, now: i64) {
     state.auth.forget_user(user_id, None);
+    announce_cancelled(state, cancelled, now);
+}
+
+/// Tells the clients waiting on these requests that they were cancelled.
+pub(crate) fn announce_cancelled(state: &AppState, cancelled: Vec<Uuid>, now: i64) {
     for id in cancelled {
         state.dispatch.complete(
             id,

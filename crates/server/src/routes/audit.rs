@@ -12,6 +12,8 @@ use crate::error::ApiError;
 
 pub(super) async fn verify(
     State(state): State<AppState>,
+    super::User(who): super::User,
+    super::Ctx(ctx): super::Ctx,
 ) -> Result<Json<AuditVerifyView>, ApiError> {
     let checkpoint = CheckpointFile::in_dir(&state.config.data_dir)
         .read()
@@ -20,6 +22,31 @@ pub(super) async fn verify(
     let report = audit::verify(state.store.reader(), checkpoint.as_ref().map(|c| (c, &key)))
         .await
         .map_err(ApiError::Internal)?;
+    if !report.ok() {
+        // AUD-5: a failed verification is a critical alert. When the chain cannot take the
+        // event (its head no longer matches), the log sink still gets the alert.
+        let event = crate::audit::Event {
+            actor: who.display(),
+            action: crate::audit::Action::AuditVerifyFailed,
+            target: "audit".into(),
+            outcome: crate::audit::Outcome::Failure,
+            details: serde_json::json!({ "first_bad_seq": report.first_bad_seq, "problem": report.problem }),
+        };
+        if crate::lifecycle::audit_only(&state, &ctx, event.clone())
+            .await
+            .is_err()
+        {
+            use crate::alerts::AlertSink;
+            crate::alerts::LogSink.deliver(&crate::alerts::Alert {
+                at: crate::clock::format_ms(crate::clock::now_ms()),
+                severity: crate::alerts::Severity::Critical,
+                kind: event.action.as_str().to_owned(),
+                actor: event.actor,
+                target: event.target,
+                details: event.details,
+            });
+        }
+    }
     Ok(Json(AuditVerifyView {
         ok: report.ok(),
         events: report.events,
@@ -40,4 +67,25 @@ pub(super) async fn export(State(state): State<AppState>) -> Result<Response, Ap
         HeaderValue::from_static("application/jsonl"),
     );
     Ok(response)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertParams {
+    /// Only alerts after this sequence number.
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/alerts` (AUD-5): the newest alerts, oldest first.
+pub(super) async fn alerts(
+    State(state): State<AppState>,
+    crate::error::ApiQuery(p): crate::error::ApiQuery<AlertParams>,
+) -> Result<Json<Vec<portcullis_proto::api::AlertView>>, ApiError> {
+    let limit = i64::from(p.limit.unwrap_or(100).clamp(1, 1000));
+    Ok(Json(
+        crate::alerts::list(&state.store, p.after.unwrap_or(0), limit).await?,
+    ))
 }

@@ -55,7 +55,9 @@ const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
 
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Guard::*;
-    use portcullis_core::Permission::{AgentsManage, AuditRead, TokensManage, UsersManage};
+    use portcullis_core::Permission::{
+        AgentsManage, AuditRead, RequestsApprove, TokensManage, UsersManage,
+    };
     let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| {
         (
             RouteSpec {
@@ -129,6 +131,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         r(
             Method::POST,
+            "/api/v1/lockdown",
+            StepUp(UsersManage),
+            post(people::lockdown),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/lockdown/lift",
+            StepUp(UsersManage),
+            post(people::lift_lockdown),
+        ),
+        r(
+            Method::POST,
             "/api/v1/vault/rotate",
             StepUp(UsersManage),
             post(people::rotate_vault),
@@ -170,6 +184,30 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "/api/v1/requests/{id}/cancel",
             User,
             post(requests::cancel),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/requests/{id}/approve",
+            StepUp(RequestsApprove),
+            post(requests::approve),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/requests/{id}/reject",
+            StepUp(RequestsApprove),
+            post(requests::reject),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/policy/check",
+            User,
+            post(requests::policy_check),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/alerts",
+            Permission(AuditRead),
+            get(audit::alerts),
         ),
         r(
             Method::POST,

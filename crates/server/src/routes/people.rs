@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use portcullis_identity::session::{clear_cookie_header, session_cookie_name};
 use portcullis_proto::people::{
     BootstrapRequest, BootstrapResponse, CreateUser, EnrolRequest, EnrolResponse, Invite,
-    LoginRequest, PasswordChange, PasswordChanged, StepUpRequest, StepUpResponse, SuspendUser,
-    Suspended, UserCreated, UserView, VaultRotated,
+    LockdownLifted, LockdownOutcome, LoginRequest, PasswordChange, PasswordChanged, StepUpRequest,
+    StepUpResponse, SuspendUser, Suspended, UserCreated, UserView, VaultRotated,
 };
 
 use super::{Ctx, User};
@@ -168,4 +168,20 @@ pub(super) async fn rotate_vault(
     Ok(Json(
         people::vault::rotate(&state, &ctx, &who.display()).await?,
     ))
+}
+
+pub(super) async fn lockdown(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+) -> Result<Json<LockdownOutcome>, ApiError> {
+    Ok(Json(people::lockdown::lockdown(&state, &ctx, &who).await?))
+}
+
+pub(super) async fn lift_lockdown(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+) -> Result<Json<LockdownLifted>, ApiError> {
+    Ok(Json(people::lockdown::lift(&state, &ctx, &who).await?))
 }

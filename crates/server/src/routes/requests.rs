@@ -6,12 +6,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use portcullis_core::{Permission, RequestState};
-use portcullis_proto::api::{CreateRequest, RequestOutcome, RequestView};
+use portcullis_proto::api::{
+    CreateRequest, DecideRequest, PolicyCheck, PolicyVerdict, RequestOutcome, RequestView,
+};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{Ctx, User, path_uuid};
 use crate::AppState;
+use crate::approvals::{self, Verdict};
 use crate::auth::UserPrincipal;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
@@ -22,6 +25,9 @@ pub(super) struct WaitParams {
     /// Seconds to wait for the request to finish before answering with its current state.
     #[serde(default)]
     wait: Option<u64>,
+    /// Answer early when an approval decision lands (for live progress).
+    #[serde(default)]
+    progress: bool,
 }
 
 pub(super) async fn create(
@@ -32,7 +38,7 @@ pub(super) async fn create(
     ApiJson(body): ApiJson<CreateRequest>,
 ) -> Result<(StatusCode, Json<RequestOutcome>), ApiError> {
     let id = lifecycle::create_request(&state, &who, &ctx, body).await?;
-    let outcome = wait_outcome(&state, &who, id, params.wait.unwrap_or(0)).await?;
+    let outcome = wait_outcome(&state, &who, id, params.wait.unwrap_or(0), params.progress).await?;
     Ok((StatusCode::CREATED, Json(outcome)))
 }
 
@@ -44,7 +50,7 @@ pub(super) async fn wait(
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
     Ok(Json(
-        wait_outcome(&state, &who, id, params.wait.unwrap_or(30)).await?,
+        wait_outcome(&state, &who, id, params.wait.unwrap_or(30), params.progress).await?,
     ))
 }
 
@@ -70,8 +76,11 @@ async fn wait_outcome(
     who: &UserPrincipal,
     id: Uuid,
     wait_secs: u64,
+    progress: bool,
 ) -> Result<RequestOutcome, ApiError> {
     let mut outcome = state.dispatch.subscribe(id);
+    let mut steps = state.dispatch.subscribe_progress(id);
+    steps.mark_unchanged();
     let (mut view, owner) = lifecycle::load_view(state, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -80,7 +89,26 @@ async fn wait_outcome(
     }
     let wait = Duration::from_secs(wait_secs.min(state.config.execution.max_wait_secs));
     if !view.state.is_terminal() && !wait.is_zero() {
-        let _ = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
+        let progressed = async {
+            if progress {
+                let _ = steps.changed().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = outcome.wait_for(Option::is_some) => {}
+                () = progressed => {}
+            }
+        })
+        .await;
+        if progress {
+            view = lifecycle::load_view(state, id)
+                .await?
+                .ok_or(ApiError::NotFound)?
+                .0;
+        }
     }
     let finished = outcome.borrow().clone();
     if let Some(f) = &finished
@@ -138,7 +166,8 @@ pub(super) async fn list(
     let limit = i64::from(p.limit.unwrap_or(50).clamp(1, 500));
     let rows = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message
+                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message,
+                steps, current_step, policy_rule_name
          FROM requests WHERE (? OR requester_user_id = ?) AND (? IS NULL OR state = ?)
          ORDER BY created_at_ms DESC LIMIT ?",
     )
@@ -170,4 +199,50 @@ pub(super) async fn cancel(
             .ok_or(ApiError::NotFound)?
             .0,
     ))
+}
+
+pub(super) async fn approve(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DecideRequest>,
+) -> Result<Json<RequestView>, ApiError> {
+    decide(state, who, ctx, id, Verdict::Approve, body).await
+}
+
+pub(super) async fn reject(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DecideRequest>,
+) -> Result<Json<RequestView>, ApiError> {
+    decide(state, who, ctx, id, Verdict::Reject, body).await
+}
+
+async fn decide(
+    state: AppState,
+    who: UserPrincipal,
+    ctx: crate::audit::Context,
+    id: String,
+    verdict: Verdict,
+    body: DecideRequest,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = path_uuid(&id)?;
+    approvals::decide(&state, &who, &ctx, id, verdict, body.comment).await?;
+    Ok(Json(
+        lifecycle::load_view(&state, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+            .0,
+    ))
+}
+
+pub(super) async fn policy_check(
+    State(state): State<AppState>,
+    User(who): User,
+    ApiJson(body): ApiJson<PolicyCheck>,
+) -> Result<Json<PolicyVerdict>, ApiError> {
+    Ok(Json(approvals::check(&state, &who, &body)?))
 }
