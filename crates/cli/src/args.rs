@@ -86,6 +86,9 @@ pub(crate) enum Command {
     /// Re-seal every stored secret under a new vault key version.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Emergency access: for a limited time your requests skip approval steps (admins only;
+    /// a session with a fresh step-up; alerted; every request is reviewed afterwards).
+    BreakGlass(BreakGlassArgs),
     /// Ask how policy decides a statement.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -311,6 +314,9 @@ pub(crate) enum RequestCommand {
     List {
         #[arg(long)]
         all: bool,
+        /// Everyone's requests that ran under break-glass and await review.
+        #[arg(long, conflicts_with_all = ["all", "state"])]
+        unreviewed: bool,
         /// Only requests in this state (pending_approval, approved, succeeded, …).
         #[arg(long)]
         state: Option<String>,
@@ -337,6 +343,15 @@ pub(crate) enum RequestCommand {
     /// Cancel a request that has not been dispatched.
     Cancel {
         id: uuid::Uuid,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Review a request that ran under break-glass (another admin, after the fact).
+    Review {
+        id: uuid::Uuid,
+        /// What you checked (required).
+        #[arg(long)]
+        comment: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -374,6 +389,18 @@ pub(crate) enum PolicyCommand {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BreakGlassArgs {
+    /// Why (10-500 characters); read by the reviewer.
+    #[arg(long)]
+    pub(crate) reason: String,
+    /// How long: 30m, 1h or seconds (at most the server's break_glass.max_secs, the default).
+    #[arg(long)]
+    pub(crate) duration: Option<String>,
+    #[command(flatten)]
+    pub(crate) remote: Remote,
 }
 
 #[derive(Debug, Args)]

@@ -258,6 +258,42 @@ impl Client {
         .await
     }
 
+    /// Opens a time-boxed break-glass grant for this session (AZ-4).
+    pub async fn break_glass(
+        &self,
+        reason: &str,
+        duration_secs: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(
+            "/api/v1/break-glass",
+            &serde_json::json!({ "reason": reason, "duration_secs": duration_secs }),
+        )
+        .await
+    }
+
+    /// Reviews a request that ran under break-glass (another admin).
+    pub async fn review_request(
+        &self,
+        id: Uuid,
+        comment: String,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/api/v1/requests/{id}/review"),
+            &portcullis_proto::api::DecideRequest {
+                comment: Some(comment),
+            },
+        )
+        .await
+    }
+
+    /// Everyone's requests that ran under break-glass and await review.
+    pub async fn list_unreviewed(&self, limit: u32) -> Result<Vec<RequestView>, ClientError> {
+        self.get(&format!(
+            "/api/v1/requests?all=true&unreviewed=true&limit={limit}"
+        ))
+        .await
+    }
+
     /// How policy would decide, and why, without running anything.
     pub async fn policy_check(
         &self,

@@ -63,6 +63,14 @@ pub struct RequestView {
     /// The policy rule that decided (its name, or `#N`), or none for the built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_rule: Option<String>,
+    /// Set when the request ran under a break-glass grant (AZ-4): the grant's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// Who reviewed a break-glass request afterwards, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_at: Option<String>,
 }
 
 /// One approver's decision on a request.

@@ -45,7 +45,9 @@ pub struct Alert {
 pub fn severity_of(event: &Event) -> Option<Severity> {
     use Action::*;
     match event.action {
-        LoginLocked | AuditVerifyFailed | Lockdown | BreakGlass => Some(Severity::Critical),
+        LoginLocked | AuditVerifyFailed | Lockdown | BreakGlass | BreakGlassUsed => {
+            Some(Severity::Critical)
+        }
         AccessDenied | TokenCreated | TokenRevoked | AgentCreated | AgentRevoked | UserCreated
         | UserUpdated | UserSuspended | UserUnsuspended | UserMfaReset | AdminCapExceeded
         | VaultRotated | LockdownLifted => Some(Severity::Warning),

@@ -86,6 +86,8 @@ actions! {
     Lockdown => "lockdown",
     LockdownLifted => "lockdown.lifted",
     BreakGlass => "break_glass",
+    BreakGlassUsed => "break_glass.used",
+    BreakGlassReviewed => "break_glass.reviewed",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

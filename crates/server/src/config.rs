@@ -152,6 +152,25 @@ impl PeopleSettings {
     }
 }
 
+/// Break-glass (AZ-4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakGlassSettings {
+    /// The longest a grant lasts.
+    pub max_secs: u64,
+    /// A role that may break glass besides admin (never `ci`).
+    pub role: Option<Role>,
+}
+
+impl Default for BreakGlassSettings {
+    fn default() -> Self {
+        BreakGlassSettings {
+            max_secs: 3600,
+            role: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecutionSettings {
@@ -217,6 +236,7 @@ pub struct ServerConfig {
     pub sessions: SessionSettings,
     pub login: LoginSettings,
     pub people: PeopleSettings,
+    pub break_glass: BreakGlassSettings,
     /// The vault re-seals every stored secret under a new key version this often; 0 turns
     /// the scheduled rotation off (`portcullis vault rotate` still works) (SEC-3).
     pub vault_key_rotation_days: u64,
@@ -239,6 +259,7 @@ impl Default for ServerConfig {
             sessions: SessionSettings::default(),
             login: LoginSettings::default(),
             people: PeopleSettings::default(),
+            break_glass: BreakGlassSettings::default(),
             vault_key_rotation_days: 90,
             users: Vec::new(),
             connections: Vec::new(),
@@ -260,6 +281,7 @@ const ENV_KEYS: &[&str] = &[
     "sessions",
     "login",
     "people",
+    "break_glass",
     "vault_key_rotation_days",
     "tokens",
     "execution",
@@ -351,6 +373,16 @@ impl ServerConfig {
         if !p.mfa_required(Role::Admin) {
             return Err(ConfigError::Invalid(
                 "people.mfa_required_roles must include admin (AUTH-2)".into(),
+            ));
+        }
+        if self.break_glass.max_secs == 0 || self.break_glass.max_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "break_glass.max_secs must be between 1 and 86400".into(),
+            ));
+        }
+        if self.break_glass.role == Some(Role::Ci) {
+            return Err(ConfigError::Invalid(
+                "break_glass.role cannot be ci: pipelines never break glass (AZ-4)".into(),
             ));
         }
         if self.vault_key_rotation_days > 3_650 {

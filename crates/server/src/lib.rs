@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod break_glass;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
@@ -23,6 +24,7 @@ pub mod reaper;
 pub mod results;
 pub mod routes;
 pub mod store;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use portcullis_core::policy::{Decision, Facts, Source};
 use portcullis_core::{ConnectionName, RequestState, authorize};
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
-use portcullis_proto::api::{ApprovalView, CreateRequest, ExecError, RequestView};
+use portcullis_proto::api::{CreateRequest, ExecError};
 use portcullis_proto::token::{TokenClaims, statement_sha256};
 use serde_json::json;
 use sqlx::Row;
@@ -21,6 +21,7 @@ use crate::auth::{AgentPrincipal, UserPrincipal};
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
+pub use crate::views::{load_view, row_to_view};
 
 const MAX_REASON: usize = 1_000;
 const MAX_STATEMENT: usize = 64 * 1024;
@@ -166,13 +167,16 @@ pub async fn create_request(
         }
     };
     let class = operation.class;
+    // AZ-4: a live break-glass grant of this session's person.
+    let glass = crate::break_glass::active(state, who, clock::now_ms()).await?;
     if let Err(denied) = authorize(
         who.role,
         who.environments.as_deref(),
         decl.kind,
         decl.environment,
         class,
-    ) {
+    ) && !(glass.is_some() && class == portcullis_core::OperationClass::Admin)
+    {
         let details = json!({ "reason": denied.to_string(), "class": class.as_str() });
         let err = ApiError::OperationDenied {
             detail: denied.to_string(),
@@ -186,7 +190,10 @@ pub async fn create_request(
         role: who.role,
         tables: &operation.tables,
     };
-    let evaluation = state.policy.evaluate(&facts);
+    let mut evaluation = state.policy.evaluate(&facts);
+    if glass.is_some() {
+        crate::break_glass::bypass(&mut evaluation);
+    }
     let (decision, source) = (evaluation.decision, evaluation.source);
     let rule = match source {
         Source::Rule(i) => Some(i as i64),
@@ -214,7 +221,14 @@ pub async fn create_request(
     let id = Uuid::new_v4();
     let now = clock::now_ms();
     let auto = decision == Decision::AutoApprove;
-    let approval = auto.then(|| crate::approvals::auto_approval_hash(id, source, &statement_hash));
+    let approval = match &glass {
+        Some(grant) => Some(crate::break_glass::approval_hash(
+            id,
+            grant,
+            &statement_hash,
+        )),
+        None => auto.then(|| crate::approvals::auto_approval_hash(id, source, &statement_hash)),
+    };
     let initial = if auto {
         RequestState::Approved
     } else {
@@ -222,8 +236,8 @@ pub async fn create_request(
     };
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query(
-        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name, break_glass_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(who.display())
@@ -246,6 +260,7 @@ pub async fn create_request(
     .bind(if body.stream { "stream" } else { "buffered" })
     .bind(&steps)
     .bind(&rule_name)
+    .bind(&glass)
     .execute(tx.conn())
     .await?;
     let request_target = format!("request:{id}");
@@ -266,6 +281,16 @@ pub async fn create_request(
         }),
     };
     tx.append_at(ctx, created, now).await?;
+    if let Some(grant) = &glass {
+        let used = Event {
+            actor: who.display(),
+            action: Action::BreakGlassUsed,
+            target: request_target.clone(),
+            outcome: Outcome::Success,
+            details: json!({ "grant": grant, "class": class.as_str(), "connection": decl.name.as_str() }),
+        };
+        tx.append_at(ctx, used, now).await?;
+    }
     let explain = (!auto)
         .then(|| crate::explain::explain_statement(decl.kind, class, &body.statement))
         .flatten();
@@ -282,11 +307,16 @@ pub async fn create_request(
     if auto {
         queue_execution(&mut tx, id, &decl.name, now).await?;
         let approved = Event {
-            actor: "policy".into(),
+            actor: if glass.is_some() {
+                "break-glass"
+            } else {
+                "policy"
+            }
+            .into(),
             action: Action::RequestApproved,
             target: request_target,
             outcome: Outcome::Success,
-            details: json!({ "auto": true, "rule": rule }),
+            details: json!({ "auto": true, "rule": rule, "break_glass": glass }),
         };
         tx.append_at(ctx, approved, now).await?;
     }
@@ -680,92 +710,6 @@ pub(crate) async fn end_undispatched(
         .execute(tx.conn())
         .await?;
     Ok(())
-}
-
-/// Loads a request as its view. `None` when it does not exist.
-pub async fn load_view(
-    state: &AppState,
-    id: Uuid,
-) -> Result<Option<(RequestView, String)>, ApiError> {
-    let row = sqlx::query(
-        "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id,
-                steps, current_step, policy_rule_name
-         FROM requests WHERE id = ?",
-    )
-    .bind(id.to_string())
-    .fetch_optional(state.store.reader())
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let mut view = row_to_view(&r)?;
-    let approvals = sqlx::query(
-        "SELECT approver, role, step, decision, comment, at_ms FROM approvals WHERE request_id = ? ORDER BY at_ms, approver",
-    )
-    .bind(id.to_string())
-    .fetch_all(state.store.reader())
-    .await?;
-    view.approvals = approvals
-        .iter()
-        .map(|a| {
-            Ok(ApprovalView {
-                approver: a.try_get(0)?,
-                role: parse(a.try_get::<String, _>(1)?)?,
-                step: u32::try_from(a.try_get::<i64, _>(2)?).unwrap_or(0),
-                decision: a.try_get(3)?,
-                comment: a.try_get(4)?,
-                at: clock::format_ms(a.try_get(5)?),
-            })
-        })
-        .collect::<Result<_, ApiError>>()?;
-    Ok(Some((view, r.try_get("requester_user_id")?)))
-}
-
-pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError> {
-    let ts = |i: usize| -> Result<Option<String>, ApiError> {
-        Ok(r.try_get::<Option<i64>, _>(i)?.map(clock::format_ms))
-    };
-    let error_code: Option<String> = r.try_get(17)?;
-    let error_message: Option<String> = r.try_get(18)?;
-    // List queries leave the plan out; a missing column means none.
-    let explain: Option<String> = r.try_get("explain").ok().flatten();
-    let steps: Option<String> = r.try_get("steps").ok().flatten();
-    let steps = steps
-        .map(|s| serde_json::from_str(&s))
-        .transpose()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt steps in the state store: {e}")))?
-        .unwrap_or_default();
-    Ok(RequestView {
-        id: parse_uuid(r.try_get(0)?)?,
-        connection: parse(r.try_get::<String, _>(1)?)?,
-        kind: parse(r.try_get::<String, _>(2)?)?,
-        environment: parse(r.try_get::<String, _>(3)?)?,
-        class: parse(r.try_get::<String, _>(4)?)?,
-        state: parse(r.try_get::<String, _>(5)?)?,
-        decision: parse(r.try_get::<String, _>(6)?)?,
-        requester: r.try_get(7)?,
-        reason: r.try_get(8)?,
-        statement: r.try_get(9)?,
-        created_at: clock::format_ms(r.try_get(10)?),
-        updated_at: clock::format_ms(r.try_get(11)?),
-        approved_at: ts(12)?,
-        dispatched_at: ts(13)?,
-        started_at: ts(14)?,
-        finished_at: ts(15)?,
-        agent: r.try_get(16)?,
-        error: error_code.map(|code| ExecError {
-            code,
-            message: error_message.unwrap_or_default(),
-        }),
-        explain: explain.and_then(|e| serde_json::from_str(&e).ok()),
-        steps,
-        current_step: r
-            .try_get::<i64, _>("current_step")
-            .ok()
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(0),
-        approvals: Vec::new(),
-        policy_rule: r.try_get("policy_rule_name").ok().flatten(),
-    })
 }
 
 pub(crate) fn parse<T: std::str::FromStr>(s: String) -> Result<T, ApiError>

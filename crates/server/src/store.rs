@@ -62,6 +62,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "approvals",
         sql: include_str!("migrations/0006_approvals.sql"),
     },
+    Migration {
+        version: 7,
+        name: "break_glass",
+        sql: include_str!("migrations/0007_break_glass.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

@@ -215,6 +215,22 @@ pub(crate) async fn whoami(remote: &Remote) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+pub(crate) async fn break_glass(args: crate::args::BreakGlassArgs) -> anyhow::Result<u8> {
+    let duration = args.duration.as_deref().map(parse_ttl).transpose()?;
+    let grant = super::client(&args.remote)?
+        .break_glass(&args.reason, duration)
+        .await?;
+    if args.remote.json {
+        output::json(&grant)?;
+    } else {
+        eprintln!(
+            "BREAK-GLASS open until {}: your requests skip approval steps; each one is alerted and reviewed afterwards",
+            grant["expires_at"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(exit::OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_ttl;

@@ -178,12 +178,17 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
     match command {
         RequestCommand::List {
             all,
+            unreviewed,
             state,
             limit,
             remote,
         } => {
             let client = super::client(&remote)?;
-            let list = client.list_requests(all, state.as_deref(), limit).await?;
+            let list = if unreviewed {
+                client.list_unreviewed(limit).await?
+            } else {
+                client.list_requests(all, state.as_deref(), limit).await?
+            };
             if remote.json {
                 output::json(&list)?;
             } else {
@@ -219,6 +224,23 @@ pub(crate) async fn request(command: RequestCommand) -> anyhow::Result<u8> {
                 .await?;
             let outcome = wait_until_done(&client, outcome, wait, remote.json).await?;
             print_outcome(&outcome, remote.json)
+        }
+        RequestCommand::Review {
+            id,
+            comment,
+            remote,
+        } => {
+            let view = super::client(&remote)?.review_request(id, comment).await?;
+            if remote.json {
+                output::json(&view)?;
+            } else {
+                eprintln!(
+                    "request {} reviewed by {}",
+                    view.id,
+                    output::opt(&view.reviewed_by)
+                );
+            }
+            Ok(exit::OK)
         }
         RequestCommand::Approve {
             id,

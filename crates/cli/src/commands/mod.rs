@@ -37,6 +37,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
         Command::User(c) => users::run(c).await,
         Command::Vault(c) => users::vault(c).await,
         Command::Policy(c) => exec::policy(c).await,
+        Command::BreakGlass(a) => admin::break_glass(a).await,
         Command::Alerts(a) => audit::alerts(a).await,
         Command::Lockdown(a) => users::lockdown(a).await,
     }

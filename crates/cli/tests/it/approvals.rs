@@ -53,19 +53,22 @@ fn configure(config: &mut ServerConfig) {
     config.people.max_admins = 3;
 }
 
-/// A signed-in person: their client and TOTP.
+/// A signed-in person: their client, TOTP and unused recovery codes.
 struct Person {
     client: Client,
     totp: TotpSecret,
+    recovery: std::sync::Mutex<Vec<String>>,
 }
 
 impl Person {
-    /// A fresh TOTP check (the next time step: the login spent the current one).
-    async fn step_up(&self, ahead: u64) {
+    /// A fresh second-factor check. Recovery codes, because a TOTP step works once and a
+    /// test steps up more often than every 30 seconds.
+    async fn step_up(&self) {
+        let code = self.recovery.lock().expect("lock").pop();
         self.client
             .step_up(&StepUpRequest {
-                code: Some(self.totp.current_code(now_secs() + 30 * ahead)),
-                recovery_code: None,
+                code: None,
+                recovery_code: code,
             })
             .await
             .expect("step-up");
@@ -84,6 +87,7 @@ async fn people(app: &Fresh) -> (Person, Vec<Person>) {
     let alice = Person {
         client: Client::new(&app.url, Some(&session.token)).expect("client"),
         totp,
+        recovery: std::sync::Mutex::new(created.recovery_codes[3..].to_vec()),
     };
     let mut others = Vec::new();
     for (name, role) in [
@@ -133,6 +137,7 @@ async fn people(app: &Fresh) -> (Person, Vec<Person>) {
         others.push(Person {
             client: Client::new(&app.url, Some(&session.token)).expect("client"),
             totp,
+            recovery: std::sync::Mutex::new(enrolled.recovery_codes.clone()),
         });
     }
     (alice, others)
@@ -300,7 +305,7 @@ async fn az3_stale_step_up_is_refused_and_requests_expire() {
     };
     let pending = create(&dev.client, "UPDATE orders SET note = 'a'").await;
     let approved = create(&dev.client, "UPDATE orders SET note = 'b'").await;
-    ops1.step_up(1).await;
+    ops1.step_up().await;
     ops1.client
         .approve_request(approved, None)
         .await
@@ -312,7 +317,7 @@ async fn az3_stale_step_up_is_refused_and_requests_expire() {
         .await
         .expect_err("stale");
     assert_eq!(reason(&e).as_deref(), Some("step_up_required"));
-    alice.step_up(1).await;
+    alice.step_up().await;
     let state = &app.server.state;
     let now = portcullis_server::clock::now_ms();
     let ex = &state.config.execution;
@@ -496,5 +501,131 @@ async fn aud5_alerts_and_ir3_lockdown() {
         .expect("ops1 signs in again");
     let e = alice.client.lift_lockdown().await.expect_err("twice");
     assert_eq!(e.status(), Some(409));
+    app.server.stop().await;
+}
+
+/// AZ-4: break-glass needs a person in a session with a fresh step-up and the permission
+/// (never an API token, so never `ci`); a grant is time-boxed; requests under it skip the
+/// approval steps, raise critical alerts, and wait for a review by another admin.
+#[tokio::test(flavor = "multi_thread")]
+async fn az4_break_glass_is_time_boxed_alerted_reviewed_and_never_for_tokens() {
+    let app = fresh_with(|c| {
+        configure(c);
+        c.people.step_up_secs = 1;
+    })
+    .await;
+    let (alice, others) = people(&app).await;
+    let [_, ops1, boss] = &others[..] else {
+        unreachable!()
+    };
+    alice.step_up().await;
+    let mut tokens = Vec::new();
+    for (name, role) in [("pipeline", Role::Ci), ("root", Role::Admin)] {
+        let t = alice
+            .client
+            .create_token(&CreateToken {
+                name: name.into(),
+                role,
+                ttl_seconds: 600,
+                environments: None,
+            })
+            .await
+            .expect("token");
+        tokens.push(Client::new(&app.url, Some(&t.token)).expect("client"));
+    }
+    for token in &tokens {
+        let e = token
+            .break_glass("the database is on fire", None)
+            .await
+            .expect_err("API tokens never break glass");
+        assert_eq!(e.status(), Some(403));
+    }
+    ops1.step_up().await;
+    let e = ops1
+        .client
+        .break_glass("the database is on fire", None)
+        .await
+        .expect_err("ops may not");
+    assert_eq!(reason(&e).as_deref(), Some("missing_permission"));
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let e = alice
+        .client
+        .break_glass("the database is on fire", None)
+        .await
+        .expect_err("stale step-up");
+    assert_eq!(reason(&e).as_deref(), Some("step_up_required"));
+    alice
+        .client
+        .step_up(&StepUpRequest {
+            code: None,
+            recovery_code: None,
+        })
+        .await
+        .expect_err("a code is needed");
+    alice.step_up().await;
+    let e = alice
+        .client
+        .break_glass("fire", Some(2))
+        .await
+        .expect_err("a real reason");
+    assert_eq!(e.status(), Some(400));
+    alice
+        .client
+        .break_glass("incident 42: orders table locked", Some(2))
+        .await
+        .expect("grant");
+    let id = create(
+        &alice.client,
+        "UPDATE customers SET name = 'y' WHERE id = 2",
+    )
+    .await;
+    let view = alice.client.request_view(id).await.expect("view");
+    assert_eq!(view.state, RequestState::Approved, "two steps skipped");
+    assert!(view.break_glass.is_some());
+    let alerts = alice.client.alerts(0, 200).await.expect("alerts");
+    for kind in ["break_glass", "break_glass.used"] {
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == kind && a.severity == "critical"),
+            "{kind}"
+        );
+    }
+    // The review: another admin, never the one who broke the glass.
+    let unreviewed = alice.client.list_unreviewed(50).await.expect("list");
+    assert_eq!(
+        unreviewed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    let e = alice
+        .client
+        .review_request(id, "looked fine to me".into())
+        .await
+        .expect_err("self review");
+    assert_eq!(reason(&e).as_deref(), Some("self_review"));
+    boss.step_up().await;
+    let reviewed = boss
+        .client
+        .review_request(id, "matches incident 42".into())
+        .await
+        .expect("review");
+    assert!(reviewed.reviewed_by.is_some());
+    assert!(
+        boss.client
+            .list_unreviewed(50)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // Time-boxed: after the grant ends, approval steps apply again.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let later = create(
+        &alice.client,
+        "UPDATE customers SET name = 'z' WHERE id = 3",
+    )
+    .await;
+    let view = alice.client.request_view(later).await.expect("view");
+    assert_eq!(view.state, RequestState::PendingApproval);
+    assert!(view.break_glass.is_none());
     app.server.stop().await;
 }

@@ -56,7 +56,7 @@ const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Guard::*;
     use portcullis_core::Permission::{
-        AgentsManage, AuditRead, RequestsApprove, TokensManage, UsersManage,
+        AgentsManage, AuditRead, RequestsApprove, RequestsBreakGlass, TokensManage, UsersManage,
     };
     let r = |method: Method, path: &'static str, guard: Guard, handler: MethodRouter<AppState>| {
         (
@@ -196,6 +196,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "/api/v1/requests/{id}/reject",
             StepUp(RequestsApprove),
             post(requests::reject),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/requests/{id}/review",
+            StepUp(RequestsBreakGlass),
+            post(requests::review),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/break-glass",
+            User,
+            post(requests::open_break_glass),
         ),
         r(
             Method::POST,

@@ -151,6 +151,9 @@ pub(super) struct ListParams {
     /// Everyone's requests (needs `requests:view_all`); otherwise only the caller's.
     #[serde(default)]
     all: bool,
+    /// Only requests that ran under break-glass and await their review.
+    #[serde(default)]
+    unreviewed: bool,
 }
 
 pub(super) async fn list(
@@ -167,14 +170,16 @@ pub(super) async fn list(
     let rows = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
                 approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message,
-                steps, current_step, policy_rule_name
+                steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms
          FROM requests WHERE (? OR requester_user_id = ?) AND (? IS NULL OR state = ?)
+           AND (NOT ? OR (break_glass_id IS NOT NULL AND reviewed_at_ms IS NULL))
          ORDER BY created_at_ms DESC LIMIT ?",
     )
     .bind(p.all)
     .bind(&who.user_id)
     .bind(p.state.map(|s| s.as_str()))
     .bind(p.state.map(|s| s.as_str()))
+    .bind(p.unreviewed)
     .bind(limit)
     .fetch_all(state.store.reader())
     .await?;
@@ -245,4 +250,31 @@ pub(super) async fn policy_check(
     ApiJson(body): ApiJson<PolicyCheck>,
 ) -> Result<Json<PolicyVerdict>, ApiError> {
     Ok(Json(approvals::check(&state, &who, &body)?))
+}
+
+pub(super) async fn open_break_glass(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    ApiJson(body): ApiJson<crate::break_glass::OpenGrant>,
+) -> Result<(StatusCode, Json<crate::break_glass::Grant>), ApiError> {
+    let grant = crate::break_glass::open(&state, &ctx, &who, body).await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+pub(super) async fn review(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DecideRequest>,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = path_uuid(&id)?;
+    crate::break_glass::review(&state, &ctx, &who, id, body.comment).await?;
+    Ok(Json(
+        lifecycle::load_view(&state, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+            .0,
+    ))
 }
