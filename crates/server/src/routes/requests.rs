@@ -198,12 +198,7 @@ pub(super) async fn cancel(
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     lifecycle::cancel(&state, &who, &ctx, id).await?;
-    Ok(Json(
-        lifecycle::load_view(&state, id)
-            .await?
-            .ok_or(ApiError::NotFound)?
-            .0,
-    ))
+    view_json(&state, id).await
 }
 
 pub(super) async fn approve(
@@ -236,12 +231,7 @@ async fn decide(
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     approvals::decide(&state, &who, &ctx, id, verdict, body.comment).await?;
-    Ok(Json(
-        lifecycle::load_view(&state, id)
-            .await?
-            .ok_or(ApiError::NotFound)?
-            .0,
-    ))
+    view_json(&state, id).await
 }
 
 pub(super) async fn policy_check(
@@ -271,8 +261,13 @@ pub(super) async fn review(
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     crate::break_glass::review(&state, &ctx, &who, id, body.comment).await?;
+    view_json(&state, id).await
+}
+
+/// The request's view after an action on it.
+async fn view_json(state: &AppState, id: Uuid) -> Result<Json<RequestView>, ApiError> {
     Ok(Json(
-        lifecycle::load_view(&state, id)
+        lifecycle::load_view(state, id)
             .await?
             .ok_or(ApiError::NotFound)?
             .0,
