@@ -28,7 +28,8 @@ const REPLAY_CAPACITY: usize = 100_000;
 /// A configured agent, ready to run.
 pub struct Agent {
     config: AgentConfig,
-    keys: TrustedKeys,
+    /// Pinned keys, plus keys accepted through a rotation chain rooted in them (IR-4).
+    keys: std::sync::RwLock<TrustedKeys>,
     replay: Mutex<ReplayCache>,
     targets: Targets,
     client: Client,
@@ -66,7 +67,7 @@ impl Agent {
         let client = Client::new(&config.server_url, Some(token))?;
         Ok(Arc::new(Agent {
             config,
-            keys,
+            keys: std::sync::RwLock::new(keys),
             replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)),
             targets,
             client,
@@ -105,10 +106,12 @@ impl Agent {
     /// Runs the gate and, when it passes, the executor into `sink`.
     async fn gate_and_run(&self, job: &JobAssignment, sink: &mut RowSink) -> Processed {
         let now = now_ms();
-        let permit = {
-            let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
-            permit::check(&self.config, &self.keys, &mut replay, job, now)
-        };
+        let mut permit = self.check(job, now);
+        if matches!(&permit, Err(r) if r.code == "token_unknown_key")
+            && self.follow_key_chain().await
+        {
+            permit = self.check(job, now);
+        }
         let permit = match permit {
             Ok(p) => p,
             Err(refusal) => {
@@ -120,6 +123,38 @@ impl Agent {
             }
         };
         Processed::Ran(self.targets.execute(&permit, sink).await)
+    }
+
+    fn check<'a>(
+        &'a self,
+        job: &'a JobAssignment,
+        now: i64,
+    ) -> Result<permit::Permit<'a>, permit::Refusal> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        permit::check(&self.config, &keys, &mut replay, job, now)
+    }
+
+    /// A token names a key this agent does not know: the server may have rotated its signing
+    /// key. Fetches the announcements and accepts only those signed by a key already trusted
+    /// here (IR-4). Returns whether a new key was accepted.
+    async fn follow_key_chain(&self) -> bool {
+        let chain = match self.client.key_chain().await {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching the signing-key chain failed");
+                return false;
+            }
+        };
+        let accepted = self
+            .keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .accept_chain(&chain);
+        for id in &accepted {
+            tracing::info!(key_id = %id, "accepted a rotated signing key: its announcement is signed by a key this agent trusts");
+        }
+        !accepted.is_empty()
     }
 
     /// Runs `max_concurrent_jobs` workers until `stop` turns true. Returns an error when the

@@ -513,4 +513,9 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Replace the execution-token signing key now (incident response, IR-4).
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }

@@ -211,7 +211,8 @@ fn dev_master_key(data_dir: &Path) -> anyhow::Result<MasterKey> {
 
 /// An agent configuration serving the demo database, pinning `server`'s key.
 pub fn demo_agent_config(name: &str, url: &str, server: &Server, demo_db: &Path) -> AgentConfig {
-    let signer = &server.state.signer;
+    let keys = server.state.keys.current();
+    let signer = &keys.signer;
     AgentConfig {
         name: name.to_owned(),
         server_url: url.to_owned(),

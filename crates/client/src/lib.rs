@@ -426,6 +426,21 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// The server's signing-key rotation chain (agents only).
+    pub async fn key_chain(
+        &self,
+    ) -> Result<Vec<portcullis_proto::token::KeyAnnouncement>, ClientError> {
+        self.get("/api/v1/agent/keys").await
+    }
+
+    /// Rotates the server's signing key (IR-4).
+    pub async fn rotate_key(
+        &self,
+    ) -> Result<portcullis_proto::token::KeyAnnouncement, ClientError> {
+        self.post("/api/v1/keys/rotate", &serde_json::json!({}))
+            .await
+    }
+
     pub async fn heartbeat(&self, job_id: Uuid) -> Result<(), ClientError> {
         let path = format!("/api/v1/agent/jobs/{job_id}/heartbeat");
         Self::send(self.request(Method::POST, &path, Self::DEFAULT_TIMEOUT)?)

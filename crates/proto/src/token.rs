@@ -28,6 +28,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 mod codec;
+mod rotation;
+
+pub use rotation::KeyAnnouncement;
 
 use codec::{assemble, decode, encode_claims, signed_message};
 
@@ -89,6 +92,9 @@ pub enum TokenError {
     /// A public key of small order, under which forgeries are trivial.
     #[error("refusing a weak Ed25519 public key")]
     WeakKey,
+    /// The key was rotated out long enough ago that no token it signed can still be valid.
+    #[error("execution token signed by retired key {0}")]
+    KeyRetired(KeyId),
 }
 
 impl TokenError {
@@ -109,6 +115,7 @@ impl TokenError {
             TokenError::ReplayCacheFull => "token_replay_cache_full",
             TokenError::KeyIdMismatch => "token_key_id_mismatch",
             TokenError::WeakKey => "token_weak_key",
+            TokenError::KeyRetired(_) => "token_key_retired",
         }
     }
 }
@@ -285,12 +292,14 @@ impl<'de> Deserialize<'de> for ExecutionToken {
     }
 }
 
-/// The keys this agent trusts, pinned from its own configuration. Deliberately has no
-/// constructor from anything the server sends: a key the server offers is never a trust
-/// decision.
+/// The keys this agent trusts: pinned from its own configuration, or accepted through a
+/// rotation announcement signed by a key already trusted ([`TrustedKeys::accept_rotation`]).
+/// A key the server merely offers is never a trust decision.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     keys: HashMap<KeyId, VerifyingKey>,
+    /// Rotated-out keys and the time after which they sign nothing acceptable.
+    retire_after: HashMap<KeyId, i64>,
 }
 
 impl TrustedKeys {
@@ -452,6 +461,12 @@ pub fn verify(
     let key = keys
         .get(&claims.key_id)
         .ok_or(TokenError::UnknownKey(claims.key_id))?;
+    if keys
+        .retired_after(&claims.key_id)
+        .is_some_and(|at| expected.now_ms > at)
+    {
+        return Err(TokenError::KeyRetired(claims.key_id));
+    }
     let signature = Signature::from_bytes(&decoded.signature);
     key.verify_strict(
         &signed_message(decoded.version, decoded.claims_bytes),

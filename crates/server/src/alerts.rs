@@ -50,7 +50,7 @@ pub fn severity_of(event: &Event) -> Option<Severity> {
         }
         AccessDenied | TokenCreated | TokenRevoked | AgentCreated | AgentRevoked | UserCreated
         | UserUpdated | UserSuspended | UserUnsuspended | UserMfaReset | AdminCapExceeded
-        | VaultRotated | LockdownLifted => Some(Severity::Warning),
+        | VaultRotated | LockdownLifted | KeyRotated => Some(Severity::Warning),
         // A denied approval attempt (self-approval, wrong role) is an RBAC denial too.
         ApprovalRefused if event.outcome == Outcome::Denied => Some(Severity::Warning),
         _ => None,

@@ -88,6 +88,7 @@ actions! {
     BreakGlass => "break_glass",
     BreakGlassUsed => "break_glass.used",
     BreakGlassReviewed => "break_glass.reviewed",
+    KeyRotated => "key.rotated",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,12 +493,12 @@ impl CheckpointFile {
 pub async fn run_checkpointer(
     mut head: watch::Receiver<Head>,
     file: CheckpointFile,
-    key: Arc<SigningKey>,
+    keys: Arc<crate::keys::SigningKeys>,
 ) {
     loop {
         let current = *head.borrow_and_update();
         if current.seq > 0 {
-            let cp = Checkpoint::sign(current, &key);
+            let cp = Checkpoint::sign(current, &keys.current().key);
             let file = file.clone();
             match tokio::task::spawn_blocking(move || file.write(&cp)).await {
                 Ok(Ok(())) => {}
@@ -669,12 +670,19 @@ pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyReport> {
         anyhow::bail!("no state file at {}", state.display());
     }
     let checkpoint = CheckpointFile::in_dir(data_dir).read()?;
-    let key = crate::keys::load_verifying_key(data_dir)?;
+    let current = crate::keys::load_verifying_key(data_dir)?;
     let options = SqliteConnectOptions::new().filename(&state).read_only(true);
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await?;
+    // A checkpoint may predate a key rotation: check it with the key it names.
+    let key = match &checkpoint {
+        Some(cp) => crate::key_rotation::historical_key(&pool, current, &cp.key_id)
+            .await?
+            .unwrap_or(current),
+        None => current,
+    };
     let report = verify(&pool, checkpoint.as_ref().map(|c| (c, &key))).await;
     pool.close().await;
     report

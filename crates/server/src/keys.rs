@@ -77,21 +77,28 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, KeyError> {
     let path = dir.join(SIGNING_KEY_FILE);
     if !path.exists() {
         let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| KeyError::Unparsable { path: path.clone() })?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io(&path))?;
-        file.write_all(pem.as_bytes()).map_err(io(&path))?;
-        file.sync_all().map_err(io(&path))?;
+        write_new(&path, &key)?;
         tracing::info!(path = %path.display(), "generated a new execution-token signing key");
     }
     check_mode(&path, false)?;
     read_key(&path)
+}
+
+/// Writes `key` as PKCS#8 PEM to a new file, owner-only, synced.
+fn write_new(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Unparsable {
+            path: path.to_owned(),
+        })?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(pem.as_bytes()).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
@@ -108,6 +115,69 @@ pub fn load_verifying_key(data_dir: &Path) -> Result<VerifyingKey, KeyError> {
         return Err(KeyError::Missing { path });
     }
     Ok(read_key(&path)?.verifying_key())
+}
+
+/// The key the server signs with now, swapped whole by a rotation (IR-4). Readers take an
+/// `Arc` of the current pair: nothing is parsed per request.
+pub struct KeyPair {
+    pub signer: portcullis_proto::token::TokenSigner,
+    /// The same key, for signing audit checkpoints.
+    pub key: SigningKey,
+}
+
+pub struct SigningKeys {
+    current: std::sync::RwLock<std::sync::Arc<KeyPair>>,
+    /// One rotation at a time.
+    pub(crate) rotating: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeys")
+            .field("key_id", &self.current().signer.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKeys {
+    pub fn new(key: SigningKey) -> SigningKeys {
+        SigningKeys {
+            current: std::sync::RwLock::new(std::sync::Arc::new(pair(key))),
+            rotating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn current(&self) -> std::sync::Arc<KeyPair> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn replace(&self, key: SigningKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(pair(key));
+    }
+}
+
+fn pair(key: SigningKey) -> KeyPair {
+    KeyPair {
+        signer: portcullis_proto::token::TokenSigner::new(key.clone()),
+        key,
+    }
+}
+
+/// Installs `new` as the signing key file: written 0600 beside the old one, the old one kept
+/// as `signing.key.retired-<key id>`, then renamed into place.
+pub fn install(data_dir: &Path, new: &SigningKey, old_id: &str) -> Result<(), KeyError> {
+    let dir = data_dir.join(KEY_DIR);
+    let path = dir.join(SIGNING_KEY_FILE);
+    let next = dir.join(format!("{SIGNING_KEY_FILE}.next"));
+    let _ = fs::remove_file(&next);
+    write_new(&next, new)?;
+    let retired = dir.join(format!("{SIGNING_KEY_FILE}.retired-{old_id}"));
+    fs::rename(&path, &retired).map_err(io(&path))?;
+    fs::rename(&next, &path).map_err(io(&path))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod explain;
+pub mod key_rotation;
 pub mod keys;
 pub mod lifecycle;
 pub mod people;
@@ -31,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_core::Policy;
-use portcullis_proto::token::TokenSigner;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -67,9 +67,9 @@ pub struct Inner {
     pub store: Store,
     pub audit: Arc<Audit>,
     pub auth: Authenticator,
-    pub signer: TokenSigner,
-    /// The same key as `signer`'s, for signing audit checkpoints.
-    pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
+    /// The execution-token signing key, also used for audit checkpoints; swapped whole by
+    /// a rotation (IR-4).
+    pub keys: Arc<keys::SigningKeys>,
     pub dispatch: Dispatch,
     pub presence: Mutex<lifecycle::Presence>,
     pub people: people::People,
@@ -115,8 +115,7 @@ impl Server {
         let store = Store::open_with(&data_dir, config.state.synchronous).await?;
         let checkpoint = CheckpointFile::in_dir(&data_dir);
         let audit = Audit::open(&store, &checkpoint).await?;
-        let key = Arc::new(signing_key.clone());
-        let signer = TokenSigner::new(signing_key);
+        let signing = Arc::new(keys::SigningKeys::new(signing_key));
         let people = people::People::open(&store, &config, &secrets).await?;
         drop(secrets);
         let auth = Authenticator::new(
@@ -129,8 +128,7 @@ impl Server {
             store,
             audit: audit.clone(),
             auth,
-            signer,
-            checkpoint_key: key.clone(),
+            keys: signing.clone(),
             dispatch: Dispatch::default(),
             presence: Mutex::new(lifecycle::Presence::default()),
             people,
@@ -141,7 +139,7 @@ impl Server {
         tasks.push(tokio::spawn(audit::run_checkpointer(
             audit.subscribe(),
             checkpoint,
-            key,
+            signing,
         )));
         tasks.push(tokio::spawn(reaper::run_reaper(
             state.clone(),
@@ -204,7 +202,7 @@ impl Server {
         }
         let head = state.audit.head();
         if head.seq > 0 {
-            let cp = audit::Checkpoint::sign(head, &state.checkpoint_key);
+            let cp = audit::Checkpoint::sign(head, &state.keys.current().key);
             if let Err(e) = CheckpointFile::in_dir(&state.config.data_dir).write(&cp) {
                 tracing::error!(error = %e, "writing the final audit checkpoint failed");
             }

@@ -47,7 +47,7 @@ pub async fn record_start(state: &AppState, addr: SocketAddr) -> anyhow::Result<
         action: Action::ServerStarted,
         target: addr.to_string(),
         outcome: Outcome::Success,
-        details: json!({ "version": env!("CARGO_PKG_VERSION"), "key_id": state.signer.key_id().to_hex() }),
+        details: json!({ "version": env!("CARGO_PKG_VERSION"), "key_id": state.keys.current().signer.key_id().to_hex() }),
     };
     audit_only(state, &Context::system("start"), event)
         .await
@@ -434,8 +434,10 @@ async fn try_claim(
             "job {job_id} queued for request {request_id} in state {current}"
         )));
     }
+    // One key for the whole token: a rotation in between swaps the next token's key.
+    let signing = state.keys.current();
     let claims = TokenClaims {
-        key_id: state.signer.key_id(),
+        key_id: signing.signer.key_id(),
         job_id,
         request_id,
         agent: agent.name.clone(),
@@ -465,7 +467,7 @@ async fn try_claim(
         Some(text) => text.clone(),
         None => row.try_get(3)?,
     };
-    let token = state
+    let token = signing
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;

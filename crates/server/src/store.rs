@@ -67,6 +67,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "break_glass",
         sql: include_str!("migrations/0007_break_glass.sql"),
     },
+    Migration {
+        version: 8,
+        name: "key_rotations",
+        sql: include_str!("migrations/0008_key_rotations.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

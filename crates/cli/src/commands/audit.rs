@@ -103,6 +103,18 @@ pub(crate) async fn key(command: KeyCommand) -> anyhow::Result<u8> {
             println!("[[trusted_keys]]\nkey_id = \"{id}\"\npublic_key = \"{public}\"");
             Ok(exit::OK)
         }
+        KeyCommand::Rotate { remote } => {
+            let announcement = super::client(&remote)?.rotate_key().await?;
+            if remote.json {
+                output::json(&announcement)?;
+            } else {
+                eprintln!(
+                    "signing key {} replaces {}; agents that trust the old key accept the new one through its signed announcement; tokens of the old key stop being accepted within 5 minutes",
+                    announcement.new_key_id, announcement.prev_key_id
+                );
+            }
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -47,7 +47,8 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         let file = server.state.config.setup_token_file();
         tracing::warn!(path = %file.display(), "first start: no users yet; wrote a one-time setup token. Create the first admin with `portcullis bootstrap --setup-token-file {}`", file.display());
     }
-    let signer = &server.state.signer;
+    let keys = server.state.keys.current();
+    let signer = &keys.signer;
     tracing::info!(
         addr = %server.addr,
         key_id = %signer.key_id(),

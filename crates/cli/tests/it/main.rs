@@ -14,6 +14,7 @@ mod authz_matrix;
 mod dev_mode;
 mod dispatch;
 mod explain;
+mod key_rotation;
 mod people;
 mod requests;
 mod secrets_at_rest;

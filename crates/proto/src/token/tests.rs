@@ -13,6 +13,7 @@ use super::{
 };
 
 mod keys;
+mod rotation;
 mod tamper;
 mod verify;
 

@@ -60,8 +60,8 @@ pub(super) async fn connections(
 pub(super) async fn public_key(State(state): State<AppState>) -> Json<PublicKeyView> {
     Json(PublicKeyView {
         algorithm: "ed25519".into(),
-        key_id: state.signer.key_id().to_hex(),
-        public_key: public_key_base64(&state.signer.verifying_key()),
+        key_id: state.keys.current().signer.key_id().to_hex(),
+        public_key: public_key_base64(&state.keys.current().signer.verifying_key()),
     })
 }
 
@@ -132,4 +132,14 @@ pub(super) async fn revoke_agent(
 ) -> Result<StatusCode, ApiError> {
     principals::revoke_agent(&state, &ctx, &who.display(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn rotate_key(
+    State(state): State<AppState>,
+    User(who): User,
+    Ctx(ctx): Ctx,
+) -> Result<Json<portcullis_proto::token::KeyAnnouncement>, ApiError> {
+    Ok(Json(
+        crate::key_rotation::rotate(&state, &ctx, &who.display()).await?,
+    ))
 }

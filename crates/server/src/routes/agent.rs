@@ -57,3 +57,11 @@ pub(super) async fn report(
     lifecycle::report_job(&state, &agent, &ctx, path_uuid(&id)?, body, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The signing-key rotation chain (IR-4). The agent trusts a link only when a key it already
+/// trusts signed it; this route offers, it does not vouch.
+pub(super) async fn key_chain(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<portcullis_proto::token::KeyAnnouncement>>, ApiError> {
+    Ok(Json(crate::key_rotation::chain(&state.store).await?))
+}

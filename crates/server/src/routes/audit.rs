@@ -18,7 +18,15 @@ pub(super) async fn verify(
     let checkpoint = CheckpointFile::in_dir(&state.config.data_dir)
         .read()
         .map_err(ApiError::Internal)?;
-    let key = state.signer.verifying_key();
+    let current = state.keys.current().signer.verifying_key();
+    // A checkpoint may predate a key rotation: check it with the key it names.
+    let key = match &checkpoint {
+        Some(cp) => crate::key_rotation::historical_key(state.store.reader(), current, &cp.key_id)
+            .await
+            .map_err(ApiError::Internal)?
+            .unwrap_or(current),
+        None => current,
+    };
     let report = audit::verify(state.store.reader(), checkpoint.as_ref().map(|c| (c, &key)))
         .await
         .map_err(ApiError::Internal)?;

@@ -270,6 +270,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(audit::export),
         ),
         r(
+            Method::GET,
+            "/api/v1/agent/keys",
+            Agent,
+            get(agent::key_chain),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/keys/rotate",
+            StepUp(UsersManage),
+            post(admin::rotate_key),
+        ),
+        r(
             Method::POST,
             "/api/v1/agent/claim",
             Agent,
