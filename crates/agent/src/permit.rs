@@ -36,6 +36,9 @@ impl<'a> Permit<'a> {
     pub fn timeout_ms(&self) -> u64 {
         self.claims.timeout_ms
     }
+    pub fn dry_run(&self) -> bool {
+        self.claims.dry_run
+    }
 }
 
 /// Why a job was refused before anything ran. `code` is stable; `message` is for people.
@@ -102,6 +105,21 @@ pub fn check<'a>(
                 "the statement is {class} but the token allows only {}",
                 claims.class
             ),
+        ));
+    }
+    // A preview (signed) runs only what a rollback fully undoes: a plain UPDATE or DELETE on
+    // a SQL store, never a read path left open nor DDL.
+    if claims.dry_run
+        && (claims.class != portcullis_core::OperationClass::Write
+            || !matches!(
+                target.kind,
+                ConnectionKind::Postgres | ConnectionKind::Mysql | ConnectionKind::Sqlite
+            )
+            || !portcullis_core::sql::previewable(&job.statement))
+    {
+        return Err(refuse(
+            "preview_refused",
+            "only a plain UPDATE or DELETE on a SQL store can be previewed",
         ));
     }
     Ok(Permit {

@@ -63,6 +63,10 @@ pub struct RequestView {
     /// The policy rule that decided (its name, or `#N`), or none for the built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_rule: Option<String>,
+    /// For an `UPDATE` or `DELETE` awaiting approval: `{"rows_affected": n, "rolled_back":
+    /// true}` from a dry run an agent rolled back, or `{"error": {…}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<serde_json::Value>,
     /// Set when the request ran under a break-glass grant (AZ-4): the grant's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<String>,

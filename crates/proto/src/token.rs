@@ -200,6 +200,9 @@ pub struct TokenClaims {
     /// Unix milliseconds; at most [`MAX_TOKEN_TTL_MS`] after `issued_at_ms`.
     pub expires_at_ms: i64,
     pub nonce: [u8; 16],
+    /// A preview for approvers: run inside a transaction that is always rolled back, and
+    /// report only how many rows it would change.
+    pub dry_run: bool,
 }
 
 /// SHA-256 of the statement's exact UTF-8 bytes: no trimming, no normalisation, so that a

@@ -89,6 +89,8 @@ actions! {
     BreakGlassUsed => "break_glass.used",
     BreakGlassReviewed => "break_glass.reviewed",
     KeyRotated => "key.rotated",
+    RequestPreviewed => "request.previewed",
+    PreviewDispatched => "request.preview_dispatched",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -294,10 +294,16 @@ pub async fn create_request(
     let explain = (!auto)
         .then(|| crate::explain::explain_statement(decl.kind, class, &body.statement))
         .flatten();
-    if let Some(text) = &explain {
-        sqlx::query("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, 'explain', ?, ?, 'queued', ?)")
+    let preview = !auto && crate::explain::preview_eligible(decl.kind, class, &body.statement);
+    let context_jobs = [
+        explain.as_deref().map(|text| ("explain", Some(text))),
+        preview.then_some(("preview", None)),
+    ];
+    for (purpose, text) in context_jobs.into_iter().flatten() {
+        sqlx::query("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?)")
             .bind(Uuid::new_v4().to_string())
             .bind(id.to_string())
+            .bind(purpose)
             .bind(text)
             .bind(decl.name.as_str())
             .bind(now)
@@ -321,7 +327,7 @@ pub async fn create_request(
         tx.append_at(ctx, approved, now).await?;
     }
     tx.commit().await?;
-    if auto || explain.is_some() {
+    if auto || explain.is_some() || preview {
         state.dispatch.job_queued(&decl.name);
     }
     Ok(id)
@@ -420,8 +426,9 @@ async fn try_claim(
         .fetch_one(tx.conn())
         .await?;
     let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
+    let dry_run = purpose == "preview";
     let explain = match (purpose.as_str(), explain_text) {
-        ("execute", _) => None,
+        ("execute" | "preview", _) => None,
         ("explain", Some(text)) => Some(text),
         _ => {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -429,7 +436,9 @@ async fn try_claim(
             )));
         }
     };
-    if explain.is_none() && !current.can_become(RequestState::Dispatched) {
+    // Explains and previews run beside a pending request; only an execution dispatches it.
+    let executes = explain.is_none() && !dry_run;
+    if executes && !current.can_become(RequestState::Dispatched) {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "job {job_id} queued for request {request_id} in state {current}"
         )));
@@ -455,13 +464,15 @@ async fn try_claim(
         },
         row_cap: ex.row_cap,
         timeout_ms: ex.timeout_ms,
-        approval_sha256: match explain {
-            Some(_) => crate::explain::explain_binding(request_id),
-            None => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+        approval_sha256: match (&explain, dry_run) {
+            (Some(_), _) => crate::explain::explain_binding(request_id),
+            (None, true) => crate::explain::preview_binding(request_id),
+            (None, false) => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
         },
         issued_at_ms: now,
         expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
         nonce,
+        dry_run,
     };
     let statement: String = match &explain {
         Some(text) => text.clone(),
@@ -471,7 +482,7 @@ async fn try_claim(
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
-    if explain.is_none() {
+    if executes {
         sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
             .bind(&agent.name)
             .bind(now)
@@ -484,6 +495,8 @@ async fn try_claim(
         actor: format!("agent:{}", agent.name),
         action: if explain.is_some() {
             Action::ExplainDispatched
+        } else if dry_run {
+            Action::PreviewDispatched
         } else {
             Action::RequestDispatched
         },
@@ -536,9 +549,16 @@ pub async fn report_job(
         });
     }
     let purpose: String = job.try_get(3)?;
-    if purpose == "explain" {
-        return crate::explain::record_explain(tx, agent, ctx, job_id, request_id, report, now)
-            .await;
+    match purpose.as_str() {
+        "explain" => {
+            return crate::explain::record_explain(tx, agent, ctx, job_id, request_id, report, now)
+                .await;
+        }
+        "preview" => {
+            return crate::explain::record_preview(tx, agent, ctx, job_id, request_id, report, now)
+                .await;
+        }
+        _ => {}
     }
     let (next, result, error) = match report {
         JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),

@@ -80,17 +80,18 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
             now,
         );
     }
-    // A lost explain only loses the plan; the request waits for its approvers as before.
+    // A lost explain or preview only loses the plan or the count; the request waits for its
+    // approvers as before.
     // Look with a reader first: the writer is not taken every second for nothing.
     let lost_explains: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM jobs WHERE state = 'leased' AND lease_until_ms < ? AND purpose = 'explain' LIMIT 1",
+        "SELECT 1 FROM jobs WHERE state = 'leased' AND lease_until_ms < ? AND purpose IN ('explain', 'preview') LIMIT 1",
     )
     .bind(now)
     .fetch_optional(state.store.reader())
     .await?;
     if lost_explains.is_some() {
         let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-        sqlx::query("UPDATE jobs SET state = 'done' WHERE state = 'leased' AND lease_until_ms < ? AND purpose = 'explain'")
+        sqlx::query("UPDATE jobs SET state = 'done' WHERE state = 'leased' AND lease_until_ms < ? AND purpose IN ('explain', 'preview')")
             .bind(now)
             .execute(tx.conn())
             .await?;

@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "key_rotations",
         sql: include_str!("migrations/0008_key_rotations.sql"),
     },
+    Migration {
+        version: 9,
+        name: "preview",
+        sql: include_str!("migrations/0009_preview.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

@@ -17,7 +17,7 @@ pub async fn load_view(
     let row = sqlx::query(
         "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
                 approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id,
-                steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms
+                steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms, preview
          FROM requests WHERE id = ?",
     )
     .bind(id.to_string())
@@ -92,6 +92,11 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
             .unwrap_or(0),
         approvals: Vec::new(),
         policy_rule: r.try_get("policy_rule_name").ok().flatten(),
+        preview: r
+            .try_get::<Option<String>, _>("preview")
+            .ok()
+            .flatten()
+            .and_then(|p| serde_json::from_str(&p).ok()),
         break_glass: r.try_get("break_glass_id").ok().flatten(),
         reviewed_by: r.try_get("reviewed_by").ok().flatten(),
         reviewed_at: r

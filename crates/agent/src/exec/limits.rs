@@ -20,6 +20,9 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Server-side statement timeout (signed), never zero.
     pub timeout: Duration,
+    /// A preview for approvers (signed): the write runs in a transaction that is rolled
+    /// back, and only its affected-row count is kept.
+    pub dry_run: bool,
 }
 
 impl Limits {
@@ -29,6 +32,7 @@ impl Limits {
             row_cap: permit.row_cap(),
             max_bytes: permit.target().max_result_bytes,
             timeout: Duration::from_millis(permit.timeout_ms().max(1)),
+            dry_run: permit.dry_run(),
         }
     }
 
@@ -117,6 +121,7 @@ mod tests {
             row_cap,
             max_bytes,
             timeout: Duration::from_secs(1),
+            dry_run: false,
         }
     }
 

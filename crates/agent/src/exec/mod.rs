@@ -52,6 +52,8 @@ pub enum FailureCode {
     /// The statement could not be prepared for the store (it passed the gate's parser, so this
     /// means the executor's own parse disagrees).
     StatementDenied,
+    /// A preview was refused: a table it touches would not be rolled back.
+    PreviewRefused,
 }
 
 impl FailureCode {
@@ -63,6 +65,7 @@ impl FailureCode {
             FailureCode::ReadOnlyViolation => "read_only_violation",
             FailureCode::OutcomeUnknown => "outcome_unknown",
             FailureCode::StatementDenied => "statement_denied",
+            FailureCode::PreviewRefused => "preview_refused",
         }
     }
 }

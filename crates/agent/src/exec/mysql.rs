@@ -127,6 +127,13 @@ impl MySqlTarget {
         })?;
         let pool = &credential.pool;
         let mut conn = pool.acquire(&limits).await?;
+        if limits.dry_run {
+            match transactional(&mut conn, statement).await {
+                Ok(Ok(())) => {}
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) => return Err(pool.error(&e, class, database_error)),
+            }
+        }
         let prepared = async {
             let flavour = *credential
                 .flavour
@@ -192,6 +199,7 @@ impl MySqlTarget {
             row_cap: 0,
             max_bytes: 0,
             timeout: Duration::from_secs(2),
+            dry_run: false,
         };
         let Ok(mut other) = pool.acquire(&limits).await else {
             return;
@@ -210,6 +218,46 @@ impl MySqlTarget {
             credential.pool.close().await;
         }
     }
+}
+
+/// A preview rolls back only what InnoDB rolls back: every table the statement touches must be
+/// transactional, or the preview is refused before anything runs.
+async fn transactional(
+    conn: &mut MySqlConnection,
+    statement: &str,
+) -> Result<Result<(), ExecError>, sqlx::Error> {
+    let tables = match portcullis_core::analyse(portcullis_core::ConnectionKind::Mysql, statement) {
+        Ok(op) => op.tables,
+        Err(e) => return Ok(Err(failure(FailureCode::StatementDenied, e.to_string()))),
+    };
+    for table in tables {
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s.to_owned()), n.to_owned()),
+            None => (None, table.clone()),
+        };
+        let engine: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND LOWER(TABLE_NAME) = ?",
+        )
+        .bind(schema)
+        .bind(&name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let engine = engine.flatten().unwrap_or_default();
+        if !engine.eq_ignore_ascii_case("InnoDB") {
+            return Ok(Err(failure(
+                FailureCode::PreviewRefused,
+                format!(
+                    "table {table} uses the {} engine, which a rollback does not undo; no preview",
+                    if engine.is_empty() {
+                        "unknown"
+                    } else {
+                        engine.as_str()
+                    }
+                ),
+            )));
+        }
+    }
+    Ok(Ok(()))
 }
 
 async fn flavour(conn: &mut MySqlConnection) -> Result<Flavour, sqlx::Error> {
@@ -291,6 +339,10 @@ async fn run_on(
     }
     if read {
         tx.rollback().await?;
+    } else if limits.dry_run {
+        // A preview: nothing it did survives.
+        tx.rollback().await?;
+        rows.set_affected(affected);
     } else {
         tx.commit().await?;
         rows.set_affected(affected);

@@ -226,6 +226,10 @@ async fn run_on(
     }
     if read {
         tx.rollback().await?;
+    } else if limits.dry_run {
+        // A preview: nothing it did survives.
+        tx.rollback().await?;
+        rows.set_affected(affected);
     } else {
         tx.commit().await?;
         rows.set_affected(affected);

@@ -56,7 +56,7 @@ impl SqliteTarget {
             match permit.class() {
                 OperationClass::Read => self.read(permit.statement(), limits, sink).await,
                 _ => {
-                    let result = self.write(permit.statement()).await?;
+                    let result = self.write(permit.statement(), limits.dry_run).await?;
                     Ok(sink.result(result).await)
                 }
             }
@@ -118,7 +118,7 @@ impl SqliteTarget {
         Ok(rows.finish())
     }
 
-    async fn write(&self, statement: &str) -> Result<ExecResult, ExecError> {
+    async fn write(&self, statement: &str, dry_run: bool) -> Result<ExecResult, ExecError> {
         let mut tx = self
             .write
             .begin_with("BEGIN IMMEDIATE")
@@ -128,7 +128,12 @@ impl SqliteTarget {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        if dry_run {
+            // A preview: nothing it did survives.
+            tx.rollback().await.map_err(store_error)?;
+        } else {
+            tx.commit().await.map_err(store_error)?;
+        }
         Ok(ExecResult {
             affected_rows: Some(done.rows_affected()),
             ..ExecResult::default()

@@ -31,6 +31,7 @@ pub(crate) fn limits(row_cap: u64, max_bytes: u64, timeout_ms: u64) -> Limits {
         row_cap,
         max_bytes,
         timeout: Duration::from_millis(timeout_ms),
+        dry_run: false,
     }
 }
 
@@ -141,6 +142,23 @@ impl Rig {
         class: OperationClass,
         row_cap: u64,
     ) -> JobAssignment {
+        self.job_with(statement, class, row_cap, false)
+    }
+
+    /// A signed preview (dry run) of a write.
+    pub(crate) async fn preview(&self, statement: &str) -> JobReport {
+        self.agent
+            .process(&self.job_with(statement, OperationClass::Write, 1_000, true))
+            .await
+    }
+
+    pub(crate) fn job_with(
+        &self,
+        statement: &str,
+        class: OperationClass,
+        row_cap: u64,
+        dry_run: bool,
+    ) -> JobAssignment {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
@@ -160,6 +178,7 @@ impl Rig {
             issued_at_ms: now,
             expires_at_ms: now + 60_000,
             nonce: rand::random(),
+            dry_run,
         };
         JobAssignment {
             job_id: claims.job_id,

@@ -14,6 +14,7 @@
 mod common;
 mod mysql;
 mod postgres;
+mod preview;
 mod redis;
 mod secrets;
 mod tls;

@@ -402,6 +402,19 @@ fn print_request(r: &RequestView) {
             "explain".into(),
             r.explain.as_ref().map_or("-".into(), explain_text),
         ],
+        vec![
+            "preview".into(),
+            match &r.preview {
+                None => "-".into(),
+                Some(p) => match p.get("rows_affected").and_then(|n| n.as_u64()) {
+                    Some(n) => format!("would change {n} row(s) (dry run, rolled back)"),
+                    None => format!(
+                        "unavailable: {}",
+                        p["error"]["message"].as_str().unwrap_or("unknown")
+                    ),
+                },
+            },
+        ],
     ];
     output::table(&["field", "value"], rows);
 }

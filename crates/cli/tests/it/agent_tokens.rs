@@ -99,6 +99,7 @@ impl Rig {
             issued_at_ms: now,
             expires_at_ms: now + 60_000,
             nonce: rand::random(),
+            dry_run: false,
         }
     }
 

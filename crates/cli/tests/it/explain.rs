@@ -59,13 +59,24 @@ async fn a_write_awaiting_approval_is_explained_without_running() {
         .filter(|e| e["target"] == format!("request:{}", created.request.id))
         .map(|e| e["action"].as_str().expect("action").to_owned())
         .collect();
-    assert_eq!(
-        actions,
-        [
+    for expected in [
+        "request.created",
+        "request.explain_dispatched",
+        "request.explained",
+    ] {
+        assert!(actions.iter().any(|a| a == expected), "{actions:?}");
+    }
+    // Besides the plan only a rolled-back preview may have run: nothing was dispatched.
+    assert!(
+        actions.iter().all(|a| [
             "request.created",
             "request.explain_dispatched",
-            "request.explained"
+            "request.explained",
+            "request.preview_dispatched",
+            "request.previewed"
         ]
+        .contains(&a.as_str())),
+        "{actions:?}"
     );
     app.stop().await;
 }
@@ -86,5 +97,76 @@ async fn auto_approved_requests_are_not_explained() {
         .filter(|e| e["action"] == "request.explain_dispatched")
         .count();
     assert_eq!(explained, 0);
+    app.stop().await;
+}
+
+/// Previews for approvers: an UPDATE awaiting approval is dry-run by the agent in a
+/// transaction it rolls back, and the request records how many rows it would change; an
+/// INSERT gets no preview (sequences would move). Nothing changes either way.
+#[tokio::test]
+async fn a_pending_update_is_previewed_and_rolled_back() {
+    let app = TestApp::spawn_with(|o| o.policy = Policy::default()).await;
+    let before = app.demo_checksum().await;
+    let customers = app
+        .exec(&app.admin, "SELECT COUNT(*) AS n FROM customers")
+        .await
+        .expect("count")
+        .result
+        .expect("result")
+        .rows[0][0]
+        .as_u64()
+        .expect("n");
+    let create = |statement: &str| CreateRequest {
+        connection: "demo".parse().expect("name"),
+        statement: statement.into(),
+        reason: "preview".into(),
+        stream: false,
+    };
+    let update = app
+        .admin
+        .create_request(
+            &create("UPDATE customers SET country = 'FR'"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("update")
+        .request
+        .id;
+    let insert = app
+        .admin
+        .create_request(
+            &create("INSERT INTO customers (id, name, country) VALUES (999, 'x', 'FR')"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("insert")
+        .request
+        .id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let view = app.admin.request_view(update).await.expect("view");
+        if view.preview.is_some() {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no preview arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let preview = view.preview.expect("preview");
+    assert_eq!(preview["rows_affected"], customers, "{preview}");
+    assert_eq!(preview["rolled_back"], true);
+    assert_eq!(view.state, RequestState::PendingApproval);
+    assert_eq!(
+        app.demo_checksum().await,
+        before,
+        "the dry run changed nothing"
+    );
+    let insert_view = app.admin.request_view(insert).await.expect("view");
+    assert!(insert_view.preview.is_none(), "INSERT is never previewed");
+    assert!(
+        app.audit_events()
+            .await
+            .iter()
+            .any(|e| e["action"] == "request.previewed")
+    );
     app.stop().await;
 }

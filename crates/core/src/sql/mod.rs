@@ -198,3 +198,65 @@ fn unparsable(error: ParserError) -> SqlError {
     };
     SqlError::Unparsable { reason }
 }
+
+/// Whether a write can be previewed in a transaction that is rolled back (the approvers'
+/// dry run): it must start with `UPDATE` or `DELETE` (after comments) and name no sequence
+/// function, whose effects survive a rollback. Callers also require the write class, which
+/// rules out writable CTEs hiding other statements behind these keywords.
+pub fn previewable(statement: &str) -> bool {
+    let mut rest = statement.trim_start();
+    loop {
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(block) = rest.strip_prefix("/*") {
+            match block.split_once("*/") {
+                Some((_, r)) => rest = r.trim_start(),
+                None => return false,
+            }
+        } else {
+            break;
+        }
+    }
+    let first: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let lower = statement.to_ascii_lowercase();
+    matches!(first.as_str(), "update" | "delete")
+        && ![
+            "nextval",
+            "setval",
+            "sequence",
+            "last_insert_id",
+            "auto_increment",
+        ]
+        .iter()
+        .any(|f| lower.contains(f))
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::previewable;
+
+    #[test]
+    fn only_plain_updates_and_deletes_without_sequences_are_previewable() {
+        for yes in [
+            "UPDATE t SET a = 1",
+            "  -- why\n delete FROM t WHERE id = 2",
+            "/* note */ UPDATE t SET a = 2",
+        ] {
+            assert!(previewable(yes), "{yes}");
+        }
+        for no in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET id = nextval('s')",
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+            "/* unterminated UPDATE t SET a = 1",
+            "DROP TABLE t",
+            "SELECT setval('s', 1)",
+        ] {
+            assert!(!previewable(no), "{no}");
+        }
+    }
+}

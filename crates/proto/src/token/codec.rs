@@ -1,5 +1,5 @@
 //! The execution-token byte format (control EX-1): `version || claims_len (u32 BE) || claims ||
-//! signature`, where the claims are tag-length-value records with tags 1..=14 in strictly
+//! signature`, where the claims are tag-length-value records with tags 1..=15 in strictly
 //! increasing order. Every reader here faces untrusted bytes and fails as `Malformed`; none
 //! panics.
 
@@ -36,7 +36,8 @@ pub(super) mod tag {
     pub(in crate::token) const ISSUED_AT_MS: u8 = 12;
     pub(in crate::token) const EXPIRES_AT_MS: u8 = 13;
     pub(in crate::token) const NONCE: u8 = 14;
-    pub(in crate::token) const LAST: u8 = NONCE;
+    pub(in crate::token) const DRY_RUN: u8 = 15;
+    pub(in crate::token) const LAST: u8 = DRY_RUN;
 }
 
 fn check_agent(agent: &str) -> Result<(), TokenError> {
@@ -106,6 +107,7 @@ pub(super) fn encode_claims(claims: &TokenClaims) -> Result<Vec<u8>, TokenError>
         &claims.expires_at_ms.to_be_bytes(),
     )?;
     put(&mut out, tag::NONCE, &claims.nonce)?;
+    put(&mut out, tag::DRY_RUN, &[u8::from(claims.dry_run)])?;
     Ok(out)
 }
 
@@ -168,6 +170,11 @@ pub(super) fn decode_claims(bytes: &[u8]) -> Result<TokenClaims, TokenError> {
     let issued_at_ms = i64::from_be_bytes(r.fixed(tag::ISSUED_AT_MS)?);
     let expires_at_ms = i64::from_be_bytes(r.fixed(tag::EXPIRES_AT_MS)?);
     let nonce = r.fixed(tag::NONCE)?;
+    let dry_run = match r.fixed::<1>(tag::DRY_RUN)? {
+        [0] => false,
+        [1] => true,
+        _ => return Err(TokenError::Malformed("dry-run flag is neither 0 nor 1")),
+    };
     r.finish("trailing bytes after the last claim")?;
     Ok(TokenClaims {
         key_id,
@@ -184,6 +191,7 @@ pub(super) fn decode_claims(bytes: &[u8]) -> Result<TokenClaims, TokenError> {
         issued_at_ms,
         expires_at_ms,
         nonce,
+        dry_run,
     })
 }
 

@@ -71,6 +71,7 @@ fn claims_for(key_id: KeyId, issued_at_ms: i64) -> TokenClaims {
         issued_at_ms,
         expires_at_ms: issued_at_ms + TTL,
         nonce: fresh_nonce(),
+        dry_run: false,
     }
 }
 

@@ -42,7 +42,7 @@ fn ex1_signature_is_domain_separated() {
     }
 }
 
-/// EX-1: every one of the 14 signed fields, altered in turn to another valid value and spliced
+/// EX-1: every one of the 15 signed fields, altered in turn to another valid value and spliced
 /// under the original signature, is refused: the key id as unknown (or as a bad signature when
 /// it names another pinned key), every other field as a bad signature.
 #[test]
@@ -132,6 +132,11 @@ fn ex1_every_signed_field_tampered_is_refused() {
         (
             tag::NONCE,
             Box::new(|c| c.nonce[0] ^= 0x80),
+            TokenError::BadSignature,
+        ),
+        (
+            tag::DRY_RUN,
+            Box::new(|c| c.dry_run = !c.dry_run),
             TokenError::BadSignature,
         ),
     ];
