@@ -278,10 +278,24 @@ pub(crate) struct ServerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct AgentArgs {
-    /// TOML configuration file.
+    /// TOML configuration file (to run the agent).
     #[arg(long, env = "PORTCULLIS_AGENT_CONFIG")]
-    pub(crate) config: PathBuf,
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Option<AgentCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Incident response (IR-5): revoke an agent at once; it can no longer claim jobs, and
+    /// jobs it held are not handed to it again. The same as `portcullis agents revoke`.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Args)]

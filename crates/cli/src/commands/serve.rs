@@ -62,9 +62,24 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
 }
 
 pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
+    if let Some(crate::args::AgentCommand::Revoke { name, remote }) = args.command {
+        super::client(&remote)?.revoke_agent(&name).await?;
+        if remote.json {
+            crate::output::json(&serde_json::json!({ "agent": name, "revoked": true }))?;
+        } else {
+            eprintln!("agent {name} revoked: it can no longer claim, heartbeat or report");
+        }
+        return Ok(exit::OK);
+    }
+    let Some(path) = args.config else {
+        return Err(Exit::new(
+            exit::USAGE,
+            "give --config (or PORTCULLIS_AGENT_CONFIG) to run an agent, or a subcommand: portcullis agent revoke NAME",
+        )
+        .into());
+    };
     super::init_logging("info,sqlx=warn");
-    let config =
-        AgentConfig::load(&args.config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let config = AgentConfig::load(&path).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let token = load_token(&config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let agent = Agent::new(config, &token).await?;
     tracing::info!(name = %agent.config().name, server = %agent.config().server_url, "agent started; connecting out");

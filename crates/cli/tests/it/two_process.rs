@@ -291,6 +291,14 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
 
     people_commands(dir.path(), &url, &env, password);
 
+    // IR-5 through the binary's named command.
+    let (code, _, err) = run(&["agent", "revoke", "shop-agent"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&["agents", "--json"], &env);
+    assert_eq!(code, 0);
+    let agents: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(agents[0]["revoked_at"].is_string(), "{agents}");
+
     drop(server);
     let (code, out, err) = run(
         &["audit", "verify", "--data", data.to_str().expect("utf8")],
