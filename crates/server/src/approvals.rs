@@ -69,12 +69,12 @@ pub async fn decide(
         ));
     }
     let now = clock::now_ms();
-    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    // Checked on a reader; the write transaction below re-reads what can change meanwhile.
     let row = sqlx::query(
         "SELECT state, requester_user_id, steps, current_step, connection, statement_sha256, explain, created_at_ms FROM requests WHERE id = ?",
     )
     .bind(id.to_string())
-    .fetch_optional(tx.conn())
+    .fetch_optional(state.store.reader())
     .await?
     .ok_or(ApiError::NotFound)?;
     let current: RequestState = parse(row.try_get::<String, _>(0)?)?;
@@ -100,7 +100,6 @@ pub async fn decide(
             detail: "the request waited too long for approval and is expiring".into(),
         });
     }
-    drop(tx);
     if requester == who.user_id {
         return Err(refuse(state, ctx, who, id, "self_approval").await);
     }

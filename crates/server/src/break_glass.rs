@@ -41,15 +41,6 @@ fn may_break_glass(state: &AppState, role: Role) -> bool {
     role.has(Permission::RequestsBreakGlass) || state.config.break_glass.role == Some(role)
 }
 
-/// A person in a session whose last TOTP check is within the step-up window.
-fn fresh_session(state: &AppState, who: &UserPrincipal, now: i64) -> bool {
-    let window = (state.config.people.step_up_secs as i64) * 1000;
-    who.session
-        && who
-            .mfa_at_ms
-            .is_some_and(|at| crate::routes::step_up_fresh(at, now, window))
-}
-
 async fn refused(
     state: &AppState,
     ctx: &Context,
@@ -86,7 +77,7 @@ pub async fn open(
     if !may_break_glass(state, who.role) {
         return Err(refused(state, ctx, who, "break-glass".into(), "missing_permission").await);
     }
-    if !fresh_session(state, who, now) {
+    if !crate::routes::fresh_step_up(state, who, now) {
         return Err(refused(state, ctx, who, "break-glass".into(), "step_up_required").await);
     }
     let reason = body.reason.trim();

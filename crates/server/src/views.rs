@@ -25,6 +25,10 @@ pub async fn load_view(
     .await?;
     let Some(r) = row else { return Ok(None) };
     let mut view = row_to_view(&r)?;
+    if view.steps.is_empty() {
+        // Nothing to approve, so no decisions: the auto-approved path skips the query.
+        return Ok(Some((view, r.try_get("requester_user_id")?)));
+    }
     let approvals = sqlx::query(
         "SELECT approver, role, step, decision, comment, at_ms FROM approvals WHERE request_id = ? ORDER BY at_ms, approver",
     )

@@ -482,26 +482,22 @@ async fn guarded(
         }
         .into_response();
     }
+    // API tokens were created under step-up; a session needs a recent TOTP check.
     if let (Guard::StepUp(_), Principal::User(u)) = (&guard, &principal)
         && u.session
+        && !fresh_step_up(&state, u, clock::now_ms())
     {
-        let window = (state.config.people.step_up_secs as i64) * 1000;
-        let fresh = u
-            .mfa_at_ms
-            .is_some_and(|at| step_up_fresh(at, clock::now_ms(), window));
-        if !fresh {
-            let event = Event {
-                actor: u.display(),
-                action: Action::AccessDenied,
-                target: format!("{} {}", req.method(), req.uri().path()),
-                outcome: Outcome::Denied,
-                details: json!({ "required": "step_up" }),
-            };
-            if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
-                return e.into_response();
-            }
-            return ApiError::StepUpRequired.into_response();
+        let event = Event {
+            actor: u.display(),
+            action: Action::AccessDenied,
+            target: format!("{} {}", req.method(), req.uri().path()),
+            outcome: Outcome::Denied,
+            details: json!({ "required": "step_up" }),
+        };
+        if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
+            return e.into_response();
         }
+        return ApiError::StepUpRequired.into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -510,6 +506,15 @@ async fn guarded(
 /// Whether a TOTP check at `mfa_at_ms` still covers a sensitive action at `now_ms`.
 pub fn step_up_fresh(mfa_at_ms: i64, now_ms: i64, window_ms: i64) -> bool {
     now_ms >= mfa_at_ms && now_ms - mfa_at_ms <= window_ms
+}
+
+/// A person in a session whose last TOTP check is within `people.step_up_secs` (AUTH-2).
+pub(crate) fn fresh_step_up(state: &AppState, who: &UserPrincipal, now_ms: i64) -> bool {
+    let window = (state.config.people.step_up_secs as i64) * 1000;
+    who.session
+        && who
+            .mfa_at_ms
+            .is_some_and(|at| step_up_fresh(at, now_ms, window))
 }
 
 /// The session id from the session cookie, if the request carries one.
