@@ -46,6 +46,9 @@ pub(crate) enum Command {
     Server(ServerArgs),
     /// Run an agent next to the data stores it serves; it connects out to the server.
     Agent(AgentArgs),
+    /// Check a server configuration before running it.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a statement or command on a connection and print the result.
     Exec(ExecArgs),
     /// Inspect, wait for or cancel requests.
@@ -207,6 +210,24 @@ pub(crate) enum VaultCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the effective server configuration (the file and PORTCULLIS_* variables over
+    /// the defaults) with secrets redacted, then every warning and error. Exits 2 when there
+    /// is an error: `portcullis server` would refuse to start.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print `{"config": …, "master_key": …, "findings": […]}` instead of TOML and lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct BootstrapArgs {
     /// The file the server wrote on first start (`<data>/setup.token`).
@@ -262,6 +283,15 @@ pub(crate) struct DevArgs {
     /// example examples/local-stores.toml.
     #[arg(long)]
     pub(crate) connections: Option<PathBuf>,
+    /// Rate limiting (WEB-4); `false` turns it off, for API fuzzing from one address.
+    #[arg(
+        long,
+        env = "PORTCULLIS_RATE_LIMIT__ENABLED",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) rate_limit: bool,
 }
 
 #[derive(Debug, Args)]

@@ -129,6 +129,10 @@ impl DevStack {
         }
         config.admin_token_file = Some(opts.data_dir.join(ADMIN_TOKEN_FILE));
         config.validate()?;
+        let scheme = match portcullis_server::tls::files(&config) {
+            Some(_) => "https",
+            None => "http",
+        };
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
@@ -147,7 +151,7 @@ impl DevStack {
             })?
             .trim()
             .to_owned();
-        let url = format!("http://{}", server.addr);
+        let url = format!("{scheme}://{}", server.addr);
         if !opts.start_agent {
             return Ok(DevStack {
                 server,

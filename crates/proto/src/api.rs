@@ -5,12 +5,16 @@ use portcullis_core::{
     ConnectionKind, ConnectionName, Environment, OperationClass, RequestState, Role,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::openapi;
+
 /// `POST /api/v1/requests`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    #[schema(value_type = openapi::ConnectionName)]
     pub connection: ConnectionName,
     pub statement: String,
     pub reason: String,
@@ -21,14 +25,20 @@ pub struct CreateRequest {
 }
 
 /// Timestamps are RFC 3339 strings in UTC with microseconds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct RequestView {
     pub id: Uuid,
+    #[schema(value_type = openapi::ConnectionName)]
     pub connection: ConnectionName,
+    #[schema(value_type = openapi::ConnectionKind)]
     pub kind: ConnectionKind,
+    #[schema(value_type = openapi::Environment)]
     pub environment: Environment,
+    #[schema(value_type = openapi::OperationClass)]
     pub class: OperationClass,
+    #[schema(value_type = openapi::RequestState)]
     pub state: RequestState,
+    #[schema(value_type = openapi::Decision)]
     pub decision: Decision,
     pub requester: String,
     pub reason: String,
@@ -53,6 +63,7 @@ pub struct RequestView {
     pub explain: Option<serde_json::Value>,
     /// The approval steps the policy requires, in order (AZ-3); empty when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<openapi::Step>)]
     pub steps: Vec<Step>,
     /// The step awaiting approvals (0-based); equal to `steps.len()` once all are met.
     #[serde(default)]
@@ -78,9 +89,10 @@ pub struct RequestView {
 }
 
 /// One approver's decision on a request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ApprovalView {
     pub approver: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     /// The step it counted towards (0-based).
     pub step: u32,
@@ -92,7 +104,7 @@ pub struct ApprovalView {
 }
 
 /// `POST /api/v1/requests/{id}/approve` and `/reject`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
     /// Why; required to reject.
@@ -101,26 +113,34 @@ pub struct DecideRequest {
 }
 
 /// `POST /api/v1/policy/check`: how policy would decide, without running anything.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyCheck {
+    #[schema(value_type = openapi::ConnectionName)]
     pub connection: ConnectionName,
     pub statement: String,
     /// Decide as a requester with this role (default: the caller's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<openapi::Role>)]
     pub role: Option<Role>,
 }
 
 /// The answer to a policy check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PolicyVerdict {
+    #[schema(value_type = openapi::ConnectionName)]
     pub connection: ConnectionName,
+    #[schema(value_type = openapi::Environment)]
     pub environment: Environment,
+    #[schema(value_type = openapi::OperationClass)]
     pub class: OperationClass,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     pub tables: Vec<String>,
+    #[schema(value_type = openapi::Decision)]
     pub decision: Decision,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<openapi::Step>)]
     pub steps: Vec<Step>,
     /// The rule that matched (`name` or `#N`), or none for the built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +151,7 @@ pub struct PolicyVerdict {
     pub because: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SkippedRule {
     pub rule: String,
     /// `connection`, `environment`, `class`, `role` or `tables`.
@@ -139,14 +159,14 @@ pub struct SkippedRule {
 }
 
 /// A failure reported for an execution, safe to show to the requester.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ExecError {
     pub code: String,
     pub message: String,
 }
 
 /// One column of a result set: its name and the store's type name.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
@@ -155,7 +175,7 @@ pub struct Column {
 
 /// The result of an execution. Values are JSON: integers as numbers, exact decimals as
 /// strings, bytes as base64 strings, NULL as null.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ExecResult {
     pub columns: Vec<Column>,
     pub rows: Vec<Vec<serde_json::Value>>,
@@ -167,7 +187,7 @@ pub struct ExecResult {
 
 /// The answer to creating or waiting for a request: the request, and its result when it
 /// finished within the wait.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RequestOutcome {
     pub request: RequestView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,27 +195,34 @@ pub struct RequestOutcome {
 }
 
 /// `POST /api/v1/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1-64 letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     /// Lifetime in seconds; mandatory, and at most the server's configured maximum.
+    #[schema(minimum = 1)]
     pub ttl_seconds: u64,
     /// Environments the token may act on; absent means all.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<openapi::Environment>>)]
     pub environments: Option<Vec<Environment>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     pub owner: String,
     pub created_at: String,
     pub expires_at: String,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<openapi::Environment>>)]
     pub environments: Option<Vec<Environment>>,
     #[serde(default)]
     pub last_used_at: Option<String>,
@@ -206,48 +233,55 @@ pub struct TokenView {
 }
 
 /// The only time a token's secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     pub token: String,
     pub info: TokenView,
 }
 
 /// `POST /api/v1/agents`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
+    /// 1-64 letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AgentView {
     pub name: String,
     pub created_at: String,
     #[serde(default)]
     pub last_seen_at: Option<String>,
     pub connected: bool,
+    #[schema(value_type = Vec<openapi::ConnectionName>)]
     pub connections: Vec<ConnectionName>,
     #[serde(default)]
     pub revoked_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentCreated {
     pub token: String,
     pub info: AgentView,
 }
 
 /// A connection the caller may use: never an address or a credential.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ConnectionView {
+    #[schema(value_type = openapi::ConnectionName)]
     pub name: ConnectionName,
+    #[schema(value_type = openapi::ConnectionKind)]
     pub kind: ConnectionKind,
+    #[schema(value_type = openapi::Environment)]
     pub environment: Environment,
+    #[schema(value_type = Vec<openapi::OperationClass>)]
     pub classes: Vec<OperationClass>,
 }
 
 /// `GET /api/v1/public-key`: for operators to pin in agent configs. Never a trust decision.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct PublicKeyView {
     pub algorithm: String,
     pub key_id: String,
@@ -255,7 +289,7 @@ pub struct PublicKeyView {
 }
 
 /// One audit event as exported (JSON Lines) and listed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AuditEventView {
     pub seq: i64,
     pub at: String,
@@ -271,7 +305,7 @@ pub struct AuditEventView {
 }
 
 /// `GET /api/v1/audit/verify`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AuditVerifyView {
     pub ok: bool,
     pub events: u64,
@@ -283,15 +317,17 @@ pub struct AuditVerifyView {
 }
 
 /// `GET /api/v1/me`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct WhoAmI {
     pub principal: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
+    #[schema(value_type = Vec<openapi::Permission>)]
     pub permissions: Vec<portcullis_core::Permission>,
 }
 
 /// A stored alert (AUD-5), from `GET /api/v1/alerts`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AlertView {
     pub seq: i64,
     pub at: String,

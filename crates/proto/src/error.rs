@@ -2,11 +2,12 @@
 //! [`ErrorCode`], never on message text.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 macro_rules! codes {
     ($($variant:ident => $text:literal, $status:literal;)+) => {
         /// A stable error code. Its HTTP status is fixed by [`ErrorCode::status`].
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum ErrorCode { $($variant),+, #[serde(other)] Unknown }
 
@@ -35,13 +36,14 @@ codes! {
     Conflict => "conflict", 409;
     ResultNotReady => "result_not_ready", 409;
     ResultGone => "result_gone", 410;
+    RateLimited => "rate_limited", 429;
     Internal => "internal", 500;
     Unavailable => "unavailable", 503;
 }
 
 /// A problem document. `detail` is written for the caller and never holds internal text;
 /// `error_id` ties the response to the server's log line for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod error;
+pub mod openapi;
 pub mod people;
 pub mod stream;
 pub mod token;

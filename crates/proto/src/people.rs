@@ -3,12 +3,17 @@
 
 use portcullis_core::Role;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::openapi;
 
 /// `POST /api/v1/bootstrap`: the one-time setup token creates the first admin.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapRequest {
     pub setup_token: String,
+    /// 1-64 letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     pub password: String,
 }
@@ -22,7 +27,7 @@ impl std::fmt::Debug for BootstrapRequest {
 }
 
 /// The only time the TOTP secret and the recovery codes are shown.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct BootstrapResponse {
     pub name: String,
     /// Enrol an authenticator app from this (it holds the secret).
@@ -43,7 +48,7 @@ impl std::fmt::Debug for BootstrapResponse {
 
 /// `POST /api/v1/login`: a password and, for accounts with MFA, a TOTP code or a recovery
 /// code.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub name: String,
@@ -71,10 +76,11 @@ impl std::fmt::Debug for LoginRequest {
 
 /// A new session. The browser gets it as an `HttpOnly` cookie; the CLI keeps `token` (a
 /// session-bound bearer) in its config directory with mode 0600.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     pub token: String,
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     /// The session ends at this time at the latest.
     pub expires_at: String,
@@ -96,7 +102,7 @@ impl std::fmt::Debug for LoginResponse {
 
 /// `POST /api/v1/enrol`: an invitation's enrolment token sets the password of a new user (or,
 /// after `reset-mfa`, is presented with the current one) and enrols TOTP.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     pub enrol_token: String,
@@ -116,9 +122,10 @@ impl std::fmt::Debug for EnrolRequest {
 }
 
 /// The only time an enrolled TOTP secret and its recovery codes are shown.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrolResponse {
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otpauth_uri: Option<String>,
@@ -139,7 +146,7 @@ impl std::fmt::Debug for EnrolResponse {
 
 /// `POST /api/v1/step-up`: a fresh TOTP (or recovery) code for the current session, needed
 /// before sensitive actions (AUTH-2).
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepUpRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,14 +161,14 @@ impl std::fmt::Debug for StepUpRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepUpResponse {
     /// Sensitive actions are allowed in this session until then.
     pub valid_until: String,
 }
 
 /// `POST /api/v1/password` (AUTH-4).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: String,
@@ -175,7 +182,7 @@ impl std::fmt::Debug for PasswordChange {
 }
 
 /// What a password change ended: every other session, every API token, every trusted device.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasswordChanged {
     pub sessions_revoked: u64,
     pub tokens_revoked: u64,
@@ -183,7 +190,7 @@ pub struct PasswordChanged {
 }
 
 /// Where a user comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UserSource {
     Bootstrap,
@@ -191,9 +198,10 @@ pub enum UserSource {
     Config,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
     pub source: UserSource,
     pub created_at: String,
@@ -212,15 +220,18 @@ pub struct UserView {
 }
 
 /// `POST /api/v1/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1-64 letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
+    #[schema(value_type = openapi::Role)]
     pub role: Role,
 }
 
 /// An invitation: the enrolment token is shown once; pass it to the user privately.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Invite {
     pub name: String,
     pub enrol_token: String,
@@ -236,14 +247,14 @@ impl std::fmt::Debug for Invite {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserCreated {
     pub info: UserView,
     pub invite: Invite,
 }
 
 /// `POST /api/v1/users/{name}/suspend`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuspendUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,7 +262,7 @@ pub struct SuspendUser {
 }
 
 /// What a suspension ended, all in one transaction (AUTH-7).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Suspended {
     pub sessions_revoked: u64,
     pub tokens_revoked: u64,
@@ -259,14 +270,14 @@ pub struct Suspended {
 }
 
 /// `POST /api/v1/vault/rotate` (SEC-3).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VaultRotated {
     pub version: u32,
     pub resealed: u64,
 }
 
 /// `POST /api/v1/lockdown` (IR-3): what the lockdown ended, in one transaction.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LockdownOutcome {
     pub users_locked: u64,
     pub sessions_revoked: u64,
@@ -275,7 +286,7 @@ pub struct LockdownOutcome {
 }
 
 /// `POST /api/v1/lockdown/lift`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LockdownLifted {
     pub users_unlocked: u64,
 }

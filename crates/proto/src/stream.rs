@@ -13,21 +13,23 @@
 
 use portcullis_core::RequestState;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::api::{Column, ExecError};
+use crate::openapi;
 
 /// The media type of a streamed result.
 pub const NDJSON: &str = "application/x-ndjson";
 
 /// The first line: the result's columns.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamHeader {
     pub columns: Vec<Column>,
 }
 
 /// The agent's last line: how the execution ended.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentTrailer {
     Succeeded {
@@ -42,8 +44,9 @@ pub enum AgentTrailer {
 }
 
 /// The server's last line to the client, after the outcome is recorded and audited.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ResultTrailer {
+    #[schema(value_type = openapi::RequestState)]
     pub state: RequestState,
     pub row_count: u64,
     pub truncated: bool,

@@ -17,9 +17,10 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::clock;
+use crate::events::LiveEvent;
 use crate::store::{Store, Tx};
 
 pub const CHECKPOINT_FILE: &str = "audit.checkpoint";
@@ -27,6 +28,8 @@ pub const CHECKPOINT_FILE: &str = "audit.checkpoint";
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 const HASH_DOMAIN: &[u8] = b"portcullis/audit-event/v1\0";
 const CHECKPOINT_DOMAIN: &[u8] = b"portcullis/audit-checkpoint/v1\0";
+/// Committed events kept for live subscribers that fall behind; beyond it they lag (WEB-8).
+const LIVE_CAPACITY: usize = 1024;
 
 macro_rules! actions {
     ($($variant:ident => $text:literal,)+) => {
@@ -226,6 +229,8 @@ pub struct Audit {
     gate: Arc<tokio::sync::Mutex<()>>,
     /// Where alerts go after their transaction commits (AUD-5).
     sinks: Vec<Box<dyn crate::alerts::AlertSink>>,
+    /// Committed events, in commit order, for live subscribers (WEB-8).
+    live: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl Audit {
@@ -254,6 +259,7 @@ impl Audit {
             committed,
             gate: Arc::new(tokio::sync::Mutex::new(())),
             sinks: vec![Box::new(crate::alerts::LogSink)],
+            live: broadcast::channel(LIVE_CAPACITY).0,
         }))
     }
 
@@ -263,6 +269,12 @@ impl Audit {
 
     pub fn subscribe(&self) -> watch::Receiver<Head> {
         self.committed.subscribe()
+    }
+
+    /// Events from the next commit on. A receiver that falls behind loses the oldest
+    /// (`Lagged`) instead of slowing a commit down (WEB-8).
+    pub fn live(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.live.subscribe()
     }
 }
 
@@ -275,6 +287,8 @@ pub struct AuditTx {
     _gate: tokio::sync::OwnedMutexGuard<()>,
     /// Alerts raised by this transaction's events, delivered once it commits.
     alerts: Vec<crate::alerts::Alert>,
+    /// This transaction's events, published to live subscribers once it commits.
+    live: Vec<Arc<LiveEvent>>,
 }
 
 impl AuditTx {
@@ -295,6 +309,7 @@ impl AuditTx {
             audit: audit.clone(),
             _gate: gate,
             alerts: Vec::new(),
+            live: Vec::new(),
         })
     }
 
@@ -344,6 +359,8 @@ impl AuditTx {
         .bind(&hash[..])
         .execute(&mut *self.tx)
         .await?;
+        self.live
+            .push(Arc::new(LiveEvent::committed(&fields, &event.details)));
         self.head = Head { seq, hash };
         if let Some(severity) = crate::alerts::severity_of(&event) {
             sqlx::query(
@@ -376,10 +393,15 @@ impl AuditTx {
             audit,
             _gate,
             alerts,
+            live,
         } = self;
         tx.commit().await?;
         *audit.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
         audit.committed.send_replace(head);
+        // After the commit, never before; under the gate, so in commit order (WEB-8).
+        for event in live {
+            let _ = audit.live.send(event);
+        }
         // Only now may the next transaction look at the head.
         drop(_gate);
         for alert in &alerts {

@@ -218,6 +218,146 @@ pub struct StateSettings {
     pub synchronous: crate::store::Durability,
 }
 
+/// Which store keeps the rate-limit windows (WEB-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    /// This process's memory (one replica).
+    #[default]
+    Memory,
+    /// Redis, shared by every replica (an atomic script per check).
+    Redis,
+}
+
+/// Rate limits (WEB-4): sliding windows keyed by principal, or by client address when
+/// unauthenticated, and stricter hourly buckets for sign-in and token creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Off only for benchmarks and tests that measure something else.
+    pub enabled: bool,
+    pub backend: RateLimitBackend,
+    /// `redis://` or `rediss://` URL of the shared store (backend = "redis"); it may carry a
+    /// password, so `config check` redacts it. `PORTCULLIS_RATE_LIMIT__REDIS_URL` sets it
+    /// from the environment.
+    pub redis_url: Option<String>,
+    /// Every key this server writes in Redis starts with this prefix.
+    pub redis_prefix: String,
+    /// The sliding window of the general limits.
+    pub window_secs: u64,
+    /// Requests per window for a signed-in principal (user, token or agent).
+    pub authenticated: u32,
+    /// Requests per window for each agent. An agent's traffic follows the jobs users create
+    /// (about two calls per job) and is not capped at the per-user figure, or dispatch would
+    /// stall for everyone: the default is the throughput goal (3,000 jobs/s) times two.
+    pub agent: u32,
+    /// Requests per window for each client address without a credential.
+    pub anonymous: u32,
+    /// Sign-in attempts (login, bootstrap, enrolment, step-up) per hour per client address.
+    pub login_per_hour: u32,
+    /// API token creations per hour per principal.
+    pub token_create_per_hour: u32,
+    /// OAuth client registrations per hour per client address.
+    pub oauth_register_per_hour: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            enabled: true,
+            backend: RateLimitBackend::Memory,
+            redis_url: None,
+            redis_prefix: "portcullis:rl:".into(),
+            window_secs: 60,
+            authenticated: 6_000,
+            agent: 360_000,
+            anonymous: 120,
+            login_per_hour: 30,
+            token_create_per_hour: 5,
+            oauth_register_per_hour: 5,
+        }
+    }
+}
+
+/// Security headers (WEB-1). Each one can be replaced; an empty string removes it. The CSP
+/// must contain `{nonce}` where the per-response nonce goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderSettings {
+    pub content_security_policy: String,
+    /// Sent only on responses served over TLS (natively or behind a TLS proxy).
+    pub strict_transport_security: String,
+    pub x_content_type_options: String,
+    pub x_frame_options: String,
+    pub referrer_policy: String,
+    pub permissions_policy: String,
+    pub cross_origin_opener_policy: String,
+    /// On API responses (everything but static assets).
+    pub cache_control: String,
+}
+
+impl Default for HeaderSettings {
+    fn default() -> Self {
+        HeaderSettings {
+            content_security_policy: "default-src 'self'; script-src 'nonce-{nonce}' 'strict-dynamic'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'".into(),
+            strict_transport_security: "max-age=63072000; includeSubDomains".into(),
+            x_content_type_options: "nosniff".into(),
+            x_frame_options: "DENY".into(),
+            referrer_policy: "strict-origin-when-cross-origin".into(),
+            permissions_policy: "camera=(), microphone=(), geolocation=(), payment=(), usb=(), accelerometer=(), gyroscope=(), magnetometer=()".into(),
+            cross_origin_opener_policy: "same-origin".into(),
+            cache_control: "no-store".into(),
+        }
+    }
+}
+
+/// The web surface: headers, CORS and body limits (WEB-1, WEB-2, WEB-3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    pub headers: HeaderSettings,
+    /// Origins (`https://host[:port]`) allowed to call the API from a browser; none by
+    /// default. `*` is refused: credentials are never shared with every origin.
+    pub cors_origins: Vec<String>,
+    /// The largest request body, in bytes (agent result uploads stream under their own).
+    pub body_limit_bytes: usize,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            headers: HeaderSettings::default(),
+            cors_origins: Vec::new(),
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The live-events WebSocket (WEB-8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// A connection that has not authenticated this long after the upgrade is closed.
+    pub auth_timeout_secs: u64,
+    /// The largest message a client may send.
+    pub max_message_bytes: usize,
+    /// Messages per second a client may send; beyond it the connection is closed.
+    pub max_messages_per_sec: u32,
+    /// Channels one connection may subscribe to at most.
+    pub max_subscriptions: usize,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            auth_timeout_secs: 10,
+            max_message_bytes: 64 * 1024,
+            max_messages_per_sec: 20,
+            max_subscriptions: 100,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -226,6 +366,19 @@ pub struct ServerConfig {
     /// Set when a TLS-terminating proxy is the only way to reach this server; without it the
     /// server refuses to serve plain HTTP on a non-loopback address (NET-1).
     pub behind_tls_proxy: bool,
+    /// PEM certificate chain for native TLS (NET-1); reloaded on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for native TLS (0600); reloaded on SIGHUP.
+    pub tls_key_file: Option<PathBuf>,
+    /// An optional plain-HTTP listener that answers 301 to `https://` for every path but
+    /// `/health` (NET-2).
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For`, `X-Real-IP` and `X-Request-Id` are believed
+    /// (NET-3); nobody else's are.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub web: WebSettings,
+    pub rate_limit: RateLimitSettings,
+    pub events: EventSettings,
     /// `portcullis dev` only: where the first start writes an admin API token instead of the
     /// one-time setup token. Not settable from a file or the environment (SEC-2), and refused
     /// on a non-loopback address.
@@ -254,6 +407,13 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("./portcullis-data"),
             behind_tls_proxy: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            http_redirect_listen: None,
+            trusted_proxies: Vec::new(),
+            web: WebSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            events: EventSettings::default(),
             admin_token_file: None,
             master_key_file: None,
             sessions: SessionSettings::default(),
@@ -277,6 +437,13 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "behind_tls_proxy",
+    "tls_cert_file",
+    "tls_key_file",
+    "http_redirect_listen",
+    "trusted_proxies",
+    "web",
+    "rate_limit",
+    "events",
     "master_key_file",
     "sessions",
     "login",
@@ -390,6 +557,69 @@ impl ServerConfig {
                 "vault_key_rotation_days must be at most 3650 (0 turns the schedule off)".into(),
             ));
         }
+        let h = &self.web.headers;
+        for (name, v) in [
+            ("content_security_policy", &h.content_security_policy),
+            ("strict_transport_security", &h.strict_transport_security),
+            ("x_content_type_options", &h.x_content_type_options),
+            ("x_frame_options", &h.x_frame_options),
+            ("referrer_policy", &h.referrer_policy),
+            ("permissions_policy", &h.permissions_policy),
+            ("cross_origin_opener_policy", &h.cross_origin_opener_policy),
+            ("cache_control", &h.cache_control),
+        ] {
+            if axum::http::HeaderValue::from_str(&v.replace("{nonce}", "n")).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "web.headers.{name} is not a valid header value (WEB-1)"
+                )));
+            }
+        }
+        let r = &self.rate_limit;
+        if r.enabled {
+            if r.backend == RateLimitBackend::Redis && r.redis_url.is_none() {
+                return Err(ConfigError::Invalid(
+                    "rate_limit.backend = \"redis\" needs rate_limit.redis_url (WEB-4)".into(),
+                ));
+            }
+            if r.window_secs == 0 || r.window_secs > 86_400 {
+                return Err(ConfigError::Invalid(
+                    "rate_limit.window_secs must be between 1 and 86400 (WEB-4)".into(),
+                ));
+            }
+            // The bound keeps the Redis script's arithmetic exact in Lua's doubles.
+            for (name, v) in [
+                ("authenticated", r.authenticated),
+                ("agent", r.agent),
+                ("anonymous", r.anonymous),
+                ("login_per_hour", r.login_per_hour),
+                ("token_create_per_hour", r.token_create_per_hour),
+                ("oauth_register_per_hour", r.oauth_register_per_hour),
+            ] {
+                if v == 0 || v > 1_000_000 {
+                    return Err(ConfigError::Invalid(format!(
+                        "rate_limit.{name} must be between 1 and 1000000 (WEB-4)"
+                    )));
+                }
+            }
+        }
+        if self.web.body_limit_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "web.body_limit_bytes must be positive (WEB-3)".into(),
+            ));
+        }
+        for origin in &self.web.cors_origins {
+            if let Some(problem) = cors_origin_problem(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "web.cors_origins entry {origin:?}: {problem} (WEB-2)"
+                )));
+            }
+        }
+        // NET-1: a certificate without its key (or the reverse) is a half-done TLS setup.
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert_file and tls_key_file go together: set both for native TLS, or neither (NET-1)".into(),
+            ));
+        }
         let mut users: Vec<&str> = Vec::new();
         for u in &self.users {
             if !crate::principals::valid_name(&u.name) {
@@ -430,6 +660,55 @@ impl ServerConfig {
     pub fn connection(&self, name: &ConnectionName) -> Option<&ConnectionDecl> {
         self.connections.iter().find(|c| &c.name == name)
     }
+}
+
+/// Why `origin` cannot be a CORS allowlist entry (WEB-2), or `None` when it can: exactly
+/// `http(s)://host[:port]` as a browser sends it in `Origin` (lowercase, no path, no trailing
+/// slash), never `*` or `null`.
+pub fn cors_origin_problem(origin: &str) -> Option<&'static str> {
+    if origin.contains('*') {
+        return Some("wildcards are refused: credentials are never shared with every origin");
+    }
+    let Some(authority) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return Some("an origin is http:// or https:// followed by a host, as browsers send it");
+    };
+    let (host_ok, rest) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) => (
+                ip.parse::<std::net::Ipv6Addr>().is_ok() && ip == ip.to_ascii_lowercase(),
+                after,
+            ),
+            None => (false, ""),
+        },
+        None => {
+            let end = authority.find(':').unwrap_or(authority.len());
+            let host = &authority[..end];
+            let label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            (host.split('.').all(label), &authority[end..])
+        }
+    };
+    if !host_ok {
+        return Some(
+            "the host must be a lowercase DNS name or an IP address, with no user, path, query or trailing slash",
+        );
+    }
+    let port_ok = rest.is_empty()
+        || rest.strip_prefix(':').is_some_and(|p| {
+            (1..=5).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n > 0)
+        });
+    if !port_ok {
+        return Some("after the host comes at most :PORT, with no path, query or trailing slash");
+    }
+    None
 }
 
 #[cfg(test)]

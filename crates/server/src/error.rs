@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_proto::{ErrorCode, Problem};
 
+use crate::ratelimit::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401: no valid credential.
@@ -65,6 +67,15 @@ pub enum ApiError {
     /// 410: the result was delivered already, or no longer kept.
     #[error("result gone: {detail}")]
     ResultGone { detail: String },
+    /// 429: a rate limit of `bucket` is reached (WEB-4); the response carries `Retry-After`
+    /// and the `X-RateLimit-*` headers.
+    #[error("rate limited")]
+    RateLimited {
+        bucket: &'static str,
+        limit: u32,
+        reset_secs: u64,
+        retry_after_secs: u64,
+    },
     /// 503: a dependency (state store, audit chain) is unavailable; fails closed.
     #[error("unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -106,6 +117,7 @@ impl ApiError {
             ApiError::Conflict { .. } => ErrorCode::Conflict,
             ApiError::ResultNotReady { .. } => ErrorCode::ResultNotReady,
             ApiError::ResultGone { .. } => ErrorCode::ResultGone,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -184,6 +196,17 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { detail } => ("Conflict", Some(detail.clone()), None),
             ApiError::ResultNotReady { detail } => ("Result not ready", Some(detail.clone()), None),
             ApiError::ResultGone { detail } => ("Result gone", Some(detail.clone()), None),
+            ApiError::RateLimited {
+                bucket,
+                retry_after_secs,
+                ..
+            } => (
+                "Too many requests",
+                Some(format!(
+                    "too many requests; try again in {retry_after_secs} s"
+                )),
+                Some((*bucket).to_owned()),
+            ),
             ApiError::Unavailable(e) => {
                 tracing::error!(%error_id, error = %format!("{e:#}"), "dependency unavailable");
                 ("Service unavailable", None, None)
@@ -196,7 +219,21 @@ impl IntoResponse for ApiError {
         let mut problem = Problem::new(code, title, error_id);
         problem.detail = detail;
         problem.reason = reason;
-        problem_response(problem)
+        let mut response = problem_response(problem);
+        if let ApiError::RateLimited {
+            limit,
+            reset_secs,
+            retry_after_secs,
+            ..
+        } = self
+        {
+            let h = response.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+            h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
+            h.insert(X_RATELIMIT_RESET, HeaderValue::from(reset_secs));
+        }
+        response
     }
 }
 

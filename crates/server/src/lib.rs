@@ -15,16 +15,21 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod key_rotation;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod people;
+pub mod preflight;
 pub mod principals;
+pub mod ratelimit;
 pub mod reaper;
 pub mod results;
 pub mod routes;
 pub mod store;
+pub mod tls;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -57,6 +62,9 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long open HTTPS connections get to finish once the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything a handler needs, grouped by concern.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -73,6 +81,10 @@ pub struct Inner {
     pub dispatch: Dispatch,
     pub presence: Mutex<lifecycle::Presence>,
     pub people: people::People,
+    /// This server's Prometheus registry (WEB-9).
+    pub metrics: metrics::Metrics,
+    /// The rate limiter (WEB-4); `None` when `rate_limit.enabled` is false.
+    pub limiter: Option<ratelimit::RateLimiter>,
 }
 
 impl std::ops::Deref for AppState {
@@ -92,7 +104,11 @@ pub struct Server {
     /// True when this start found no users and wrote the one-time setup token to
     /// `config.setup_token_file()` (SEC-2).
     pub setup_token_written: bool,
+    /// The plain-HTTP listener that only redirects to HTTPS, when configured (NET-2).
+    pub redirect_addr: Option<SocketAddr>,
     pub state: AppState,
+    /// Native TLS, when configured (NET-1); reloaded by [`Server::reload_tls`].
+    tls: Option<tls::LiveTls>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -109,6 +125,26 @@ impl Server {
         if config.admin_token_file.is_some() && !config.listen.ip().is_loopback() {
             anyhow::bail!("an admin token file is for `portcullis dev` on loopback only (SEC-2)");
         }
+        // NET-1 and NET-2, decided on the address actually bound and before any state is
+        // touched: a server that cannot serve the way it must does not start at all.
+        let addr = listener.local_addr()?;
+        let tls = tls::files(&config).map(tls::LiveTls::load).transpose()?;
+        tls::transport(addr, tls.is_some(), config.behind_tls_proxy)?;
+        let redirect = match config.http_redirect_listen {
+            Some(_) if tls.is_none() => anyhow::bail!(
+                "http_redirect_listen redirects to this server's HTTPS port and needs native TLS (tls_cert_file and tls_key_file) (NET-2)"
+            ),
+            Some(at) => Some(TcpListener::bind(at).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {at} (http_redirect_listen): {e}")
+            })?),
+            None => None,
+        };
+        let redirect_addr = redirect.as_ref().map(TcpListener::local_addr).transpose()?;
+        // WEB-4: a server told to share its limits through Redis does not start without it,
+        // rather than serve with no limits or with limits of its own.
+        let limiter = ratelimit::RateLimiter::from_settings(&config.rate_limit)
+            .await
+            .map_err(|e| anyhow::anyhow!("rate limiting (WEB-4): {e}"))?;
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         let signing_key = keys::load_or_create(&data_dir)?;
@@ -132,8 +168,9 @@ impl Server {
             dispatch: Dispatch::default(),
             presence: Mutex::new(lifecycle::Presence::default()),
             people,
+            metrics: metrics::Metrics::new(),
+            limiter,
         }));
-        let addr = listener.local_addr()?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(audit::run_checkpointer(
@@ -164,27 +201,72 @@ impl Server {
             state.clone(),
             shutdown.subscribe(),
         )));
-        let router = app(state.clone());
-        tasks.push(tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            let graceful = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, service)
-                .with_graceful_shutdown(graceful)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server stopped with an error");
+        let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        match &tls {
+            Some(live) => {
+                let handle = axum_server::Handle::<SocketAddr>::new();
+                let server = axum_server::Server::<SocketAddr>::from_listener(listener)
+                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
+                        live.rustls_config(),
+                    ))
+                    .handle(handle.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::spawn(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                    });
+                    if let Err(e) = server.serve(service).await {
+                        tracing::error!(error = %e, "HTTPS server stopped with an error");
+                    }
+                }));
             }
-        }));
+            None => tasks.push(tokio::spawn(async move {
+                let graceful = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, service)
+                    .with_graceful_shutdown(graceful)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server stopped with an error");
+                }
+            })),
+        }
+        if let Some(listener) = redirect {
+            let mut stop = shutdown.subscribe();
+            let router = tls::redirect_router(addr.port());
+            tasks.push(tokio::spawn(async move {
+                let graceful = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(graceful)
+                    .await
+                {
+                    tracing::error!(error = %e, "the HTTP redirect listener stopped with an error");
+                }
+            }));
+        }
         Ok(Server {
             addr,
             provisioned_admin,
             setup_token_written,
+            redirect_addr,
             state,
+            tls,
             shutdown,
             tasks,
         })
+    }
+
+    /// Reads the TLS certificate and key files again (on SIGHUP): connections accepted from
+    /// now on use them, open ones keep theirs, and on failure the current certificate stays
+    /// (NET-1).
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        self.tls
+            .as_ref()
+            .ok_or(tls::TlsError::NotConfigured)?
+            .reload()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), flushes batched writes and

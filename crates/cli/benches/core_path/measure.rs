@@ -131,7 +131,7 @@ pub(crate) async fn through(
 /// The same sequential run on a fresh stack whose only agent runs a single worker.
 pub(crate) async fn through_single_worker() -> anyhow::Result<(Stats, Option<f64>)> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let mut opts = DevOptions::new("127.0.0.1:0".parse()?, dir.path().join("data"));
+    let mut opts = stack_options(dir.path())?;
     opts.start_agent = false;
     let stack = DevStack::start(opts).await?;
     let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
@@ -282,7 +282,7 @@ pub(crate) fn start_claim(
 
 pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let mut opts = DevOptions::new("127.0.0.1:0".parse()?, dir.path().join("data"));
+    let mut opts = stack_options(dir.path())?;
     opts.start_agent = false;
     let stack = DevStack::start(opts).await?;
     let admin = Client::new(&stack.url, Some(&stack.admin_token))?;

@@ -25,6 +25,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<u8> {
         }
     };
     let mut opts = DevOptions::new(args.listen, data_dir.clone());
+    opts.server.rate_limit.enabled = args.rate_limit;
     if let Some(file) = &args.connections {
         opts.extra =
             ConnectionsFile::load(file).map_err(|e| Exit::new(exit::USAGE, format!("{e:#}")))?;

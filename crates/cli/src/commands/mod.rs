@@ -2,6 +2,7 @@
 
 mod admin;
 mod audit;
+mod config;
 mod dev;
 mod exec;
 mod people;
@@ -19,6 +20,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Dev(a) => dev::run(a).await,
         Command::Server(a) => serve::server(a).await,
         Command::Agent(a) => serve::agent(a).await,
+        Command::Config(c) => config::run(c),
         Command::Exec(a) => exec::run(a).await,
         Command::Request(c) => exec::request(c).await,
         Command::Token(c) => admin::token(c).await,
@@ -59,19 +61,34 @@ pub(crate) fn client(remote: &Remote) -> anyhow::Result<Client> {
     }
 }
 
-/// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives.
-/// Colours only on a terminal: files and journals get plain text.
+/// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives;
+/// `PORTCULLIS_LOG_FORMAT` is `json`, `pretty` or `auto` (the default: pretty on a terminal,
+/// one JSON object per line everywhere else, for log shippers). Every line logged while an
+/// HTTP request is handled carries its `request_id` (WEB-5).
 pub(crate) fn init_logging(default: &str) {
     use std::io::IsTerminal;
     let filter = std::env::var("PORTCULLIS_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.to_owned());
-    let _ = tracing_subscriber::fmt()
+    let terminal = std::io::stderr().is_terminal();
+    let json = match std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("pretty") => false,
+        _ => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.with_ansi(terminal).try_init()
+    };
 }
 
 /// Waits for Ctrl-C or SIGTERM.

@@ -5,8 +5,11 @@ use portcullis_core::Policy;
 use portcullis_identity::MasterKey;
 use portcullis_identity::master_key::MASTER_KEY_ENV;
 use portcullis_proto::token::public_key_base64;
+use portcullis_server::preflight::{self, Level};
+use portcullis_server::tls::TlsError;
 use portcullis_server::{Server, ServerConfig, ServerSecrets};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{AgentArgs, ServerArgs};
 use crate::exit::{self, Exit};
@@ -21,27 +24,40 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     if let Some(data) = args.data {
         config.data_dir = data;
     }
-    if !config.listen.ip().is_loopback() && !config.behind_tls_proxy {
+    // The checks `portcullis config check` reports, before anything is bound or written:
+    // plain HTTP where others can reach it (NET-1), the redirect listener (NET-2), the TLS
+    // files, the master key (SEC-1), CORS (WEB-2) and the rest. Warnings are logged; any
+    // error stops the start.
+    let master_key_env = std::env::var(MASTER_KEY_ENV).ok();
+    let report = preflight::check(&config, master_key_env.as_deref());
+    for f in report.findings.iter().filter(|f| f.level == Level::Warning) {
+        tracing::warn!(code = f.code.as_str(), "{}", f.message);
+    }
+    if report.has_errors() {
+        let errors: Vec<String> = report
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .map(|f| f.message.clone())
+            .collect();
         return Err(Exit::new(
             exit::USAGE,
-            format!(
-                "refusing to serve plain HTTP on {} (NET-1): bind a loopback address, or set behind_tls_proxy = true when a TLS-terminating proxy is the only way in",
-                config.listen
-            ),
+            format!("cannot start: {}", errors.join("\n  ")),
         )
         .into());
     }
     // SEC-1: no default for the master key; a missing or weak one stops the start here.
-    let master_key = MasterKey::load(
-        std::env::var(MASTER_KEY_ENV).ok(),
-        config.master_key_file.as_deref(),
-    )
-    .map_err(|e| Exit::new(exit::USAGE, format!("cannot start: {e}")))?;
+    let master_key = MasterKey::load(master_key_env, config.master_key_file.as_deref())
+        .map_err(|e| Exit::new(exit::USAGE, format!("cannot start: {e}")))?;
     let policy = Policy::new(config.policy.clone())
         .map_err(|e| Exit::new(exit::USAGE, format!("invalid configuration: {e}")))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    // Registered before the server announces itself, so that a SIGHUP sent after the
+    // announcement never meets the default action (terminate).
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
     let server = Server::start(config, policy, ServerSecrets { master_key }, listener).await?;
     if server.setup_token_written {
         let file = server.state.config.setup_token_file();
@@ -51,11 +67,27 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     let signer = &keys.signer;
     tracing::info!(
         addr = %server.addr,
+        tls = server.state.config.tls_cert_file.is_some(),
+        redirect = ?server.redirect_addr,
         key_id = %signer.key_id(),
         public_key = %public_key_base64(&signer.verifying_key()),
         "portcullis server listening; pin this key in agent configs ([[trusted_keys]])"
     );
-    super::shutdown_signal().await;
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = hangup.recv() => {
+                // NET-1: a renewed certificate is picked up without a restart; the reload
+                // logs its own success or failure, and a failure keeps the old certificate.
+                tracing::info!("SIGHUP: reloading the TLS certificate and key");
+                if let Err(TlsError::NotConfigured) = server.reload_tls() {
+                    tracing::info!("SIGHUP: native TLS is not configured; nothing to reload");
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     server.stop().await;
     Ok(exit::OK)

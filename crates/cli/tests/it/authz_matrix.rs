@@ -40,6 +40,13 @@ fn expected() -> Vec<(&'static str, &'static str, Vec<Who>)> {
     vec![
         ("GET", "/health", public()),
         ("GET", "/ready", public()),
+        ("GET", "/api/v1/openapi.json", public()),
+        ("GET", "/metrics", auditors()),
+        // Public in the table: the socket authenticates inside before any event (WEB-8).
+        ("GET", "/api/v1/events", public()),
+        ("GET", "/", public()),
+        ("GET", "/ui", public()),
+        ("GET", "/ui/{*path}", public()),
         ("GET", "/api/v1/public-key", users()),
         ("POST", "/api/v1/bootstrap", public()),
         ("POST", "/api/v1/login", public()),

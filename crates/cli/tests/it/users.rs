@@ -730,10 +730,12 @@ async fn sec3_vault_rotation_round_trip_hot_swap_and_tamper() {
 
 /// SEC-2: after bootstrap, every route but the declared public ones answers 401 without
 /// credentials (generated from the route table), and the public ones are exactly health,
-/// readiness and the sign-in endpoints.
+/// readiness, the API description and the sign-in endpoints — and the live-events socket,
+/// public only so that it can authenticate itself, which never gives an anonymous client an
+/// event (WEB-8).
 #[tokio::test]
 async fn sec2_no_route_answers_without_credentials_after_bootstrap() {
-    let app = fresh_with(|_| {}).await;
+    let app = fresh_with(|c| c.events.auth_timeout_secs = 1).await;
     app.bootstrap().await;
     let anonymous = app.anonymous();
     let mut public = Vec::new();
@@ -756,13 +758,19 @@ async fn sec2_no_route_answers_without_credentials_after_bootstrap() {
     assert_eq!(
         public,
         [
+            "GET /",
+            "GET /api/v1/events",
+            "GET /api/v1/openapi.json",
             "GET /health",
             "GET /ready",
+            "GET /ui",
+            "GET /ui/{*path}",
             "POST /api/v1/bootstrap",
             "POST /api/v1/enrol",
             "POST /api/v1/login",
         ]
     );
+    crate::events::anonymous_sockets_get_no_event(&app.url).await;
     app.server.stop().await;
 }
 
@@ -898,7 +906,7 @@ async fn no_secret_reaches_the_logs_or_the_audit_log() {
 
     let text = std::fs::read_to_string(&log).expect("log")
         + &std::fs::read_to_string(dir.path().join("server.out")).expect("out");
-    for expected in ["path=/api/v1/login", "bootstrap complete", "user suspended"] {
+    for expected in ["/api/v1/login", "bootstrap complete", "user suspended"] {
         assert!(
             text.contains(expected),
             "the server logged at TRACE ({} bytes) without {expected:?}",

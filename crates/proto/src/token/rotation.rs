@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{KeyId, MAX_TOKEN_TTL_MS, TokenError, TrustedKeys};
 
@@ -16,7 +17,7 @@ const ROTATION_DOMAIN: &[u8] = b"portcullis/key-rotation/v1\0";
 
 /// "`new_public_key` succeeds `prev_key_id` from `issued_at_ms`", signed by the previous key.
 /// Travels as JSON with hex ids and base64 keys and signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyAnnouncement {
     pub prev_key_id: String,
     pub new_key_id: String,

@@ -4,12 +4,21 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_proto::api::AuditVerifyView;
+use portcullis_proto::api::{AlertView, AuditVerifyView};
 
 use crate::AppState;
 use crate::audit::{self, CheckpointFile};
 use crate::error::ApiError;
 
+/// Verifies the audit hash chain and its signed checkpoint (AUD-3); a failure raises a
+/// critical alert.
+#[utoipa::path(
+    get,
+    operation_id = "verify_audit",
+    path = "/api/v1/audit/verify",
+    tag = "audit",
+    responses((status = 200, description = "The verification report; `ok` is false when the chain is broken", body = AuditVerifyView)),
+)]
 pub(super) async fn verify(
     State(state): State<AppState>,
     super::User(who): super::User,
@@ -64,6 +73,18 @@ pub(super) async fn verify(
     }))
 }
 
+/// The whole audit chain (AUD-6).
+#[utoipa::path(
+    get,
+    operation_id = "export_audit",
+    path = "/api/v1/audit/export",
+    tag = "audit",
+    responses((
+        status = 200,
+        description = "JSON Lines: one `AuditEventView` per line, oldest first",
+        content(("application/jsonl")),
+    )),
+)]
 pub(super) async fn export(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut out = Vec::new();
     audit::export(state.store.reader(), &mut out)
@@ -77,8 +98,9 @@ pub(super) async fn export(State(state): State<AppState>) -> Result<Response, Ap
     Ok(response)
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AlertParams {
     /// Only alerts after this sequence number.
     #[serde(default)]
@@ -87,11 +109,22 @@ pub(super) struct AlertParams {
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/alerts` (AUD-5): the newest alerts, oldest first.
+/// The newest alerts, oldest first (AUD-5).
+#[utoipa::path(
+    get,
+    operation_id = "list_alerts",
+    path = "/api/v1/alerts",
+    tag = "audit",
+    params(AlertParams),
+    responses(
+        (status = 200, description = "Up to `limit` alerts (default 100, at most 1000)", body = Vec<AlertView>),
+        (status = 400, description = "An unknown or malformed query parameter"),
+    ),
+)]
 pub(super) async fn alerts(
     State(state): State<AppState>,
     crate::error::ApiQuery(p): crate::error::ApiQuery<AlertParams>,
-) -> Result<Json<Vec<portcullis_proto::api::AlertView>>, ApiError> {
+) -> Result<Json<Vec<AlertView>>, ApiError> {
     let limit = i64::from(p.limit.unwrap_or(100).clamp(1, 1000));
     Ok(Json(
         crate::alerts::list(&state.store, p.after.unwrap_or(0), limit).await?,

@@ -5,11 +5,27 @@ use axum::http::StatusCode;
 
 use crate::AppState;
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain", example = "ok")),
+)]
 pub(super) async fn health() -> &'static str {
     "ok"
 }
 
-/// 200 only when the state store answers and every migration is applied.
+/// Readiness: 200 only when the state store answers and every migration is applied.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "Not ready", body = String, content_type = "text/plain", example = "not ready"),
+    ),
+)]
 pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if state.store.ready().await {
         (StatusCode::OK, "ready")

@@ -4,16 +4,19 @@
 
 mod admin;
 mod agent;
+mod assets;
 mod audit;
+mod events;
 mod health;
+mod metrics;
+mod openapi;
 mod people;
 mod requests;
-
-use std::net::SocketAddr;
+pub mod web;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
@@ -25,6 +28,7 @@ use crate::audit::{Action, Context, Event, Outcome};
 use crate::auth::{AgentPrincipal, Principal, UserPrincipal};
 use crate::clock;
 use crate::error::ApiError;
+use crate::ratelimit::{self, Bucket};
 
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +54,6 @@ pub struct RouteSpec {
     pub guard: Guard,
 }
 
-const BODY_LIMIT: usize = 1024 * 1024;
 const AGENT_REPORT_LIMIT: usize = 64 * 1024 * 1024;
 
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
@@ -71,6 +74,23 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     vec![
         r(Method::GET, "/health", Public, get(health::health)),
         r(Method::GET, "/ready", Public, get(health::ready)),
+        r(
+            Method::GET,
+            "/api/v1/openapi.json",
+            Public,
+            get(openapi::document),
+        ),
+        r(
+            Method::GET,
+            "/metrics",
+            Permission(portcullis_core::Permission::MetricsView),
+            get(metrics::metrics),
+        ),
+        // The embedded web UI (WEB-7): static files only; every call it makes is an
+        // authenticated API call.
+        r(Method::GET, "/", Public, get(assets::index)),
+        r(Method::GET, "/ui", Public, get(assets::index)),
+        r(Method::GET, "/ui/{*path}", Public, get(assets::asset)),
         r(
             Method::GET,
             "/api/v1/public-key",
@@ -161,6 +181,10 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             post(requests::create),
         ),
         r(Method::GET, "/api/v1/requests", User, get(requests::list)),
+        // Live events (WEB-8). Public here only because a browser cannot set a header on a
+        // WebSocket: the socket authenticates itself (header, cookie with an allowed Origin,
+        // or a first auth message within a timeout) before any event flows (SEC-2).
+        r(Method::GET, "/api/v1/events", Public, get(events::events)),
         r(
             Method::GET,
             "/api/v1/requests/{id}",
@@ -323,60 +347,11 @@ pub fn app(state: AppState) -> Router {
         );
         router = router.route(spec.path, handler.route_layer(layer));
     }
-    router
+    let router = router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(correlate))
-        .with_state(state)
-}
-
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Gives every request a correlation id and client address (WEB-5), echoes the id, and marks
-/// API responses uncacheable.
-async fn correlate(mut req: Request, next: Next) -> Response {
-    let correlation_id = uuid::Uuid::new_v4().to_string();
-    let client_addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "-".to_owned(), |ConnectInfo(a)| a.ip().to_string());
-    // The access log (DEBUG): method, path (never a query string), status, time. Nothing is
-    // copied when it is off.
-    let access = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        (
-            req.method().clone(),
-            req.uri().path().chars().take(200).collect::<String>(),
-            client_addr.clone(),
-            std::time::Instant::now(),
-        )
-    });
-    req.extensions_mut().insert(Context {
-        correlation_id: correlation_id.clone(),
-        client_addr,
-    });
-    let mut response = next.run(req).await;
-    if let Some((method, path, client_addr, started)) = access {
-        tracing::debug!(
-            request_id = %correlation_id,
-            client = %client_addr,
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "http request"
-        );
-    }
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        headers.insert(REQUEST_ID.clone(), v);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+        .layer(DefaultBodyLimit::max(state.config.web.body_limit_bytes));
+    web::harden(router, &state.config, state.metrics.clone()).with_state(state)
 }
 
 fn context(req: &Request) -> Context {
@@ -392,10 +367,31 @@ async fn guarded(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if guard == Guard::Public {
-        return next.run(req).await;
-    }
     let ctx = context(&req);
+    // WEB-4: unauthenticated requests are counted by client address; sign-in attempts (the
+    // public ones and step-up) also against the stricter hourly bucket of that address.
+    let limiter = state.limiter.as_ref();
+    let now = clock::now_ms();
+    let address = ratelimit::address_key(&ctx.client_addr);
+    let post = req.method() == Method::POST;
+    let sign_in = post
+        && matches!(
+            req.uri().path(),
+            "/api/v1/login" | "/api/v1/bootstrap" | "/api/v1/enrol" | "/api/v1/step-up"
+        );
+    let anonymous = [(Bucket::Anonymous, address.as_str())];
+    if guard == Guard::Public {
+        let login = [(Bucket::Login, address.as_str())];
+        let checks = if sign_in {
+            [anonymous, login].concat()
+        } else {
+            anonymous.to_vec()
+        };
+        return match ratelimit::enforce(limiter, &ctx.client_addr, &checks, now).await {
+            Ok(shown) => ratelimit::with_headers(next.run(req).await, shown),
+            Err(refused) => refused,
+        };
+    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -407,12 +403,24 @@ async fn guarded(
         Some(b) => (b, false),
         None => match session_cookie(&req, state.config.secure_cookies()) {
             Some(c) => (c, true),
-            None => return ApiError::Unauthenticated.into_response(),
+            None => {
+                return match ratelimit::enforce(limiter, &ctx.client_addr, &anonymous, now).await {
+                    Ok(shown) => {
+                        ratelimit::with_headers(ApiError::Unauthenticated.into_response(), shown)
+                    }
+                    Err(refused) => refused,
+                };
+            }
         },
     };
     // AUTH-3: a browser sends cookies with cross-site requests; a state-changing request
     // carried by the session cookie must come from this server's own origin.
     if via_cookie && !is_safe(req.method()) && !same_origin(&req) {
+        // WEB-4: counted before its audit event, so refusals cannot flood the audit chain.
+        let shown = match ratelimit::enforce(limiter, &ctx.client_addr, &anonymous, now).await {
+            Ok(shown) => shown,
+            Err(refused) => return refused,
+        };
         let event = Event {
             actor: "anonymous".into(),
             action: Action::OriginRefused,
@@ -425,10 +433,10 @@ async fn guarded(
         if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
             return e.into_response();
         }
-        return ApiError::Forbidden {
+        let refused = ApiError::Forbidden {
             reason: "origin_mismatch",
-        }
-        .into_response();
+        };
+        return ratelimit::with_headers(refused.into_response(), shown);
     }
     let principal = match state
         .auth
@@ -437,6 +445,12 @@ async fn guarded(
     {
         Ok(p) => p,
         Err(failure) => {
+            // WEB-4: a refused credential counts against its address, before the audit
+            // event, so that guessing is slowed and refusals cannot flood the audit chain.
+            let shown = match ratelimit::enforce(limiter, &ctx.client_addr, &anonymous, now).await {
+                Ok(shown) => shown,
+                Err(refused) => return refused,
+            };
             let token_id = crate::auth::parse_bearer(&bearer).map(|(_, id)| id.to_owned());
             let event = Event {
                 actor: "anonymous".into(),
@@ -448,8 +462,22 @@ async fn guarded(
             if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
                 return e.into_response();
             }
-            return ApiError::Unauthenticated.into_response();
+            return ratelimit::with_headers(ApiError::Unauthenticated.into_response(), shown);
         }
+    };
+    // WEB-4: an authenticated request counts against its principal (agents against their
+    // own, larger limit), before any refusal below is audited.
+    let who = ratelimit::principal_key(&principal);
+    let mut checks = vec![match principal {
+        Principal::Agent(_) => (Bucket::Agent, who.as_str()),
+        Principal::User(_) => (Bucket::Authenticated, who.as_str()),
+    }];
+    if sign_in {
+        checks.push((Bucket::Login, address.as_str()));
+    }
+    let shown = match ratelimit::enforce(limiter, &ctx.client_addr, &checks, now).await {
+        Ok(shown) => shown,
+        Err(refused) => return refused,
     };
     let allowed = match (&guard, &principal) {
         (Guard::Agent, Principal::Agent(_)) | (Guard::User, Principal::User(_)) => true,
@@ -477,10 +505,10 @@ async fn guarded(
         if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
             return e.into_response();
         }
-        return ApiError::Forbidden {
+        let refused = ApiError::Forbidden {
             reason: "missing_permission",
-        }
-        .into_response();
+        };
+        return ratelimit::with_headers(refused.into_response(), shown);
     }
     // API tokens were created under step-up; a session needs a recent TOTP check.
     if let (Guard::StepUp(_), Principal::User(u)) = (&guard, &principal)
@@ -497,10 +525,23 @@ async fn guarded(
         if let Err(e) = crate::lifecycle::audit_only(&state, &ctx, event).await {
             return e.into_response();
         }
-        return ApiError::StepUpRequired.into_response();
+        return ratelimit::with_headers(ApiError::StepUpRequired.into_response(), shown);
     }
+    // WEB-4: creating an API token also counts against the person's hourly bucket, once the
+    // caller may create tokens: refused attempts by a person's weaker tokens cannot use up
+    // the budget of the person who owns them.
+    let shown = if post && req.uri().path() == "/api/v1/tokens" {
+        let owner = ratelimit::owner_key(&principal);
+        let checks = [(Bucket::TokenCreation, owner.as_str())];
+        match ratelimit::enforce(limiter, &ctx.client_addr, &checks, now).await {
+            Ok(creation) => ratelimit::tighter(shown, creation),
+            Err(refused) => return refused,
+        }
+    } else {
+        shown
+    };
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    ratelimit::with_headers(next.run(req).await, shown)
 }
 
 /// Whether a TOTP check at `mfa_at_ms` still covers a sensitive action at `now_ms`.
@@ -602,6 +643,24 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
             .get::<Context>()
             .cloned()
             .unwrap_or_else(|| Context::system("unknown"))))
+    }
+}
+
+/// The one parameter of a route path, percent-decoded. A segment that does not decode to
+/// UTF-8 names nothing this server has: 404 as a problem document, like every other error,
+/// where axum's own rejection would answer 400 in plain text with its internal wording.
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(segment)) => Ok(Segment(segment)),
+            Err(_) => Err(ApiError::NotFound),
+        }
     }
 }
 

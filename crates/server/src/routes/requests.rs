@@ -3,26 +3,29 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use portcullis_core::{Permission, RequestState};
 use portcullis_proto::api::{
     CreateRequest, DecideRequest, PolicyCheck, PolicyVerdict, RequestOutcome, RequestView,
 };
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::{Ctx, User, path_uuid};
+use super::{Ctx, Segment, User, openapi, path_uuid};
 use crate::AppState;
 use crate::approvals::{self, Verdict};
 use crate::auth::UserPrincipal;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WaitParams {
-    /// Seconds to wait for the request to finish before answering with its current state.
+    /// Seconds to wait for the request to finish before answering with its current state
+    /// (at most `execution.max_wait_secs`).
     #[serde(default)]
     wait: Option<u64>,
     /// Answer early when an approval decision lands (for live progress).
@@ -30,6 +33,54 @@ pub(super) struct WaitParams {
     progress: bool,
 }
 
+/// Requests an operation on a connection. The server classifies the statement itself,
+/// authorizes the class for the caller's role and environment scope, and applies policy:
+/// denied, pending approval, or approved and queued for an agent. With `wait`, answers when
+/// the request finished or the wait ended.
+#[utoipa::path(
+    post,
+    operation_id = "create_request",
+    path = "/api/v1/requests",
+    tag = "requests",
+    params(WaitParams),
+    request_body(
+        content = CreateRequest,
+        examples(
+            ("read" = (summary = "A read, held for `wait`", value = json!({
+                "connection": "demo",
+                "statement": "SELECT name, country FROM customers LIMIT 5",
+                "reason": "first look",
+            }))),
+            ("streamed" = (summary = "A read relayed row by row to `GET /api/v1/requests/{id}/result`", value = json!({
+                "connection": "demo",
+                "statement": "SELECT * FROM customers",
+                "reason": "export",
+                "stream": true,
+            }))),
+        ),
+    ),
+    responses(
+        (
+            status = 201,
+            description = "The request, and its result when it finished within the wait",
+            body = RequestOutcome,
+            links(
+                ("show" = (operation_id = "show_request", parameters(("id" = "$response.body#/request/id")))),
+                ("wait" = (operation_id = "wait_for_request", parameters(("id" = "$response.body#/request/id")))),
+                ("result" = (operation_id = "request_result", parameters(("id" = "$response.body#/request/id")))),
+                ("cancel" = (operation_id = "cancel_request", parameters(("id" = "$response.body#/request/id")))),
+                ("approve" = (operation_id = "approve_request", parameters(("id" = "$response.body#/request/id")))),
+                ("reject" = (operation_id = "reject_request", parameters(("id" = "$response.body#/request/id")))),
+                ("review" = (operation_id = "review_request", parameters(("id" = "$response.body#/request/id"))))
+            ),
+        ),
+        (status = 400, description = "The body or a query parameter is malformed, or the reason is refused"),
+        (status = 403, description = "The role or environment scope does not allow this class here (`operation_not_permitted`), policy denies it (`policy_denied`), or the guard refused"),
+        (status = 404, description = "The connection is not declared on this server (`unknown_connection`)"),
+        (status = 413, description = "The body exceeds the size limit"),
+        (status = 422, description = "Classification refused the statement (`statement_denied`; `reason` says why)"),
+    ),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     User(who): User,
@@ -42,10 +93,23 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(outcome)))
 }
 
+/// Waits (up to `wait` seconds, default 30) for one of the caller's requests to finish.
+#[utoipa::path(
+    get,
+    operation_id = "wait_for_request",
+    path = "/api/v1/requests/{id}/wait",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request's id"), WaitParams),
+    responses(
+        (status = 200, description = "The request, and its result when it finished within the wait", body = RequestOutcome),
+        (status = 400, description = "A query parameter is malformed"),
+        (status = 404, description = "No request of the caller has this id"),
+    ),
+)]
 pub(super) async fn wait(
     State(state): State<AppState>,
     User(who): User,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
@@ -54,11 +118,26 @@ pub(super) async fn wait(
     ))
 }
 
-/// The result as NDJSON: header, rows, trailer (see [`crate::results`]).
+/// The result as NDJSON: a `StreamHeader` line, one JSON array per row, then a
+/// `ResultTrailer` line. A stream that ends without a trailer was cut.
+#[utoipa::path(
+    get,
+    operation_id = "request_result",
+    path = "/api/v1/requests/{id}/result",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request's id"), WaitParams),
+    responses(
+        (status = 200, description = "NDJSON: `StreamHeader`, rows, `ResultTrailer`", content(("application/x-ndjson"))),
+        (status = 400, description = "A query parameter is malformed"),
+        (status = 404, description = "No request of the caller has this id"),
+        (status = 409, description = "No result has begun yet (`result_not_ready`)"),
+        (status = 410, description = "The result was delivered already or is no longer kept (`result_gone`)"),
+    ),
+)]
 pub(super) async fn result(
     State(state): State<AppState>,
     User(who): User,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<axum::response::Response, ApiError> {
     let id = path_uuid(&id)?;
@@ -126,10 +205,22 @@ async fn wait_outcome(
     })
 }
 
+/// One request: the caller's own, or anyone's with `requests:view_all`.
+#[utoipa::path(
+    get,
+    operation_id = "show_request",
+    path = "/api/v1/requests/{id}",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request's id")),
+    responses(
+        (status = 200, description = "The request", body = RequestView),
+        (status = 404, description = "No request visible to the caller has this id"),
+    ),
+)]
 pub(super) async fn show(
     State(state): State<AppState>,
     User(who): User,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     let (view, owner) = lifecycle::load_view(&state, id)
@@ -141,11 +232,15 @@ pub(super) async fn show(
     Ok(Json(view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// Only requests in this state.
     #[serde(default)]
+    #[param(value_type = Option<portcullis_proto::openapi::RequestState>)]
     state: Option<RequestState>,
+    /// At most this many, newest first (default 50, at most 500).
     #[serde(default)]
     limit: Option<u32>,
     /// Everyone's requests (needs `requests:view_all`); otherwise only the caller's.
@@ -156,6 +251,19 @@ pub(super) struct ListParams {
     unreviewed: bool,
 }
 
+/// The newest requests: the caller's own, or everyone's with `all`.
+#[utoipa::path(
+    get,
+    operation_id = "list_requests",
+    path = "/api/v1/requests",
+    tag = "requests",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The requests, newest first", body = Vec<RequestView>),
+        (status = 400, description = "An unknown or malformed query parameter"),
+        (status = 403, description = "`all` without `requests:view_all` (`missing_permission`), or the guard refused"),
+    ),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     User(who): User,
@@ -190,32 +298,79 @@ pub(super) async fn list(
     Ok(Json(views))
 }
 
+/// Cancels one of the caller's requests that has not been dispatched.
+#[utoipa::path(
+    post,
+    operation_id = "cancel_request",
+    path = "/api/v1/requests/{id}/cancel",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request's id")),
+    responses(
+        (status = 200, description = "The cancelled request", body = RequestView),
+        (status = 404, description = "No request of the caller has this id"),
+        (status = 409, description = "The request's state does not allow cancelling (`invalid_state`)"),
+    ),
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     User(who): User,
     Ctx(ctx): Ctx,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
     lifecycle::cancel(&state, &who, &ctx, id).await?;
     view_json(&state, id).await
 }
 
+/// Approves the current step of a request awaiting approval (AZ-3).
+#[utoipa::path(
+    post,
+    operation_id = "approve_request",
+    path = "/api/v1/requests/{id}/approve",
+    tag = "approvals",
+    params(("id" = String, Path, description = "The request's id")),
+    request_body = DecideRequest,
+    responses(
+        (status = 200, description = "The request after the decision", body = RequestView),
+        (status = 400, description = "The body is malformed or the comment is refused"),
+        (status = 403, description = "Decisions need a person in a session (`approval_needs_session`), not the requester (`self_approval`), with a role of the current step (`role_not_in_step`); or the guard refused"),
+        (status = 404, description = "No such request"),
+        (status = 409, description = "The request awaits no decision, changed meanwhile, or the caller decided already"),
+        (status = 413, description = "The body exceeds the size limit"),
+    ),
+)]
 pub(super) async fn approve(
     State(state): State<AppState>,
     User(who): User,
     Ctx(ctx): Ctx,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     ApiJson(body): ApiJson<DecideRequest>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(state, who, ctx, id, Verdict::Approve, body).await
 }
 
+/// Rejects a request awaiting approval; the comment is required and shown to the requester.
+#[utoipa::path(
+    post,
+    operation_id = "reject_request",
+    path = "/api/v1/requests/{id}/reject",
+    tag = "approvals",
+    params(("id" = String, Path, description = "The request's id")),
+    request_body = DecideRequest,
+    responses(
+        (status = 200, description = "The request after the decision", body = RequestView),
+        (status = 400, description = "The body is malformed or the comment is refused or missing"),
+        (status = 403, description = "Decisions need a person in a session (`approval_needs_session`), not the requester (`self_approval`), with a role of the current step (`role_not_in_step`); or the guard refused"),
+        (status = 404, description = "No such request"),
+        (status = 409, description = "The request awaits no decision, changed meanwhile, or the caller decided already"),
+        (status = 413, description = "The body exceeds the size limit"),
+    ),
+)]
 pub(super) async fn reject(
     State(state): State<AppState>,
     User(who): User,
     Ctx(ctx): Ctx,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     ApiJson(body): ApiJson<DecideRequest>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(state, who, ctx, id, Verdict::Reject, body).await
@@ -234,6 +389,24 @@ async fn decide(
     view_json(&state, id).await
 }
 
+/// How policy would decide a statement, and why, without creating or running anything.
+#[utoipa::path(
+    post,
+    operation_id = "check_policy",
+    path = "/api/v1/policy/check",
+    tag = "approvals",
+    request_body(
+        content = PolicyCheck,
+        example = json!({"connection": "demo", "statement": "DELETE FROM customers WHERE id = 1"}),
+    ),
+    responses(
+        (status = 200, description = "The verdict and the rules it passed", body = PolicyVerdict),
+        (status = 400, description = "The body is malformed"),
+        (status = 404, description = "The connection is not declared on this server (`unknown_connection`)"),
+        (status = 413, description = "The body exceeds the size limit"),
+        (status = 422, description = "Classification refused the statement (`statement_denied`)"),
+    ),
+)]
 pub(super) async fn policy_check(
     State(state): State<AppState>,
     User(who): User,
@@ -242,6 +415,21 @@ pub(super) async fn policy_check(
     Ok(Json(approvals::check(&state, &who, &body)?))
 }
 
+/// Opens a time-boxed break-glass grant (AZ-4): requests run without approval until it
+/// expires, and each is reviewed afterwards.
+#[utoipa::path(
+    post,
+    operation_id = "open_break_glass",
+    path = "/api/v1/break-glass",
+    tag = "approvals",
+    request_body = openapi::OpenGrant,
+    responses(
+        (status = 201, description = "The grant", body = openapi::Grant),
+        (status = 400, description = "The body is malformed, or the reason or duration is refused"),
+        (status = 403, description = "Break-glass needs a person in a session (`needs_session`) whose role may break glass (`missing_permission`) with a fresh step-up (`step_up_required`)"),
+        (status = 413, description = "The body exceeds the size limit"),
+    ),
+)]
 pub(super) async fn open_break_glass(
     State(state): State<AppState>,
     User(who): User,
@@ -252,11 +440,28 @@ pub(super) async fn open_break_glass(
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
+/// Reviews a request that ran under break-glass (AZ-4).
+#[utoipa::path(
+    post,
+    operation_id = "review_request",
+    path = "/api/v1/requests/{id}/review",
+    tag = "approvals",
+    params(("id" = String, Path, description = "The request's id")),
+    request_body = DecideRequest,
+    responses(
+        (status = 200, description = "The reviewed request", body = RequestView),
+        (status = 400, description = "The body is malformed, or the comment is missing or refused"),
+        (status = 403, description = "Reviews need a person in a session (`needs_session`) other than the requester (`self_review`); or the guard refused"),
+        (status = 404, description = "No such request"),
+        (status = 409, description = "The request did not run under break-glass, or is reviewed already"),
+        (status = 413, description = "The body exceeds the size limit"),
+    ),
+)]
 pub(super) async fn review(
     State(state): State<AppState>,
     User(who): User,
     Ctx(ctx): Ctx,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     ApiJson(body): ApiJson<DecideRequest>,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = path_uuid(&id)?;
