@@ -186,6 +186,29 @@ impl Authenticator {
         now_ms: i64,
         addr: &str,
     ) -> Result<Principal, AuthFailure> {
+        self.check(store, bearer, now_ms, addr, true).await
+    }
+
+    /// Whether a credential already in use is still valid, without counting as a use: a
+    /// session's idle clock and a token's last-used time stay as they were (AUTH-3). The
+    /// live-events socket re-checks with this, so an open tab never keeps a session alive.
+    pub async fn recheck(
+        &self,
+        store: &Store,
+        bearer: &str,
+        now_ms: i64,
+    ) -> Result<Principal, AuthFailure> {
+        self.check(store, bearer, now_ms, "-", false).await
+    }
+
+    async fn check(
+        &self,
+        store: &Store,
+        bearer: &str,
+        now_ms: i64,
+        addr: &str,
+        touch: bool,
+    ) -> Result<Principal, AuthFailure> {
         let (prefix, id) = parse_bearer(bearer).ok_or(AuthFailure::Malformed)?;
         let cached = self
             .cache
@@ -240,6 +263,9 @@ impl Authenticator {
                 self.forget(id);
                 return Err(AuthFailure::Expired);
             }
+            if !touch {
+                return Ok(credential.principal);
+            }
             if let Some(c) = self
                 .cache
                 .lock()
@@ -255,7 +281,7 @@ impl Authenticator {
                 .insert(id.to_owned(), now_ms);
             return Ok(credential.principal);
         }
-        if matches!(credential.principal, Principal::User(_)) {
+        if touch && matches!(credential.principal, Principal::User(_)) {
             self.last_used
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -339,6 +339,14 @@ async fn auth3_cookie_attributes_origin_check_and_expiry() {
 
     let state = &app.server.state;
     let now = portcullis_server::clock::now_ms();
+    // A re-check (the live-events socket's, WEB-8) is not a use: an open tab never keeps an
+    // idle session alive.
+    let recheck = |at: i64| state.auth.recheck(&state.store, &token, at);
+    assert!(recheck(now + 10 * 60_000).await.is_ok());
+    assert!(
+        recheck(now + 15 * 60_000 + 1_000).await.is_err(),
+        "a re-check must not move the idle clock"
+    );
     let auth = |at: i64| state.auth.authenticate(&state.store, &token, at, "test");
     assert!(auth(now + 60_000).await.is_ok());
     assert!(

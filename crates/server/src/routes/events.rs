@@ -397,7 +397,7 @@ impl Connection {
         let checked = self
             .state
             .auth
-            .authenticate(&self.state.store, &auth.secret, now, &self.ctx.client_addr)
+            .recheck(&self.state.store, &auth.secret, now)
             .await;
         match checked {
             Ok(Principal::User(who))
