@@ -15,9 +15,10 @@ use axum::body::Bytes;
 
 use portcullis_core::ConnectionName;
 use portcullis_core::RequestState;
+use portcullis_proto::agent::JobAssignment;
 use portcullis_proto::api::{ExecError, ExecResult};
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 /// How a request ended, as relayed to its waiters.
@@ -67,6 +68,70 @@ pub enum Reader {
 pub struct Dispatch {
     ready: Mutex<HashMap<ConnectionName, Arc<Notify>>>,
     slots: Mutex<HashMap<Uuid, Slot>>,
+    /// Agent workers idle in their claim, per connection they serve, most recent last.
+    idle: Mutex<Idle>,
+}
+
+/// An agent worker idle in its claim, ready to take a job handed to it directly.
+#[derive(Debug)]
+pub struct IdleClaim {
+    pub agent: String,
+    /// The claim's own request, for the dispatch event.
+    pub ctx: crate::audit::Context,
+    pub deliver: oneshot::Sender<JobAssignment>,
+}
+
+type IdleCell = Arc<Mutex<Option<IdleClaim>>>;
+
+#[derive(Default)]
+struct Idle {
+    next_ticket: u64,
+    by_connection: HashMap<ConnectionName, Vec<(u64, IdleCell)>>,
+}
+
+/// A worker's registration as idle; withdrawn by [`IdleTicket::finish`] or on drop.
+#[derive(Debug)]
+pub struct IdleTicket<'a> {
+    dispatch: &'a Dispatch,
+    ticket: u64,
+    connections: Vec<ConnectionName>,
+    cell: IdleCell,
+    pub receiver: oneshot::Receiver<JobAssignment>,
+}
+
+impl IdleTicket<'_> {
+    fn withdraw(&self) {
+        let mut idle = self.dispatch.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &self.connections {
+            if let Some(list) = idle.by_connection.get_mut(c) {
+                list.retain(|(t, _)| *t != self.ticket);
+            }
+        }
+    }
+
+    /// Stops being idle. Returns the job handed over in the meantime, if one was: when a
+    /// hand-off took this worker it waits for that transaction's outcome (a failed one
+    /// gives nothing).
+    pub async fn finish(mut self) -> Option<JobAssignment> {
+        self.withdraw();
+        let taken = self
+            .cell
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_none();
+        if taken {
+            (&mut self.receiver).await.ok()
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for IdleTicket<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -102,6 +167,52 @@ impl Dispatch {
                 fut
             })
             .collect()
+    }
+
+    /// Registers a worker of `agent` as idle on `connections` until the ticket is finished
+    /// or dropped. A job handed to it arrives on the ticket's receiver.
+    pub fn register_idle(
+        &self,
+        connections: &[ConnectionName],
+        agent: &str,
+        ctx: &crate::audit::Context,
+    ) -> IdleTicket<'_> {
+        let (deliver, receiver) = oneshot::channel();
+        let cell: IdleCell = Arc::new(Mutex::new(Some(IdleClaim {
+            agent: agent.to_owned(),
+            ctx: ctx.clone(),
+            deliver,
+        })));
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.next_ticket += 1;
+        let ticket = idle.next_ticket;
+        for c in connections {
+            idle.by_connection
+                .entry(c.clone())
+                .or_default()
+                .push((ticket, Arc::clone(&cell)));
+        }
+        IdleTicket {
+            dispatch: self,
+            ticket,
+            connections: connections.to_vec(),
+            cell,
+            receiver,
+        }
+    }
+
+    /// Takes the most recently idle worker serving `connection`, if any, for a direct
+    /// hand-off. The caller owes it the job (or drops it, which frees the worker).
+    pub fn take_idle(&self, connection: &ConnectionName) -> Option<IdleClaim> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.by_connection.get_mut(connection)?;
+        while let Some((_, cell)) = list.pop() {
+            let claim = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(claim) = claim.filter(|c| !c.deliver.is_closed()) {
+                return Some(claim);
+            }
+        }
+        None
     }
 
     /// Announces a step forward (an approval decision) to the clients watching `id`.
@@ -193,5 +304,38 @@ impl Dispatch {
             Some(at) => now_ms - at < retention_ms,
             None => slot.sender.receiver_count() > 0 || slot.reader.is_some(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Context;
+
+    fn conn(name: &str) -> ConnectionName {
+        name.parse().unwrap()
+    }
+
+    /// A hand-off takes the most recently idle worker of the connection, exactly once across
+    /// all the connections it serves, and a worker that stopped waiting is never taken.
+    #[tokio::test]
+    async fn idle_workers_are_taken_once_and_withdrawn_when_they_leave() {
+        let d = Dispatch::default();
+        let ctx = Context::system("test");
+        let (a, b) = (conn("a"), conn("b"));
+        let first = d.register_idle(&[a.clone(), b.clone()], "one", &ctx);
+        let second = d.register_idle(std::slice::from_ref(&a), "two", &ctx);
+        assert_eq!(d.take_idle(&a).map(|c| c.agent).as_deref(), Some("two"));
+        let taken = d.take_idle(&b).expect("the first worker serves b too");
+        assert_eq!(taken.agent, "one");
+        // Already taken through b: not available through a any more.
+        assert!(d.take_idle(&a).is_none());
+        drop(taken);
+        // The hand-off was dropped before delivering: the worker gets nothing.
+        assert!(first.finish().await.is_none());
+        drop(second);
+        let third = d.register_idle(std::slice::from_ref(&a), "three", &ctx);
+        drop(third);
+        assert!(d.take_idle(&a).is_none(), "a withdrawn worker was taken");
     }
 }

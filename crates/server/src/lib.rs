@@ -19,6 +19,7 @@ pub mod events;
 pub mod explain;
 pub mod key_rotation;
 pub mod keys;
+pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
 pub mod people;

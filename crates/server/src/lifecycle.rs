@@ -10,7 +10,7 @@ use portcullis_core::policy::{Decision, Facts, Source};
 use portcullis_core::{ConnectionName, RequestState, authorize};
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
 use portcullis_proto::api::{CreateRequest, ExecError};
-use portcullis_proto::token::{TokenClaims, statement_sha256};
+use portcullis_proto::token::statement_sha256;
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -82,15 +82,16 @@ pub(crate) async fn queue_execution(
     id: Uuid,
     connection: &ConnectionName,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<Uuid, ApiError> {
+    let job_id = Uuid::new_v4();
     sqlx::query("INSERT INTO jobs (id, request_id, connection, state, created_at_ms) VALUES (?, ?, ?, 'queued', ?)")
-        .bind(Uuid::new_v4().to_string())
+        .bind(job_id.to_string())
         .bind(id.to_string())
         .bind(connection.as_str())
         .bind(now)
         .execute(tx.conn())
         .await?;
-    Ok(())
+    Ok(job_id)
 }
 
 /// Validates, classifies, authorizes and decides a new request, then records it (and, when
@@ -310,8 +311,9 @@ pub async fn create_request(
             .execute(tx.conn())
             .await?;
     }
+    let mut handed = None;
     if auto {
-        queue_execution(&mut tx, id, &decl.name, now).await?;
+        let job_id = queue_execution(&mut tx, id, &decl.name, now).await?;
         let approved = Event {
             actor: if glass.is_some() {
                 "break-glass"
@@ -325,6 +327,25 @@ pub async fn create_request(
             details: json!({ "auto": true, "rule": rule, "break_glass": glass }),
         };
         tx.append_at(ctx, approved, now).await?;
+        // An agent already waiting gets the job in this same commit (a failure here drops
+        // the hand-off and frees the agent; the request then fails as a whole).
+        if let Some(idle) = state.dispatch.take_idle(&decl.name) {
+            let job = crate::lease::hand_off(state, &mut tx, &idle, job_id, id, now).await?;
+            handed = Some((idle, job));
+        }
+    }
+    if let Some((idle, job)) = handed {
+        // Commit and delivery run to their end even if this request is dropped: a committed
+        // hand-off must reach its agent or go back to the queue.
+        let state = state.clone();
+        tokio::spawn(async move {
+            tx.commit().await?;
+            crate::lease::deliver(&state, idle, job).await;
+            Ok::<(), ApiError>(())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the commit task failed: {e}")))??;
+        return Ok(id);
     }
     tx.commit().await?;
     if auto || explain.is_some() || preview {
@@ -374,9 +395,29 @@ pub async fn claim_job(
         if let Some(job) = try_claim(state, agent, ctx, &served_json).await? {
             return Ok(Some(job));
         }
-        tokio::select! {
-            _ = futures_util::future::select_all(ready) => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+        // Idle: a newly approved job may be handed straight to this worker (`lease.rs`);
+        // one queued any other way wakes it to look at the queue.
+        let mut idle = state.dispatch.register_idle(&served, &agent.name, ctx);
+        let (woken, handed) = tokio::select! {
+            handed = &mut idle.receiver => match handed {
+                Ok(job) => return Ok(Some(job)),
+                // A hand-off that failed before its commit: free again.
+                Err(_) => (false, None),
+            },
+            _ = futures_util::future::select_all(ready) => (true, idle.finish().await),
+            _ = tokio::time::sleep_until(deadline) => (false, idle.finish().await),
+        };
+        if let Some(job) = handed {
+            if woken {
+                // The wake-up was for another job: pass it on.
+                for c in &served {
+                    state.dispatch.job_queued(c);
+                }
+            }
+            return Ok(Some(job));
+        }
+        if !woken && tokio::time::Instant::now() >= deadline {
+            return Ok(None);
         }
     }
 }
@@ -417,104 +458,16 @@ async fn try_claim(
     let Some(claimed) = claimed else {
         return Ok(None);
     };
-    let job_id: Uuid = parse_uuid(claimed.try_get(0)?)?;
-    let request_id: Uuid = parse_uuid(claimed.try_get(1)?)?;
-    let purpose: String = claimed.try_get(2)?;
-    let explain_text: Option<String> = claimed.try_get(3)?;
-    let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
-        .bind(request_id.to_string())
-        .fetch_one(tx.conn())
-        .await?;
-    let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
-    let dry_run = purpose == "preview";
-    let explain = match (purpose.as_str(), explain_text) {
-        ("execute" | "preview", _) => None,
-        ("explain", Some(text)) => Some(text),
-        _ => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "job {job_id} has an unknown purpose or no statement"
-            )));
-        }
-    };
-    // Explains and previews run beside a pending request; only an execution dispatches it.
-    let executes = explain.is_none() && !dry_run;
-    if executes && !current.can_become(RequestState::Dispatched) {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "job {job_id} queued for request {request_id} in state {current}"
-        )));
-    }
-    // One key for the whole token: a rotation in between swaps the next token's key.
-    let signing = state.keys.current();
-    let claims = TokenClaims {
-        key_id: signing.signer.key_id(),
-        job_id,
-        request_id,
-        agent: agent.name.clone(),
-        connection: parse(row.try_get::<String, _>(0)?)?,
-        environment: parse(row.try_get::<String, _>(1)?)?,
-        // An explain job runs its own text, always as a read; it is bound to the request it
-        // explains instead of to an approval, which it precedes.
-        class: match explain {
-            Some(_) => portcullis_core::OperationClass::Read,
-            None => parse(row.try_get::<String, _>(2)?)?,
-        },
-        statement_sha256: match &explain {
-            Some(text) => statement_sha256(text),
-            None => to_hash(row.try_get(4)?),
-        },
-        row_cap: ex.row_cap,
-        timeout_ms: ex.timeout_ms,
-        approval_sha256: match (&explain, dry_run) {
-            (Some(_), _) => crate::explain::explain_binding(request_id),
-            (None, true) => crate::explain::preview_binding(request_id),
-            (None, false) => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
-        },
-        issued_at_ms: now,
-        expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
+    let leased = crate::lease::Leased {
+        job_id: parse_uuid(claimed.try_get(0)?)?,
+        request_id: parse_uuid(claimed.try_get(1)?)?,
+        purpose: claimed.try_get(2)?,
+        explain_text: claimed.try_get(3)?,
         nonce,
-        dry_run,
     };
-    let statement: String = match &explain {
-        Some(text) => text.clone(),
-        None => row.try_get(3)?,
-    };
-    let token = signing
-        .signer
-        .sign(&claims)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
-    if executes {
-        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
-            .bind(&agent.name)
-            .bind(now)
-            .bind(now)
-            .bind(request_id.to_string())
-            .execute(tx.conn())
-            .await?;
-    }
-    let event = Event {
-        actor: format!("agent:{}", agent.name),
-        action: if explain.is_some() {
-            Action::ExplainDispatched
-        } else if dry_run {
-            Action::PreviewDispatched
-        } else {
-            Action::RequestDispatched
-        },
-        target: format!("request:{request_id}"),
-        outcome: Outcome::Success,
-        details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
-    };
-    tx.append_at(ctx, event, now).await?;
+    let job = crate::lease::sign(state, &mut tx, &agent.name, ctx, leased, now).await?;
     tx.commit().await?;
-    Ok(Some(JobAssignment {
-        job_id,
-        request_id,
-        connection: claims.connection,
-        class: claims.class,
-        statement,
-        token,
-        lease_ms,
-    }))
+    Ok(Some(job))
 }
 
 /// Records an agent's report. Only the agent holding the lease can report, once. When
@@ -562,9 +515,8 @@ pub async fn report_job(
     }
     let (next, result, error) = match report {
         JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),
-        JobReport::Failed { error } | JobReport::Refused { error } => {
-            (RequestState::Failed, None, Some(sanitize(error)))
-        }
+        JobReport::Failed { error } => (failed_state(&error), None, Some(sanitize(error))),
+        JobReport::Refused { error } => (RequestState::Failed, None, Some(sanitize(error))),
     };
     sqlx::query(
         "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? WHERE id = ? AND state IN ('dispatched', 'running')",
@@ -612,6 +564,17 @@ pub async fn report_job(
         now,
     );
     Ok(())
+}
+
+/// The state a failure reported by an agent ends in. An agent that lost its store in the
+/// middle of a write reports `outcome_unknown`: the change may or may not have been applied,
+/// and the request must say so rather than `failed` (EX-3).
+pub(crate) fn failed_state(error: &ExecError) -> RequestState {
+    if error.code == RequestState::OutcomeUnknown.as_str() {
+        RequestState::OutcomeUnknown
+    } else {
+        RequestState::Failed
+    }
 }
 
 /// Errors from agents are shown to requesters: bound their size and strip control characters.
@@ -745,8 +708,4 @@ where
 pub(crate) fn parse_uuid(s: String) -> Result<Uuid, ApiError> {
     Uuid::parse_str(&s)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt id in the state store: {e}")))
-}
-
-fn to_hash(v: Vec<u8>) -> [u8; 32] {
-    <[u8; 32]>::try_from(v.as_slice()).unwrap_or([0; 32])
 }

@@ -344,7 +344,7 @@ async fn relay(
             error: None,
         },
         AgentTrailer::Failed { error } => ResultTrailer {
-            state: RequestState::Failed,
+            state: lifecycle::failed_state(&error),
             row_count: 0,
             truncated: false,
             affected_rows: None,

@@ -16,6 +16,7 @@ mod dev_mode;
 mod dispatch;
 mod events;
 mod explain;
+mod faults;
 mod key_rotation;
 mod openapi;
 mod people;

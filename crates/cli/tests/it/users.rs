@@ -229,7 +229,8 @@ async fn auth2_invitations_enrol_and_mfa_is_required_per_role() {
 /// the window expires; a fresh code opens it again; wrong codes count towards the lockout.
 #[tokio::test]
 async fn auth2_step_up_is_required_for_sensitive_actions_and_expires() {
-    let app = fresh_with(|c| c.people.step_up_secs = 1).await;
+    // Two seconds: the first call must land inside the window even on a busy machine.
+    let app = fresh_with(|c| c.people.step_up_secs = 2).await;
     let admin = sign_in_admin(&app).await;
     let token = CreateToken {
         name: "ci".into(),
@@ -242,7 +243,7 @@ async fn auth2_step_up_is_required_for_sensitive_actions_and_expires() {
         .create_token(&token)
         .await
         .expect("within the window of the login's code");
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     for attempt in [
         admin.client.create_token(&token).await.map(drop),
         admin.client.create_agent("later").await.map(drop),

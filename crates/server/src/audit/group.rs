@@ -1,0 +1,218 @@
+//! Group commit: one SQLite transaction, and one fsync, shared by the [`AuditTx`]s that
+//! arrive while it is open. A member is acknowledged only after the group's COMMIT
+//! (AUD-2); a member that fails rolls back alone inside its savepoint.
+//!
+//! [`AuditTx`]: super::AuditTx
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedMutexGuard, watch};
+
+use super::{Audit, AuditError, Head};
+use crate::events::LiveEvent;
+use crate::store::Tx;
+
+/// The longest a commit group stays open while other transactions keep joining it; past
+/// this, the member that releases it commits it even when more are waiting.
+const GROUP_MAX_AGE: Duration = Duration::from_millis(2);
+/// The most transactions in one commit group.
+const GROUP_MAX_MEMBERS: usize = 128;
+/// How long a released member waits for its group's commit before committing it itself.
+/// Only reached when the transaction expected to continue the group was cancelled while it
+/// waited for the writer (a client that went away); it keeps every group live.
+pub(super) const GROUP_BACKSTOP: Duration = Duration::from_millis(5);
+
+/// What a commit group's members learn when it ends: `None` while open.
+pub(super) type GroupOutcome = Option<Result<(), Arc<str>>>;
+
+/// One SQLite transaction shared by several `AuditTx`s. Each member after the first runs
+/// inside its own savepoint, so a member that fails rolls back alone; the group commits
+/// once, with one fsync, and only then is any member acknowledged.
+pub(super) struct Group {
+    pub(super) tx: Tx,
+    opened: Instant,
+    /// Members released into this group and waiting for its commit.
+    pub(super) members: usize,
+    pub(super) done: watch::Sender<GroupOutcome>,
+    /// The members' events and alerts, in chain order, published after the commit.
+    pub(super) live: Vec<Arc<LiveEvent>>,
+    pub(super) alerts: Vec<crate::alerts::Alert>,
+}
+
+impl Group {
+    pub(super) fn open(tx: Tx) -> Group {
+        Group {
+            tx,
+            opened: Instant::now(),
+            members: 0,
+            done: watch::channel(None).0,
+            live: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
+}
+
+/// The writer side of the chain, behind one lock: at most one `AuditTx` runs at a time.
+#[derive(Default)]
+pub(super) struct Writer {
+    pub(super) group: Option<Group>,
+    /// The head including released but not yet committed members.
+    pub(super) head: Head,
+    /// A member was dropped inside its savepoint; the next holder undoes it first.
+    pub(super) undo_savepoint: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field(
+                "open_group_members",
+                &self.group.as_ref().map(|g| g.members),
+            )
+            .field("head", &self.head.seq)
+            .finish()
+    }
+}
+
+impl Audit {
+    /// Takes the writer, counted as waiting meanwhile (a cancelled wait uncounts itself).
+    pub(super) async fn lock_writer(&self) -> OwnedMutexGuard<Writer> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        Arc::clone(&self.writer).lock_owned().await
+    }
+
+    /// [`Audit::hand_over_here`] in a task of its own, so that a caller dropped mid-way
+    /// (a client that went away) cannot cut a commit short.
+    pub(super) async fn hand_over(self: &Arc<Self>, w: OwnedMutexGuard<Writer>) {
+        if !self.due(&w) {
+            return;
+        }
+        let audit = Arc::clone(self);
+        let _ = tokio::spawn(async move { audit.hand_over_here(w).await }).await;
+    }
+
+    fn due(&self, w: &Writer) -> bool {
+        w.group.as_ref().is_some_and(|g| {
+            g.members > 0
+                && (self.waiting.load(Ordering::SeqCst) == 0
+                    || g.opened.elapsed() >= GROUP_MAX_AGE
+                    || g.members >= GROUP_MAX_MEMBERS)
+        })
+    }
+
+    /// Lets go of the writer. Commits the open group first when it has members and nobody
+    /// is waiting to join it, or when it reached its age or size limit. Only for callers
+    /// that cannot be dropped mid-way (a spawned task).
+    pub(super) async fn hand_over_here(&self, mut w: OwnedMutexGuard<Writer>) {
+        let alerts = if self.due(&w) {
+            self.commit_group(&mut w).await
+        } else {
+            Vec::new()
+        };
+        drop(w);
+        self.deliver(&alerts);
+    }
+
+    /// Commits the open group, if it has members, whoever was meant to. The liveness
+    /// backstop of a member whose group was left open.
+    pub(super) async fn flush(&self) {
+        let mut w = Arc::clone(&self.writer).lock_owned().await;
+        let alerts = if w.group.as_ref().is_some_and(|g| g.members > 0) {
+            self.commit_group(&mut w).await
+        } else {
+            Vec::new()
+        };
+        drop(w);
+        self.deliver(&alerts);
+    }
+
+    /// COMMIT, then (and only then) the in-memory head, the live events in chain order and
+    /// the members' acknowledgement. A failed commit fails every member (AUD-2) and puts
+    /// the pending head back to the committed one. Returns the alerts to deliver.
+    async fn commit_group(&self, w: &mut Writer) -> Vec<crate::alerts::Alert> {
+        // A dropped member's savepoint is undone first, or COMMIT would keep its writes.
+        if settle(w, self).await.is_err() {
+            return Vec::new();
+        }
+        let Some(group) = w.group.take() else {
+            return Vec::new();
+        };
+        let Group {
+            tx,
+            done,
+            live,
+            alerts,
+            ..
+        } = group;
+        match tx.commit().await {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                *self.head.lock().unwrap_or_else(|e| e.into_inner()) = w.head;
+                self.committed.send_replace(w.head);
+                // After the commit, never before; under the writer lock, so in chain
+                // order (WEB-8).
+                for event in live {
+                    let _ = self.live.send(event);
+                }
+                done.send_replace(Some(Ok(())));
+                alerts
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "committing an audit group failed; its actions fail");
+                w.head = self.head();
+                done.send_replace(Some(Err(Arc::from(e.to_string()))));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Fails the open group without committing: its transaction rolls back.
+    pub(super) fn abandon_group(&self, w: &mut Writer, why: &str) {
+        if let Some(group) = w.group.take() {
+            tracing::error!(reason = why, "audit group rolled back; its actions fail");
+            group.done.send_replace(Some(Err(Arc::from(why))));
+        }
+        w.head = self.head();
+        w.undo_savepoint = false;
+    }
+
+    fn deliver(&self, alerts: &[crate::alerts::Alert]) {
+        for alert in alerts {
+            for sink in &self.sinks {
+                sink.deliver(alert);
+            }
+        }
+    }
+}
+
+/// Undoes the savepoint a dropped member left open. When that fails the group is broken
+/// and is rolled back whole.
+pub(super) async fn settle(w: &mut Writer, audit: &Audit) -> Result<(), AuditError> {
+    if !w.undo_savepoint {
+        return Ok(());
+    }
+    let Some(group) = w.group.as_mut() else {
+        w.undo_savepoint = false;
+        return Ok(());
+    };
+    // The flag is cleared only once the undo is done: a holder dropped in between leaves
+    // it for the next one.
+    if let Err(e) = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
+        .execute(&mut *group.tx)
+        .await
+    {
+        audit.abandon_group(w, "undoing a failed transaction's savepoint failed");
+        return Err(e.into());
+    }
+    w.undo_savepoint = false;
+    Ok(())
+}

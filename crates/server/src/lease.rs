@@ -1,0 +1,231 @@
+//! Leasing a job to an agent: the execution token (EX-1) and the dispatch record, written in
+//! the caller's transaction and durable before the token leaves the server. Two ways in: a
+//! claim that finds a queued job, and the direct hand-off of a newly approved job to an agent
+//! already waiting in its claim, inside the very transaction that approved it (one commit
+//! instead of two, no wake-up and no second look at the queue).
+
+use portcullis_core::RequestState;
+use portcullis_proto::agent::JobAssignment;
+use portcullis_proto::token::{TokenClaims, statement_sha256};
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::clock;
+use crate::dispatch::IdleClaim;
+use crate::error::ApiError;
+use crate::lifecycle::parse;
+
+/// A job row just leased (`state = 'leased'`) in the current transaction.
+#[derive(Debug)]
+pub(crate) struct Leased {
+    pub(crate) job_id: Uuid,
+    pub(crate) request_id: Uuid,
+    pub(crate) purpose: String,
+    pub(crate) explain_text: Option<String>,
+    pub(crate) nonce: [u8; 16],
+}
+
+/// Signs the execution token of a leased job, marks its request dispatched (for an
+/// execution) and appends the dispatch event, all in `tx`.
+pub(crate) async fn sign(
+    state: &AppState,
+    tx: &mut AuditTx,
+    agent: &str,
+    ctx: &Context,
+    leased: Leased,
+    now: i64,
+) -> Result<JobAssignment, ApiError> {
+    let Leased {
+        job_id,
+        request_id,
+        purpose,
+        explain_text,
+        nonce,
+    } = leased;
+    let ex = &state.config.execution;
+    let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
+        .bind(request_id.to_string())
+        .fetch_one(tx.conn())
+        .await?;
+    let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
+    let dry_run = purpose == "preview";
+    let explain = match (purpose.as_str(), explain_text) {
+        ("execute" | "preview", _) => None,
+        ("explain", Some(text)) => Some(text),
+        _ => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "job {job_id} has an unknown purpose or no statement"
+            )));
+        }
+    };
+    // Explains and previews run beside a pending request; only an execution dispatches it.
+    let executes = explain.is_none() && !dry_run;
+    if executes && !current.can_become(RequestState::Dispatched) {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "job {job_id} queued for request {request_id} in state {current}"
+        )));
+    }
+    // One key for the whole token: a rotation in between swaps the next token's key.
+    let signing = state.keys.current();
+    let claims = TokenClaims {
+        key_id: signing.signer.key_id(),
+        job_id,
+        request_id,
+        agent: agent.to_owned(),
+        connection: parse(row.try_get::<String, _>(0)?)?,
+        environment: parse(row.try_get::<String, _>(1)?)?,
+        // An explain job runs its own text, always as a read; it is bound to the request it
+        // explains instead of to an approval, which it precedes.
+        class: match explain {
+            Some(_) => portcullis_core::OperationClass::Read,
+            None => parse(row.try_get::<String, _>(2)?)?,
+        },
+        statement_sha256: match &explain {
+            Some(text) => statement_sha256(text),
+            None => to_hash(row.try_get(4)?),
+        },
+        row_cap: ex.row_cap,
+        timeout_ms: ex.timeout_ms,
+        approval_sha256: match (&explain, dry_run) {
+            (Some(_), _) => crate::explain::explain_binding(request_id),
+            (None, true) => crate::explain::preview_binding(request_id),
+            (None, false) => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+        },
+        issued_at_ms: now,
+        expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
+        nonce,
+        dry_run,
+    };
+    let statement: String = match &explain {
+        Some(text) => text.clone(),
+        None => row.try_get(3)?,
+    };
+    let token = signing
+        .signer
+        .sign(&claims)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
+    if executes {
+        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
+            .bind(agent)
+            .bind(now)
+            .bind(now)
+            .bind(request_id.to_string())
+            .execute(tx.conn())
+            .await?;
+    }
+    let event = Event {
+        actor: format!("agent:{agent}"),
+        action: if explain.is_some() {
+            Action::ExplainDispatched
+        } else if dry_run {
+            Action::PreviewDispatched
+        } else {
+            Action::RequestDispatched
+        },
+        target: format!("request:{request_id}"),
+        outcome: Outcome::Success,
+        details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
+    };
+    tx.append_at(ctx, event, now).await?;
+    Ok(JobAssignment {
+        job_id,
+        request_id,
+        connection: claims.connection,
+        class: claims.class,
+        statement,
+        token,
+        lease_ms: ex.lease_secs.saturating_mul(1000),
+    })
+}
+
+/// Leases the execution job `job_id`, just queued in `tx`, to the agent waiting in `idle`.
+pub(crate) async fn hand_off(
+    state: &AppState,
+    tx: &mut AuditTx,
+    idle: &IdleClaim,
+    job_id: Uuid,
+    request_id: Uuid,
+    now: i64,
+) -> Result<JobAssignment, ApiError> {
+    let lease_ms = state.config.execution.lease_secs.saturating_mul(1000);
+    let nonce: [u8; 16] = rand::random();
+    sqlx::query("UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ? WHERE id = ? AND state = 'queued'")
+        .bind(&idle.agent)
+        .bind(&nonce[..])
+        .bind(now)
+        .bind(now + lease_ms as i64)
+        .bind(job_id.to_string())
+        .execute(tx.conn())
+        .await?;
+    let leased = Leased {
+        job_id,
+        request_id,
+        purpose: "execute".into(),
+        explain_text: None,
+        nonce,
+    };
+    sign(state, tx, &idle.agent, &idle.ctx, leased, now).await
+}
+
+/// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime
+/// the token never left the server: the job goes back to the queue, recorded, for the next
+/// claim (nothing ran, so nothing is lost or run twice).
+pub(crate) async fn deliver(state: &AppState, idle: IdleClaim, job: JobAssignment) {
+    let IdleClaim {
+        agent,
+        ctx,
+        deliver,
+    } = idle;
+    let Err(job) = deliver.send(job) else {
+        return;
+    };
+    let connection = job.connection.clone();
+    match requeue(state, &agent, &ctx, &job).await {
+        Ok(()) => state.dispatch.job_queued(&connection),
+        // The lease then expires and the reaper settles the request.
+        Err(e) => {
+            tracing::error!(job = %job.job_id, error = %e, "returning an undelivered job to the queue failed")
+        }
+    }
+}
+
+async fn requeue(
+    state: &AppState,
+    agent: &str,
+    ctx: &Context,
+    job: &JobAssignment,
+) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    let returned = sqlx::query("UPDATE jobs SET state = 'queued', agent = NULL, nonce = NULL, leased_at_ms = NULL, lease_until_ms = NULL WHERE id = ? AND state = 'leased' AND agent = ?")
+        .bind(job.job_id.to_string())
+        .bind(agent)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    if returned == 0 {
+        return Ok(());
+    }
+    sqlx::query("UPDATE requests SET state = 'approved', agent = NULL, dispatched_at_ms = NULL, updated_at_ms = ? WHERE id = ? AND state = 'dispatched'")
+        .bind(now)
+        .bind(job.request_id.to_string())
+        .execute(tx.conn())
+        .await?;
+    let event = Event {
+        actor: "system".into(),
+        action: Action::RequestRequeued,
+        target: format!("request:{}", job.request_id),
+        outcome: Outcome::Success,
+        details: json!({ "job": job.job_id.to_string(), "agent": agent, "reason": "undelivered" }),
+    };
+    tx.append_at(ctx, event, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn to_hash(v: Vec<u8>) -> [u8; 32] {
+    <[u8; 32]>::try_from(v.as_slice()).unwrap_or([0; 32])
+}
