@@ -9,6 +9,12 @@
 //! (waiting at most a short time), then hash or verify on a blocking thread while holding it.
 //! The limiter is plain `std` so this crate stays independent of any async runtime.
 //!
+//! The Argon2 working memory is kept in a small pool (one buffer per permit) rather than
+//! allocated per call: a fresh 19 MiB allocation freed on every login teaches the system
+//! allocator to serve the next one from a per-thread arena that is never given back, so a
+//! server that had seen logins on many threads held hundreds of MiB. Pooled buffers are
+//! allocated once, zeroed after each use, and bounded by the permit count.
+//!
 //! New passwords must pass [`check_strength`]: at least [`MIN_PASSWORD_CHARS`] characters, at
 //! most [`MAX_PASSWORD_BYTES`] bytes, not containing the user's name, and a zxcvbn score of at
 //! least [`MIN_STRENGTH_SCORE`]. zxcvbn's built-in frequency lists are the common and breached
@@ -19,10 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
-use zeroize::Zeroizing;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Argon2id memory cost in KiB (OWASP password storage baseline).
 pub const ARGON2_M_COST_KIB: u32 = 19_456;
@@ -52,6 +57,11 @@ pub enum PasswordError {
     Hashing(String),
 }
 
+/// Salt length of new hashes, in bytes (the PHC recommendation).
+const SALT_BYTES: usize = 16;
+/// Output length of new hashes, in bytes (Argon2's default).
+const OUTPUT_BYTES: usize = 32;
+
 /// Hashes and verifies passwords with Argon2id.
 pub struct Hasher {
     argon2: Argon2<'static>,
@@ -59,6 +69,7 @@ pub struct Hasher {
     dummy_hash: PasswordHash,
     dummy_verifications: AtomicU64,
     permits: WorkLimiter,
+    memory: MemoryPool,
 }
 
 impl fmt::Debug for Hasher {
@@ -75,17 +86,22 @@ impl Hasher {
     pub fn new(max_concurrent: usize) -> Result<Hasher, PasswordError> {
         let params = Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None)
             .map_err(|e| PasswordError::Hashing(e.to_string()))?;
+        let memory = MemoryPool {
+            blocks: params.block_count(),
+            keep: max_concurrent.max(1),
+            free: Mutex::new(Vec::new()),
+        };
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut dummy_password = Zeroizing::new([0u8; 32]);
         rand::fill(&mut dummy_password[..]);
-        let dummy_hash = argon2
-            .hash_password(&dummy_password[..])
+        let dummy_hash = hash_with(&argon2, &memory, &dummy_password[..])
             .map_err(|e| PasswordError::Hashing(e.to_string()))?;
         Ok(Hasher {
             argon2,
             dummy_hash,
             dummy_verifications: AtomicU64::new(0),
             permits: WorkLimiter::new(max_concurrent),
+            memory,
         })
     }
 
@@ -101,8 +117,7 @@ impl Hasher {
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(PasswordError::TooLong);
         }
-        self.argon2
-            .hash_password(password.as_bytes())
+        hash_with(&self.argon2, &self.memory, password.as_bytes())
             .map(|hash| hash.to_string())
             .map_err(|e| PasswordError::Hashing(e.to_string()))
     }
@@ -114,10 +129,9 @@ impl Hasher {
     pub fn verify(&self, stored: Option<&str>, password: &str) -> bool {
         let parsed = stored.and_then(|s| PasswordHash::new(s).ok());
         match parsed {
-            Some(hash) if password.len() <= MAX_PASSWORD_BYTES => self
-                .argon2
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok(),
+            Some(hash) if password.len() <= MAX_PASSWORD_BYTES => {
+                verify_with(&self.memory, password.as_bytes(), &hash) == Ok(true)
+            }
             _ => {
                 self.verify_dummy(password);
                 false
@@ -151,12 +165,98 @@ impl Hasher {
         // The dummy password is 32 random bytes, so this cannot match; the outcome is
         // irrelevant, only the work is wanted. It is counted only when Argon2 actually ran to
         // the comparison.
-        if let Err(argon2::password_hash::Error::PasswordInvalid) =
-            self.argon2.verify_password(capped, &self.dummy_hash)
-        {
+        if verify_with(&self.memory, capped, &self.dummy_hash) == Ok(false) {
             self.dummy_verifications.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// How many Argon2 working buffers the pool holds right now (at most the permit count).
+    pub fn pooled_buffers(&self) -> usize {
+        self.memory.lock().len()
+    }
+}
+
+/// Argon2 working memory for the current parameters, reused across calls.
+struct MemoryPool {
+    /// Blocks one computation needs.
+    blocks: usize,
+    /// The most buffers kept; more only exist while more computations run than there are
+    /// permits (callers that skip the limiter), and are freed after use.
+    keep: usize,
+    free: Mutex<Vec<Vec<Block>>>,
+}
+
+impl MemoryPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Block>>> {
+        // A buffer list cannot be left half-updated, so poisoning is ignored.
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs Argon2 into `out`, on a pooled buffer when its parameters match the pool's and on
+    /// a fresh allocation otherwise (hashes made with older parameters).
+    fn compute(
+        &self,
+        argon2: &Argon2<'_>,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2::Error> {
+        if argon2.params().block_count() != self.blocks {
+            return argon2.hash_password_into(password, salt, out);
+        }
+        let taken = self.lock().pop();
+        let mut buffer = taken.unwrap_or_else(|| vec![Block::default(); self.blocks]);
+        let result = argon2.hash_password_into_with_memory(password, salt, out, &mut buffer[..]);
+        // The blocks are derived from the password: wipe them before anyone else sees them.
+        buffer.iter_mut().for_each(Zeroize::zeroize);
+        let mut free = self.lock();
+        if free.len() < self.keep {
+            free.push(buffer);
+        }
+        result
+    }
+}
+
+/// A new PHC hash of `password` with `argon2`'s parameters and a fresh random salt.
+fn hash_with(
+    argon2: &Argon2<'_>,
+    memory: &MemoryPool,
+    password: &[u8],
+) -> Result<PasswordHash, argon2::password_hash::Error> {
+    let mut salt = [0u8; SALT_BYTES];
+    rand::fill(&mut salt[..]);
+    let mut out = Zeroizing::new([0u8; OUTPUT_BYTES]);
+    memory.compute(argon2, password, &salt, &mut out[..])?;
+    Ok(PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(u32::from(Version::V0x13)),
+        params: ParamsString::try_from(argon2.params())?,
+        salt: Some(Salt::new(&salt)?),
+        hash: Some(Output::new(&out[..])?),
+    })
+}
+
+/// Whether `password` matches `hash`, computed with the parameters the hash names; the
+/// comparison is constant-time (`Output`'s equality).
+fn verify_with(
+    memory: &MemoryPool,
+    password: &[u8],
+    hash: &PasswordHash,
+) -> Result<bool, argon2::password_hash::Error> {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return Err(argon2::password_hash::Error::PasswordInvalid);
+    };
+    let algorithm = Algorithm::try_from(hash.algorithm.as_str())?;
+    let version = hash
+        .version
+        .map(Version::try_from)
+        .transpose()?
+        .unwrap_or_default();
+    let params = Params::try_from(hash)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+    memory.compute(&argon2, password, salt.as_ref(), &mut out[..])?;
+    Ok(Output::new(&out[..])? == *expected)
 }
 
 /// A counting limiter for blocking work: at most `max_concurrent` permits exist at once.
@@ -351,6 +451,7 @@ pub fn check_strength(password: &str, user_inputs: &[&str]) -> Result<(), WeakPa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
     use base64::Engine;
     use std::sync::OnceLock;
 
@@ -406,6 +507,66 @@ mod tests {
             Err(PasswordError::TooLong)
         ));
         assert!(hasher().hash(&"p".repeat(MAX_PASSWORD_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn pooled_hashes_interoperate_with_the_reference_implementation() {
+        let ours = hasher().hash("correct horse battery").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        let reference = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None).expect("params"),
+        );
+        assert!(
+            reference
+                .verify_password(b"correct horse battery", &parsed)
+                .is_ok()
+        );
+        assert!(
+            reference
+                .verify_password(b"correct horse batterz", &parsed)
+                .is_err()
+        );
+        let theirs = reference
+            .hash_password(b"staple")
+            .expect("hash")
+            .to_string();
+        assert!(hasher().verify(Some(&theirs), "staple"));
+        assert!(!hasher().verify(Some(&theirs), "stapler"));
+    }
+
+    #[test]
+    fn hashes_with_older_parameters_still_verify_outside_the_pool() {
+        let older = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).expect("params"),
+        )
+        .hash_password(b"older password")
+        .expect("hash")
+        .to_string();
+        assert!(hasher().verify(Some(&older), "older password"));
+        assert!(!hasher().verify(Some(&older), "other password"));
+    }
+
+    #[test]
+    fn the_memory_pool_never_holds_more_buffers_than_permits() {
+        let hasher = Hasher::new(1).expect("hasher");
+        assert_eq!(hasher.pooled_buffers(), 1, "the dummy hash left its buffer");
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| assert!(hasher.hash("concurrent hashing").is_ok()));
+            }
+        });
+        assert_eq!(hasher.pooled_buffers(), 1);
+        let pool = hasher.memory.lock();
+        assert!(
+            pool.iter()
+                .flatten()
+                .all(|block| block.as_ref().iter().all(|w| *w == 0)),
+            "a pooled buffer still holds password-derived blocks"
+        );
     }
 
     #[test]
