@@ -7,11 +7,9 @@
 //! the chain. Truncation followed by new appends is caught by a signed checkpoint of the head,
 //! written beside the state file after every commit and checked at start and by `verify`.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::VerifyingKey;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -23,8 +21,10 @@ use crate::store::Store;
 
 mod checkpoint;
 mod group;
+mod verify;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointFile, run_checkpointer};
 use group::{GROUP_BACKSTOP, Group, Writer, settle};
+pub use verify::{VerifyReport, verify, verify_data_dir};
 
 const HASH_DOMAIN: &[u8] = b"portcullis/audit-event/v1\0";
 /// Committed events kept for live subscribers that fall behind; beyond it they lag (WEB-8).
@@ -182,20 +182,28 @@ pub struct RowFields<'a> {
 
 /// SHA-256 over the domain prefix, the sequence number and every length-prefixed column.
 pub fn hash_row(f: &RowFields<'_>) -> [u8; 32] {
+    hash_columns(
+        f.seq,
+        [
+            f.prev_hash,
+            f.at.as_bytes(),
+            f.actor.as_bytes(),
+            f.action.as_bytes(),
+            f.target.as_bytes(),
+            f.outcome.as_bytes(),
+            f.correlation_id.as_bytes(),
+            f.client_addr.as_bytes(),
+            f.details.as_bytes(),
+        ],
+    )
+}
+
+/// [`hash_row`] over the raw column bytes, in column order from `prev_hash` to `details`.
+fn hash_columns(seq: i64, columns: [&[u8]; 9]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(HASH_DOMAIN);
-    h.update(f.seq.to_be_bytes());
-    for part in [
-        f.prev_hash,
-        f.at.as_bytes(),
-        f.actor.as_bytes(),
-        f.action.as_bytes(),
-        f.target.as_bytes(),
-        f.outcome.as_bytes(),
-        f.correlation_id.as_bytes(),
-        f.client_addr.as_bytes(),
-        f.details.as_bytes(),
-    ] {
+    h.update(seq.to_be_bytes());
+    for part in columns {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -533,179 +541,6 @@ impl Drop for AuditTx {
             }
         }
     }
-}
-
-/// The outcome of checking the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub events: u64,
-    pub head_seq: i64,
-    pub first_bad_seq: Option<i64>,
-    pub problem: Option<String>,
-}
-
-impl VerifyReport {
-    pub fn ok(&self) -> bool {
-        self.first_bad_seq.is_none() && self.problem.is_none()
-    }
-}
-
-/// Checks the whole chain in `pool` and, when given, the signed checkpoint: dense sequence
-/// from 1, each `prev_hash` equal to the previous row's hash, each hash recomputed, and the
-/// checkpoint's row present with the checkpoint's hash. Names the first bad sequence number.
-pub async fn verify(
-    pool: &SqlitePool,
-    checkpoint: Option<(&Checkpoint, &VerifyingKey)>,
-) -> anyhow::Result<VerifyReport> {
-    let mut rows = sqlx::query(
-        "SELECT seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash FROM audit_events ORDER BY seq",
-    )
-    .fetch(pool);
-    let mut prev = Head::GENESIS;
-    let mut events = 0u64;
-    let mut checkpoint_hash: Option<[u8; 32]> = None;
-    let bad = |seq: i64, events: u64, head: i64, problem: String| VerifyReport {
-        events,
-        head_seq: head,
-        first_bad_seq: Some(seq),
-        problem: Some(problem),
-    };
-    while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.try_get(0)?;
-        let expected = prev.seq + 1;
-        if seq != expected {
-            return Ok(bad(
-                expected,
-                events,
-                prev.seq,
-                format!("sequence {expected} is missing (next row is {seq})"),
-            ));
-        }
-        let prev_hash: Vec<u8> = row.try_get(9)?;
-        let stored: Vec<u8> = row.try_get(10)?;
-        if prev_hash.as_slice() != prev.hash {
-            return Ok(bad(
-                seq,
-                events,
-                prev.seq,
-                format!("sequence {seq} does not link to sequence {}", prev.seq),
-            ));
-        }
-        let text = |i: usize| row.try_get::<String, _>(i);
-        let (at, actor, action, target, outcome, correlation_id, client_addr, details) = (
-            text(1)?,
-            text(2)?,
-            text(3)?,
-            text(4)?,
-            text(5)?,
-            text(6)?,
-            text(7)?,
-            text(8)?,
-        );
-        let hash = hash_row(&RowFields {
-            seq,
-            prev_hash: &prev_hash,
-            at: &at,
-            actor: &actor,
-            action: &action,
-            target: &target,
-            outcome: &outcome,
-            correlation_id: &correlation_id,
-            client_addr: &client_addr,
-            details: &details,
-        });
-        if stored.as_slice() != hash {
-            return Ok(bad(
-                seq,
-                events,
-                prev.seq,
-                format!("sequence {seq} was altered (hash mismatch)"),
-            ));
-        }
-        if let Some((cp, _)) = checkpoint
-            && cp.seq == seq
-        {
-            checkpoint_hash = Some(hash);
-        }
-        events += 1;
-        prev = Head { seq, hash };
-    }
-    if let Some((cp, key)) = checkpoint {
-        if !cp.verify(key) {
-            return Ok(bad(
-                cp.seq,
-                events,
-                prev.seq,
-                "the audit checkpoint signature is invalid".to_owned(),
-            ));
-        }
-        match checkpoint_hash {
-            None => {
-                return Ok(bad(
-                    prev.seq + 1,
-                    events,
-                    prev.seq,
-                    format!(
-                        "the chain ends at sequence {} but the signed checkpoint covers sequence {}: events were truncated",
-                        prev.seq, cp.seq
-                    ),
-                ));
-            }
-            Some(h) if h != cp.hash => {
-                return Ok(bad(
-                    cp.seq,
-                    events,
-                    prev.seq,
-                    format!(
-                        "sequence {} differs from the signed checkpoint: the chain was truncated and rewritten",
-                        cp.seq
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-    } else if events > 0 {
-        return Ok(VerifyReport {
-            events,
-            head_seq: prev.seq,
-            first_bad_seq: None,
-            problem: Some("no signed audit checkpoint was found beside the state file".to_owned()),
-        });
-    }
-    Ok(VerifyReport {
-        events,
-        head_seq: prev.seq,
-        first_bad_seq: None,
-        problem: None,
-    })
-}
-
-/// Offline verification of a data directory (`portcullis audit verify --data DIR`): opens
-/// the state file read-only, reads the checkpoint first (it never runs ahead of the store),
-/// and checks it with the public half of the signing key in the same directory.
-pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyReport> {
-    use sqlx::sqlite::SqliteConnectOptions;
-    let state = Store::state_file(data_dir);
-    if !state.exists() {
-        anyhow::bail!("no state file at {}", state.display());
-    }
-    let checkpoint = CheckpointFile::in_dir(data_dir).read()?;
-    let current = crate::keys::load_verifying_key(data_dir)?;
-    let options = SqliteConnectOptions::new().filename(&state).read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
-    // A checkpoint may predate a key rotation: check it with the key it names.
-    let key = match &checkpoint {
-        Some(cp) => crate::key_rotation::historical_key(&pool, current, &cp.key_id)
-            .await?
-            .unwrap_or(current),
-        None => current,
-    };
-    let report = verify(&pool, checkpoint.as_ref().map(|c| (c, &key))).await;
-    pool.close().await;
-    report
 }
 
 /// Streams every event in sequence order as JSON Lines.
