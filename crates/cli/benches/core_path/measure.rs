@@ -32,13 +32,14 @@ pub(crate) async fn commit_probe(path: &Path) -> anyhow::Result<Stats> {
     Ok(Stats::of(lat))
 }
 
-pub(crate) async fn direct(db: &Path) -> anyhow::Result<Stats> {
+pub(crate) async fn direct_sqlite(db: &Path) -> anyhow::Result<Stats> {
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(SqliteConnectOptions::new().filename(db).read_only(true))
         .await?;
     pub(crate) async fn once(pool: &SqlitePool) -> anyhow::Result<()> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(STATEMENT).fetch_all(pool).await?;
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as(SQLITE_STATEMENT).fetch_all(pool).await?;
         if rows.len() != 1 {
             bail!("expected one row, got {}", rows.len());
         }
@@ -72,10 +73,11 @@ pub(crate) async fn http_floor(client: &Client) -> anyhow::Result<Stats> {
     Ok(Stats::of(lat))
 }
 
-pub(crate) fn read_body() -> CreateRequest {
+/// The demo SQLite read (context figures).
+pub(crate) fn sqlite_body() -> CreateRequest {
     CreateRequest {
         connection: "demo".parse().expect("a valid connection name"),
-        statement: STATEMENT.into(),
+        statement: SQLITE_STATEMENT.into(),
         reason: "benchmark".into(),
         stream: false,
     }
@@ -101,11 +103,11 @@ pub(crate) fn check_outcome(outcome: &RequestOutcome) -> Result<(), String> {
 /// seconds spent during the measured iterations.
 pub(crate) async fn through(
     admin: &Client,
+    body: &CreateRequest,
     iterations: usize,
 ) -> anyhow::Result<(Stats, Option<f64>)> {
-    let body = read_body();
     for _ in 0..THROUGH_WARMUP {
-        check_outcome(&admin.create_request(&body, Duration::from_secs(10)).await?)
+        check_outcome(&admin.create_request(body, Duration::from_secs(10)).await?)
             .map_err(anyhow::Error::msg)?;
     }
     let deadline = Instant::now() + THROUGH_BUDGET;
@@ -113,7 +115,7 @@ pub(crate) async fn through(
     let cpu_before = process_cpu_seconds();
     while lat.len() < iterations && Instant::now() < deadline {
         let t = Instant::now();
-        let outcome = admin.create_request(&body, Duration::from_secs(10)).await?;
+        let outcome = admin.create_request(body, Duration::from_secs(10)).await?;
         lat.push(t.elapsed());
         check_outcome(&outcome).map_err(anyhow::Error::msg)?;
     }
@@ -126,26 +128,6 @@ pub(crate) async fn through(
         );
     }
     Ok((Stats::of(lat), cpu))
-}
-
-/// The same sequential run on a fresh stack whose only agent runs a single worker.
-pub(crate) async fn through_single_worker() -> anyhow::Result<(Stats, Option<f64>)> {
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let mut opts = stack_options(dir.path())?;
-    opts.start_agent = false;
-    let stack = DevStack::start(opts).await?;
-    let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
-    let created = admin.create_agent("single-worker").await?;
-    let mut config = demo_agent_config("single-worker", &stack.url, &stack.server, &stack.demo_db);
-    config.max_concurrent_jobs = 1;
-    let agent = Agent::new(config, &created.token).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(agent.run(stopped));
-    let result = through(&admin, THROUGH_ITERATIONS / 2).await;
-    stop.send_replace(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    stack.stop().await;
-    result
 }
 
 pub(crate) fn print_cpu(cpu_seconds: Option<f64>, requests: usize) {
@@ -167,10 +149,17 @@ pub(crate) struct Load {
     pub(crate) cpu_us_per_request: Option<f64>,
 }
 
-pub(crate) async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
+/// `LOAD_CLIENTS` tasks, each with its own `Client`, looping the waiting create of `body`;
+/// requests completing inside `window` (after `LOAD_WARMUP`) are counted.
+pub(crate) async fn throughput(
+    url: &str,
+    token: &str,
+    body: &CreateRequest,
+    window: Duration,
+) -> anyhow::Result<Load> {
     let start = Instant::now();
     let window_start = start + LOAD_WARMUP;
-    let window_end = window_start + LOAD_WINDOW;
+    let window_end = window_start + window;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let samples: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -178,8 +167,8 @@ pub(crate) async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
     for _ in 0..LOAD_CLIENTS {
         let client = Client::new(url, Some(token))?;
         let (ok, errors, samples) = (ok.clone(), errors.clone(), samples.clone());
+        let body = body.clone();
         tasks.push(tokio::spawn(async move {
-            let body = read_body();
             let mut lat = Vec::new();
             while Instant::now() < window_end {
                 let t = Instant::now();
@@ -220,10 +209,10 @@ pub(crate) async fn throughput(url: &str, token: &str) -> anyhow::Result<Load> {
         lat.extend(t.await?);
     }
     let ok = ok.load(Ordering::Relaxed);
-    let rate = ok as f64 / LOAD_WINDOW.as_secs_f64();
+    let rate = ok as f64 / window.as_secs_f64();
     let (cpu_cores, cpu_us_per_request) = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) => (
-            Some((b - a) / LOAD_WINDOW.as_secs_f64()),
+            Some((b - a) / window.as_secs_f64()),
             (ok > 0).then(|| (b - a) * 1e6 / ok as f64),
         ),
         _ => (None, None),
@@ -248,16 +237,21 @@ pub(crate) fn push_sample(samples: &Mutex<Vec<String>>, e: String) {
 }
 
 pub(crate) struct Dispatch {
+    /// The approval's commit (its `request.approved` event published) → job arrived.
+    pub(crate) from_commit: Stats,
+    /// Jobs that arrived before the approval's event was seen (counted as 0 in `from_commit`).
+    pub(crate) commit_late: usize,
     pub(crate) from_response: Stats,
     pub(crate) from_send: Stats,
     pub(crate) create: Stats,
     pub(crate) job_first: usize,
 }
 
+/// What the raw claims of the dispatch figure say they serve: the PostgreSQL connection.
 pub(crate) fn served() -> Vec<ServedConnection> {
     vec![ServedConnection {
-        name: "demo".parse().expect("a valid connection name"),
-        kind: ConnectionKind::Sqlite,
+        name: pg::PG_CONNECTION.parse().expect("a valid connection name"),
+        kind: ConnectionKind::Postgres,
         environment: Environment::Development,
     }]
 }
@@ -280,9 +274,11 @@ pub(crate) fn start_claim(
     })
 }
 
-pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
+/// The dispatch figure: a stack without an agent of its own (the PostgreSQL connection is
+/// declared to the server only), `bench-agent` claiming by raw long-poll.
+pub(crate) async fn dispatch(pg: &PgTarget) -> anyhow::Result<Dispatch> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let mut opts = stack_options(dir.path())?;
+    let mut opts = stack_options(dir.path(), pg)?;
     opts.start_agent = false;
     let stack = DevStack::start(opts).await?;
     let admin = Client::new(&stack.url, Some(&stack.admin_token))?;
@@ -292,6 +288,30 @@ pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
         "   dev stack at {} without its agent; agent `bench-agent` claims by raw long-poll",
         stack.url
     );
+
+    // The approval's commit, as seen in process: the server publishes each committed event to
+    // its live subscribers right after the COMMIT (before the committing request goes on), so
+    // the instant this task receives `request.approved` is the commit plus one task wake-up.
+    let approved: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let mut live = stack.server.state.audit.live();
+    let watcher = {
+        let approved = approved.clone();
+        tokio::spawn(async move {
+            loop {
+                match live.recv().await {
+                    Ok(event) if event.action == "request.approved" => {
+                        let at = Instant::now();
+                        approved
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(event.target.clone(), at);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    };
 
     let mut pending = start_claim(&agent);
     // Once, at the start: wait (bounded) until the server has seen the first long-poll.
@@ -308,12 +328,13 @@ pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
         tokio::task::yield_now().await;
     }
 
-    let body = read_body();
+    let body = pg.body();
     let report = JobReport::Succeeded {
         result: Default::default(),
     };
     let budget = Instant::now() + DISPATCH_BUDGET;
     let (mut from_response, mut from_send, mut create) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut from_commit, mut commit_late) = (Vec::new(), 0);
     let mut job_first = 0;
     let mut i = 0;
     while i < DISPATCH_WARMUP + DISPATCH_ITERATIONS && Instant::now() < budget {
@@ -332,7 +353,29 @@ pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
         // the time the report (a durable commit) has come back and the next create is sent.
         pending = start_claim(&agent);
         agent.report(job.job_id, &report).await?;
+        let target = format!("request:{}", outcome.request.id);
+        let seen = Instant::now() + Duration::from_secs(5);
+        let committed = loop {
+            let at = approved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&target);
+            match at {
+                Some(at) => break at,
+                None if Instant::now() > seen => {
+                    bail!(
+                        "no request.approved event for request {}",
+                        outcome.request.id
+                    )
+                }
+                None => tokio::task::yield_now().await,
+            }
+        };
         if i >= DISPATCH_WARMUP {
+            if arrived < committed {
+                commit_late += 1;
+            }
+            from_commit.push(arrived.saturating_duration_since(committed));
             if arrived < t_response {
                 job_first += 1;
             }
@@ -350,14 +393,14 @@ pub(crate) async fn dispatch() -> anyhow::Result<Dispatch> {
         );
     }
     pending.abort();
+    watcher.abort();
     stack.stop().await;
     Ok(Dispatch {
+        from_commit: Stats::of(from_commit),
+        commit_late,
         from_response: Stats::of(from_response),
         from_send: Stats::of(from_send),
         create: Stats::of(create),
         job_first,
     })
 }
-
-// ---------------------------------------------------------------------------------------
-// Statistics and output

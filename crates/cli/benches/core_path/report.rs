@@ -60,6 +60,19 @@ pub(crate) fn us(v: f64) -> String {
     }
 }
 
+/// `value` in `unit`, with as many decimals as a figure of its size needs.
+pub(crate) fn in_unit(value: f64, unit: &str) -> String {
+    if value.is_nan() {
+        "n/a".into()
+    } else if value.fract() == 0.0 || value.abs() >= 100.0 {
+        format!("{value:.0} {unit}")
+    } else if value.abs() >= 10.0 {
+        format!("{value:.1} {unit}")
+    } else {
+        format!("{value:.2} {unit}")
+    }
+}
+
 pub(crate) enum Goal {
     None,
     AtMost(f64),
@@ -94,6 +107,16 @@ impl Row {
             unit: "µs",
         }
     }
+    /// A figure in `unit` (ms, s, MiB, ...) that must stay at or below `goal`.
+    pub(crate) fn at_most_in(figure: &str, value: f64, goal: f64, unit: &'static str) -> Row {
+        Row {
+            figure: figure.into(),
+            measured: in_unit(value, unit),
+            value,
+            goal: Goal::AtMost(goal),
+            unit,
+        }
+    }
     pub(crate) fn at_least(figure: &str, value: f64, goal: f64, unit: &'static str) -> Row {
         Row {
             figure: figure.into(),
@@ -118,7 +141,7 @@ impl Row {
             if self.unit == "µs" {
                 us(g)
             } else {
-                format!("{g:.0} {}", self.unit)
+                in_unit(g, self.unit)
             }
         };
         match self.goal {
@@ -217,39 +240,45 @@ pub(crate) fn print_machine(scratch: &Path) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let commit = head_commit().unwrap_or_else(|| "unknown".into());
     println!("== portcullis core-path benchmark");
     println!(
         "   machine: {} logical CPUs (nproc), {cpu}, Linux {kernel}",
         cores()
     );
-    println!(
-        "   commit:  {commit}{}",
-        if dirty {
-            " (working tree has uncommitted changes)"
-        } else {
-            ""
-        }
-    );
+    println!("   commit:  {commit} (HEAD; the working tree may differ)");
     println!(
         "   temp dir: {} on {}",
         scratch.display(),
         filesystem_of(scratch)
     );
     println!(
-        "   everything runs in this one process on a {}-worker tokio runtime: load generator, server and agent share the CPUs",
+        "   sections 1-5 run in this one process on a {}-worker tokio runtime (load generator, server and agent share the CPUs); section 8 runs the release binary as separate processes",
         cores()
     );
+}
+
+/// The commit HEAD names, read from the repository's files (`.git/HEAD`, the ref it points
+/// to, or `packed-refs`).
+pub(crate) fn head_commit() -> Option<String> {
+    let git = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.git");
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    let full = match head.strip_prefix("ref: ") {
+        None => head.to_owned(),
+        Some(name) => match std::fs::read_to_string(git.join(name)) {
+            Ok(id) => id.trim().to_owned(),
+            Err(_) => std::fs::read_to_string(git.join("packed-refs"))
+                .ok()?
+                .lines()
+                .find_map(|l| {
+                    l.split_once(' ')
+                        .filter(|(_, r)| *r == name)
+                        .map(|(id, _)| id.to_owned())
+                })?,
+        },
+    };
+    Some(full.chars().take(12).collect())
 }
 
 /// The mount (device and type) holding `path`, from /proc/mounts: the longest matching prefix.
