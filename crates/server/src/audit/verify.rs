@@ -21,6 +21,8 @@ use crate::store::Store;
 const SPLIT_ABOVE: i64 = 100_000;
 /// The most ranges checked at once (each holds one read connection while it runs).
 const MAX_PARTS: usize = 4;
+/// How much of the state file an offline verification maps into memory at most.
+const VERIFY_MMAP_BYTES: u64 = 1 << 30;
 
 /// The outcome of checking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +314,12 @@ pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyReport> {
     }
     let checkpoint = CheckpointFile::in_dir(data_dir).read()?;
     let current = crate::keys::load_verifying_key(data_dir)?;
-    let options = SqliteConnectOptions::new().filename(&state).read_only(true);
+    // Memory-mapped reads: the pages are hashed straight from the page cache, without a
+    // copy per page into SQLite's own cache (read-only, so a mapping cannot be written).
+    let options = SqliteConnectOptions::new()
+        .filename(&state)
+        .read_only(true)
+        .pragma("mmap_size", VERIFY_MMAP_BYTES.to_string());
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(MAX_PARTS as u32)
         .connect_with(options)
