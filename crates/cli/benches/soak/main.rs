@@ -26,6 +26,7 @@ mod report;
 #[path = "../shared/mod.rs"]
 mod shared;
 mod stack;
+mod tally;
 mod traffic;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ use uuid::Uuid;
 
 use report::{Check, Memory, check, percentile, table, us, verdict};
 use stack::{Pg, Stack};
-use traffic::Tally;
+use tally::Tally;
 
 const DEFAULT_SECONDS: u64 = 180;
 /// The server's default result retention and one pruning pass more: memory is judged after it.
@@ -234,7 +235,7 @@ async fn soak(bin: &Path, pg: &Pg, duration: Duration, warmup: Duration) -> anyh
     let mut rows = Vec::new();
     let mut unexpected_total = 0;
     let mut notes = Vec::new();
-    let mut kinds: Vec<(&&str, &traffic::Calls)> = tally.calls.iter().collect();
+    let mut kinds: Vec<(&&str, &tally::Calls)> = tally.calls.iter().collect();
     kinds.sort_by_key(|(k, _)| kind_order(k));
     for (kind, calls) in &kinds {
         let mut lat = calls.latencies_us.clone();
@@ -292,7 +293,7 @@ async fn soak(bin: &Path, pg: &Pg, duration: Duration, warmup: Duration) -> anyh
     for n in notes.iter().take(12) {
         println!("   ! {n}");
     }
-    let total_calls: u64 = tally.calls.values().map(traffic::Calls::total).sum();
+    let total_calls: u64 = tally.calls.values().map(tally::Calls::total).sum();
     checks.push(check(
         unexpected_total == 0,
         "no answer other than the expected 429 / 403 / login failures",
