@@ -2,8 +2,14 @@
 //! (tests, `dev`) never mix their figures. HTTP latency and outcomes are recorded as requests
 //! finish; the state figures (agents, queue depth, requests by state, audit head) are read
 //! when `/metrics` is scraped, so nothing polls in the background.
+//!
+//! The recorder keeps each histogram sample until it is folded into the buckets, which only a
+//! scrape or an upkeep does; a server nobody scrapes would keep one sample per HTTP request
+//! forever. So every [`UPKEEP_EVERY`] requests fold the pending samples in: memory stays
+//! bounded whether `/metrics` is scraped or not.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -23,9 +29,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
 
+/// HTTP requests between two upkeeps: at most this many latency samples wait unfolded.
+pub const UPKEEP_EVERY: u64 = 1024;
+
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// HTTP requests observed so far.
+    observed: AtomicU64,
+    /// Upkeeps run so far.
+    upkeeps: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -45,7 +58,12 @@ impl Metrics {
             .expect("constant, non-empty buckets");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        Metrics(Arc::new(Inner { recorder, handle }))
+        Metrics(Arc::new(Inner {
+            recorder,
+            handle,
+            observed: AtomicU64::new(0),
+            upkeeps: AtomicU64::new(0),
+        }))
     }
 
     /// One finished HTTP request: `route` is the matched route pattern (never the raw path,
@@ -67,6 +85,16 @@ impl Metrics {
             .recorder
             .register_counter(&key, &METADATA)
             .increment(1);
+        // Exactly one request in every UPKEEP_EVERY folds the pending samples in.
+        if self.0.observed.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.0.handle.run_upkeep();
+            self.0.upkeeps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many upkeeps have folded pending histogram samples into their buckets.
+    pub fn upkeeps(&self) -> u64 {
+        self.0.upkeeps.load(Ordering::Relaxed)
     }
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
@@ -109,5 +137,38 @@ impl Metrics {
             state.audit.head().seq as f64,
         );
         Ok(self.0.handle.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unscraped server folds its latency samples in every `UPKEEP_EVERY` requests (one
+    /// sample kept per request forever would grow memory without bound), and folding loses
+    /// none of them.
+    #[test]
+    fn latency_samples_are_folded_in_without_a_scrape_and_none_is_lost() {
+        let metrics = Metrics::new();
+        let n = 3 * UPKEEP_EVERY + 7;
+        for _ in 0..n {
+            metrics.observe_http(&Method::GET, "/health", 200, Duration::from_micros(300));
+        }
+        assert_eq!(
+            metrics.upkeeps(),
+            3,
+            "one upkeep per {UPKEEP_EVERY} requests"
+        );
+        let text = metrics.0.handle.render();
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("portcullis_http_request_duration_seconds_count"))
+            .unwrap_or_else(|| panic!("no histogram count in:\n{text}"));
+        assert!(count.ends_with(&format!(" {n}")), "{count}");
+        let total = text
+            .lines()
+            .find(|l| l.starts_with("portcullis_http_requests_total"))
+            .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
+        assert!(total.ends_with(&format!(" {n}")), "{total}");
     }
 }
