@@ -326,6 +326,24 @@ pub struct AuditTx {
     alerts: Vec<crate::alerts::Alert>,
     /// This transaction's events, published to live subscribers once it commits.
     live: Vec<Arc<LiveEvent>>,
+    /// This transaction's audit rows, inserted with its group's commit.
+    rows: Vec<PendingRow>,
+}
+
+/// One audit row appended by a transaction, waiting for its group's commit to be written.
+#[derive(Debug)]
+pub(crate) struct PendingRow {
+    pub(crate) seq: i64,
+    pub(crate) at: String,
+    pub(crate) actor: String,
+    pub(crate) action: &'static str,
+    pub(crate) target: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) correlation_id: String,
+    pub(crate) client_addr: String,
+    pub(crate) details: String,
+    pub(crate) prev_hash: [u8; 32],
+    pub(crate) hash: [u8; 32],
 }
 
 impl AuditTx {
@@ -339,6 +357,7 @@ impl AuditTx {
                 savepoint,
                 alerts: Vec::new(),
                 live: Vec::new(),
+                rows: Vec::new(),
             }),
             Err(e) => {
                 audit.hand_over(w).await;
@@ -412,22 +431,22 @@ impl AuditTx {
         };
         let hash = hash_row(&fields);
         let live = Arc::new(LiveEvent::committed(&fields, &event.details));
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(&at)
-        .bind(&event.actor)
-        .bind(event.action.as_str())
-        .bind(&event.target)
-        .bind(event.outcome.as_str())
-        .bind(&ctx.correlation_id)
-        .bind(&ctx.client_addr)
-        .bind(&details)
-        .bind(&prev[..])
-        .bind(&hash[..])
-        .execute(self.conn())
-        .await?;
+        // Written with the rest of its commit group, in one statement just before the
+        // group's COMMIT (`group::insert_rows`): never committed without the change it
+        // records, and never acknowledged before that commit (AUD-2).
+        self.rows.push(PendingRow {
+            seq,
+            at: at.clone(),
+            actor: event.actor.clone(),
+            action: event.action.as_str(),
+            target: event.target.clone(),
+            outcome: event.outcome.as_str(),
+            correlation_id: ctx.correlation_id.clone(),
+            client_addr: ctx.client_addr.clone(),
+            details: details.clone(),
+            prev_hash: prev,
+            hash,
+        });
         self.live.push(live);
         self.head = Head { seq, hash };
         if let Some(severity) = crate::alerts::severity_of(&event) {
@@ -491,6 +510,7 @@ impl AuditTx {
         }
         group.members += 1;
         group.live.append(&mut self.live);
+        group.rows.append(&mut self.rows);
         group.alerts.append(&mut self.alerts);
         let mut done = group.done.subscribe();
         w.head = self.head;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedMutexGuard, watch};
 
-use super::{Audit, AuditError, Head};
+use super::{Audit, AuditError, Head, PendingRow};
 use crate::events::LiveEvent;
 use crate::store::Tx;
 
@@ -39,6 +39,8 @@ pub(super) struct Group {
     /// The members' events and alerts, in chain order, published after the commit.
     pub(super) live: Vec<Arc<LiveEvent>>,
     pub(super) alerts: Vec<crate::alerts::Alert>,
+    /// The members' audit rows, in chain order, inserted just before the COMMIT.
+    pub(super) rows: Vec<PendingRow>,
 }
 
 impl Group {
@@ -50,6 +52,7 @@ impl Group {
             done: watch::channel(None).0,
             live: Vec::new(),
             alerts: Vec::new(),
+            rows: Vec::new(),
         }
     }
 }
@@ -147,13 +150,20 @@ impl Audit {
             return Vec::new();
         };
         let Group {
-            tx,
+            mut tx,
             done,
             live,
             alerts,
+            rows,
             ..
         } = group;
-        match tx.commit().await {
+        // The rows and the COMMIT succeed together or the whole group rolls back (the
+        // transaction is dropped): no member is acknowledged without its audit rows.
+        let written = match insert_rows(&mut tx, &rows).await {
+            Ok(()) => tx.commit().await,
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 *self.head.lock().unwrap_or_else(|e| e.into_inner()) = w.head;
@@ -192,6 +202,45 @@ impl Audit {
             }
         }
     }
+}
+
+/// The most rows in one INSERT statement (11 parameters each; SQLite allows 32,766).
+const ROWS_PER_STATEMENT: usize = 256;
+/// Statements for up to this many rows stay prepared on the writer connection (the sizes
+/// a group usually has); larger ones are prepared for their one use.
+const CACHED_ROWS: usize = 16;
+
+/// Inserts a group's audit rows: one statement per [`ROWS_PER_STATEMENT`], so one round trip
+/// to the writer connection for a whole group instead of one per event.
+pub(super) async fn insert_rows(tx: &mut Tx, rows: &[PendingRow]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "" } else { ", " });
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        // Built from the row count only: every value is a bound parameter.
+        let mut query =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= CACHED_ROWS);
+        for row in chunk {
+            query = query
+                .bind(row.seq)
+                .bind(row.at.as_str())
+                .bind(row.actor.as_str())
+                .bind(row.action)
+                .bind(row.target.as_str())
+                .bind(row.outcome)
+                .bind(row.correlation_id.as_str())
+                .bind(row.client_addr.as_str())
+                .bind(row.details.as_str())
+                .bind(&row.prev_hash[..])
+                .bind(&row.hash[..]);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Undoes the savepoint a dropped member left open. When that fails the group is broken

@@ -2,6 +2,16 @@ use std::sync::Arc;
 
 use super::*;
 
+/// A new state store in a temp dir (kept alive by the returned guard) and its audit chain.
+async fn fresh() -> (tempfile::TempDir, Store, Arc<Audit>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let audit = Audit::open(&store, &CheckpointFile::in_dir(dir.path()))
+        .await
+        .unwrap();
+    (dir, store, audit)
+}
+
 fn event(actor: String, target: String) -> Event {
     Event {
         actor,
@@ -56,11 +66,7 @@ async fn concurrent_transactions_never_see_a_stale_head() {
 /// concurrent transactions share commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_acknowledges_after_commit_and_rolls_back_members_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let audit = Audit::open(&store, &CheckpointFile::in_dir(dir.path()))
-        .await
-        .unwrap();
+    let (_dir, store, audit) = fresh().await;
     let mut setup = store.begin().await.unwrap();
     sqlx::query("CREATE TABLE marks (who TEXT NOT NULL, dropped INTEGER NOT NULL)")
         .execute(&mut *setup)
@@ -134,11 +140,7 @@ async fn group_commit_acknowledges_after_commit_and_rolls_back_members_alone() {
 /// transaction leaves nothing behind and does not block the next one.
 #[tokio::test]
 async fn a_lone_transaction_commits_at_once_and_a_dropped_one_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let audit = Audit::open(&store, &CheckpointFile::in_dir(dir.path()))
-        .await
-        .unwrap();
+    let (_dir, store, audit) = fresh().await;
     let mut tx = AuditTx::begin(&store, &audit).await.unwrap();
     tx.append(&Context::system("test"), event("a".into(), "1".into()))
         .await
@@ -156,6 +158,72 @@ async fn a_lone_transaction_commits_at_once_and_a_dropped_one_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(actors, ["b"]);
+}
+
+/// AUD-2: a group's audit rows are written with its COMMIT; when the store refuses them,
+/// the whole group rolls back and no member is acknowledged: neither the member whose event
+/// was refused nor the one that shared its commit keeps its change, and the next
+/// transaction continues the chain from the last committed head.
+#[tokio::test]
+async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
+    let (_dir, store, audit) = fresh().await;
+    let mut setup = store.begin().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE marks (who TEXT NOT NULL);
+         CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.actor = 'refused'
+         BEGIN SELECT RAISE(ABORT, 'audit row refused'); END;",
+    )
+    .execute(&mut *setup)
+    .await
+    .unwrap();
+    setup.commit().await.unwrap();
+    let mark = |who: &'static str| sqlx::query("INSERT INTO marks (who) VALUES (?)").bind(who);
+
+    let mut first = AuditTx::begin(&store, &audit).await.unwrap();
+    mark("first").execute(first.conn()).await.unwrap();
+    first
+        .append(&Context::system("test"), event("first".into(), "1".into()))
+        .await
+        .unwrap();
+    // A second transaction waits for the writer, so the first one's group stays open for it.
+    let second = tokio::spawn({
+        let (store, audit) = (store.clone(), Arc::clone(&audit));
+        async move {
+            let mut tx = AuditTx::begin(&store, &audit).await?;
+            mark("second").execute(tx.conn()).await?;
+            tx.append(
+                &Context::system("test"),
+                event("refused".into(), "2".into()),
+            )
+            .await?;
+            tx.commit().await
+        }
+    });
+    while audit.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let first = first.commit().await;
+    let second = second.await.unwrap();
+    let err = first.expect_err("acknowledged although its group's audit rows were refused");
+    assert!(err.to_string().contains("audit row refused"), "{err}");
+    assert!(second.is_err(), "the refused member was acknowledged");
+    assert_eq!(audit.head().seq, 0);
+    let marks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM marks")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(marks, 0, "a change was committed without its audit rows");
+
+    let mut next = AuditTx::begin(&store, &audit).await.unwrap();
+    mark("next").execute(next.conn()).await.unwrap();
+    let seq = next
+        .append(&Context::system("test"), event("next".into(), "3".into()))
+        .await
+        .unwrap();
+    next.commit().await.unwrap();
+    assert_eq!(seq, 1);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (1, None));
 }
 
 /// AUD-3: the chain checked in concurrent ranges reports exactly what one pass in sequence
