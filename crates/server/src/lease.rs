@@ -4,7 +4,7 @@
 //! already waiting in its claim, inside the very transaction that approved it (one commit
 //! instead of two, no wake-up and no second look at the queue).
 
-use portcullis_core::RequestState;
+use portcullis_core::{ConnectionName, Environment, OperationClass, RequestState};
 use portcullis_proto::agent::JobAssignment;
 use portcullis_proto::token::{TokenClaims, statement_sha256};
 use serde_json::json;
@@ -28,6 +28,38 @@ pub(crate) struct Leased {
     pub(crate) nonce: [u8; 16],
 }
 
+/// The fields of a request that its execution token is signed from, as recorded in the
+/// current transaction.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    pub(crate) connection: ConnectionName,
+    pub(crate) environment: Environment,
+    pub(crate) class: OperationClass,
+    pub(crate) statement: String,
+    pub(crate) statement_sha256: [u8; 32],
+    pub(crate) approval_sha256: Option<[u8; 32]>,
+    pub(crate) state: RequestState,
+}
+
+impl Recorded {
+    /// Reads them back from the store, in `tx`.
+    async fn load(tx: &mut AuditTx, request_id: Uuid) -> Result<Recorded, ApiError> {
+        let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
+            .bind(request_id.to_string())
+            .fetch_one(tx.conn())
+            .await?;
+        Ok(Recorded {
+            connection: parse(row.try_get::<String, _>(0)?)?,
+            environment: parse(row.try_get::<String, _>(1)?)?,
+            class: parse(row.try_get::<String, _>(2)?)?,
+            statement: row.try_get(3)?,
+            statement_sha256: to_hash(row.try_get(4)?),
+            approval_sha256: row.try_get::<Option<Vec<u8>>, _>(5)?.map(to_hash),
+            state: parse(row.try_get::<String, _>(6)?)?,
+        })
+    }
+}
+
 /// Signs the execution token of a leased job, marks its request dispatched (for an
 /// execution) and appends the dispatch event, all in `tx`.
 pub(crate) async fn sign(
@@ -38,6 +70,20 @@ pub(crate) async fn sign(
     leased: Leased,
     now: i64,
 ) -> Result<JobAssignment, ApiError> {
+    let recorded = Recorded::load(tx, leased.request_id).await?;
+    sign_recorded(state, tx, agent, ctx, leased, recorded, now).await
+}
+
+/// [`sign`] from the request's fields the caller wrote in this same transaction.
+async fn sign_recorded(
+    state: &AppState,
+    tx: &mut AuditTx,
+    agent: &str,
+    ctx: &Context,
+    leased: Leased,
+    recorded: Recorded,
+    now: i64,
+) -> Result<JobAssignment, ApiError> {
     let Leased {
         job_id,
         request_id,
@@ -46,11 +92,7 @@ pub(crate) async fn sign(
         nonce,
     } = leased;
     let ex = &state.config.execution;
-    let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
-        .bind(request_id.to_string())
-        .fetch_one(tx.conn())
-        .await?;
-    let current: RequestState = parse(row.try_get::<String, _>(6)?)?;
+    let current = recorded.state;
     let dry_run = purpose == "preview";
     let explain = match (purpose.as_str(), explain_text) {
         ("execute" | "preview", _) => None,
@@ -75,24 +117,24 @@ pub(crate) async fn sign(
         job_id,
         request_id,
         agent: agent.to_owned(),
-        connection: parse(row.try_get::<String, _>(0)?)?,
-        environment: parse(row.try_get::<String, _>(1)?)?,
+        connection: recorded.connection,
+        environment: recorded.environment,
         // An explain job runs its own text, always as a read; it is bound to the request it
         // explains instead of to an approval, which it precedes.
         class: match explain {
             Some(_) => portcullis_core::OperationClass::Read,
-            None => parse(row.try_get::<String, _>(2)?)?,
+            None => recorded.class,
         },
         statement_sha256: match &explain {
             Some(text) => statement_sha256(text),
-            None => to_hash(row.try_get(4)?),
+            None => recorded.statement_sha256,
         },
         row_cap: ex.row_cap,
         timeout_ms: ex.timeout_ms,
         approval_sha256: match (&explain, dry_run) {
             (Some(_), _) => crate::explain::explain_binding(request_id),
             (None, true) => crate::explain::preview_binding(request_id),
-            (None, false) => to_hash(row.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default()),
+            (None, false) => recorded.approval_sha256.unwrap_or([0; 32]),
         },
         issued_at_ms: now,
         expires_at_ms: now + (ex.token_ttl_secs as i64) * 1000,
@@ -101,7 +143,7 @@ pub(crate) async fn sign(
     };
     let statement: String = match &explain {
         Some(text) => text.clone(),
-        None => row.try_get(3)?,
+        None => recorded.statement,
     };
     let token = signing
         .signer
@@ -141,13 +183,15 @@ pub(crate) async fn sign(
     })
 }
 
-/// Leases the execution job `job_id`, just queued in `tx`, to the agent waiting in `idle`.
+/// Leases the execution job `job_id`, just queued in `tx`, to the agent waiting in `idle`;
+/// `recorded` is the request as the caller wrote it in `tx` (not read back).
 pub(crate) async fn hand_off(
     state: &AppState,
     tx: &mut AuditTx,
     idle: &IdleClaim,
     job_id: Uuid,
     request_id: Uuid,
+    recorded: Recorded,
     now: i64,
 ) -> Result<JobAssignment, ApiError> {
     let lease_ms = state.config.execution.lease_secs.saturating_mul(1000);
@@ -167,7 +211,7 @@ pub(crate) async fn hand_off(
         explain_text: None,
         nonce,
     };
-    sign(state, tx, &idle.agent, &idle.ctx, leased, now).await
+    sign_recorded(state, tx, &idle.agent, &idle.ctx, leased, recorded, now).await
 }
 
 /// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime

@@ -330,7 +330,17 @@ pub async fn create_request(
         // An agent already waiting gets the job in this same commit (a failure here drops
         // the hand-off and frees the agent; the request then fails as a whole).
         if let Some(idle) = state.dispatch.take_idle(&decl.name) {
-            let job = crate::lease::hand_off(state, &mut tx, &idle, job_id, id, now).await?;
+            let recorded = crate::lease::Recorded {
+                connection: decl.name.clone(),
+                environment: decl.environment,
+                class,
+                statement: body.statement.clone(),
+                statement_sha256: statement_hash,
+                approval_sha256: approval,
+                state: initial,
+            };
+            let job =
+                crate::lease::hand_off(state, &mut tx, &idle, job_id, id, recorded, now).await?;
             handed = Some((idle, job));
         }
     }
