@@ -114,7 +114,11 @@ impl Store {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each acquire (sqlx's default): an embedded connection cannot have
+        // lost its peer, and the ping is one more round trip to the connection's thread on
+        // every query and transaction.
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -122,6 +126,7 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .idle_timeout(None)
             .max_lifetime(None)
