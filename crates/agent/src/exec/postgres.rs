@@ -170,19 +170,16 @@ async fn run_on(
 ) -> Result<Run, sqlx::Error> {
     let conn: &mut PgConnection = conn;
     let read = class == OperationClass::Read;
-    let mut tx = conn
-        .begin_with(if read { "BEGIN READ ONLY" } else { "BEGIN" })
-        .await?;
     // `set_config(…, true)` is `SET LOCAL`; running it as a query also takes the transaction's
     // first snapshot, after which `SET TRANSACTION READ WRITE` can no longer undo READ ONLY.
-    // The value is the signed integer, formatted here, never text from the request.
-    let guard = format!(
-        "SELECT set_config('statement_timeout', '{}', true)",
+    // It travels with the BEGIN in one simple-query message (one round trip); the value is
+    // the signed integer, formatted here, never text from the request.
+    let begin = format!(
+        "{}; SELECT set_config('statement_timeout', '{}', true)",
+        if read { "BEGIN READ ONLY" } else { "BEGIN" },
         limits.timeout_ms()
     );
-    sqlx::raw_sql(AssertSqlSafe(guard))
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = conn.begin_with(AssertSqlSafe(begin)).await?;
     let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {
