@@ -148,6 +148,10 @@ pub(super) async fn result(
     crate::results::download(&state, &who, id, Duration::from_secs(wait)).await
 }
 
+/// How long a wait on a request already read as finished waits for its outcome to be
+/// published (it follows the commit by microseconds; an outcome past its retention never is).
+const PUBLICATION_GRACE: Duration = Duration::from_millis(250);
+
 /// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
 /// requester who asked for them.
 async fn wait_outcome(
@@ -188,6 +192,16 @@ async fn wait_outcome(
                 .ok_or(ApiError::NotFound)?
                 .0;
         }
+    }
+    // A request read as finished may have been committed an instant before its outcome is
+    // published (`Dispatch::complete` follows the commit): wait that instant rather than
+    // answer "succeeded" without its result. Bounded, for outcomes no longer kept.
+    if view.state.is_terminal() && !wait.is_zero() && outcome.borrow().is_none() {
+        let _ = tokio::time::timeout(
+            wait.min(PUBLICATION_GRACE),
+            outcome.wait_for(Option::is_some),
+        )
+        .await;
     }
     let finished = outcome.borrow().clone();
     if let Some(f) = &finished
