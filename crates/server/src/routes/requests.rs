@@ -17,6 +17,7 @@ use super::{Ctx, Segment, User, openapi, path_uuid};
 use crate::AppState;
 use crate::approvals::{self, Verdict};
 use crate::auth::UserPrincipal;
+use crate::clock;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
 
@@ -148,9 +149,12 @@ pub(super) async fn result(
     crate::results::download(&state, &who, id, Duration::from_secs(wait)).await
 }
 
-/// How long a wait on a request already read as finished waits for its outcome to be
-/// published (it follows the commit by microseconds; an outcome past its retention never is).
+/// How long a wait on a request just read as finished waits for its outcome to be
+/// published (it follows the commit by microseconds).
 const PUBLICATION_GRACE: Duration = Duration::from_millis(250);
+/// A request that finished longer ago than this has had its outcome published, or never
+/// will (past its retention, or finished before a restart): no grace for it.
+const RECENTLY_FINISHED_MS: i64 = 5_000;
 
 /// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
 /// requester who asked for them.
@@ -195,8 +199,14 @@ async fn wait_outcome(
     }
     // A request read as finished may have been committed an instant before its outcome is
     // published (`Dispatch::complete` follows the commit): wait that instant rather than
-    // answer "succeeded" without its result. Bounded, for outcomes no longer kept.
-    if view.state.is_terminal() && !wait.is_zero() && outcome.borrow().is_none() {
+    // answer "succeeded" without its result. Timestamps are fixed-width UTC, so they compare
+    // as text.
+    let recent = clock::format_ms(clock::now_ms() - RECENTLY_FINISHED_MS);
+    let just_finished = view
+        .finished_at
+        .as_deref()
+        .is_some_and(|at| at >= recent.as_str());
+    if just_finished && !wait.is_zero() && outcome.borrow().is_none() {
         let _ = tokio::time::timeout(
             wait.min(PUBLICATION_GRACE),
             outcome.wait_for(Option::is_some),
