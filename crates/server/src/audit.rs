@@ -430,25 +430,8 @@ impl AuditTx {
             details: &details,
         };
         let hash = hash_row(&fields);
-        let live = Arc::new(LiveEvent::committed(&fields, &event.details));
-        // Written with the rest of its commit group, in one statement just before the
-        // group's COMMIT (`group::insert_rows`): never committed without the change it
-        // records, and never acknowledged before that commit (AUD-2).
-        self.rows.push(PendingRow {
-            seq,
-            at: at.clone(),
-            actor: event.actor.clone(),
-            action: event.action.as_str(),
-            target: event.target.clone(),
-            outcome: event.outcome.as_str(),
-            correlation_id: ctx.correlation_id.clone(),
-            client_addr: ctx.client_addr.clone(),
-            details: details.clone(),
-            prev_hash: prev,
-            hash,
-        });
-        self.live.push(live);
-        self.head = Head { seq, hash };
+        self.live
+            .push(Arc::new(LiveEvent::committed(&fields, &event.details)));
         if let Some(severity) = crate::alerts::severity_of(&event) {
             sqlx::query(
                 "INSERT INTO alerts (at_ms, severity, kind, actor, target, details) VALUES (?, ?, ?, ?, ?, ?)",
@@ -462,14 +445,31 @@ impl AuditTx {
             .execute(self.conn())
             .await?;
             self.alerts.push(crate::alerts::Alert {
-                at,
+                at: at.clone(),
                 severity,
                 kind: event.action.as_str().to_owned(),
-                actor: event.actor,
-                target: event.target,
+                actor: event.actor.clone(),
+                target: event.target.clone(),
                 details: event.details,
             });
         }
+        // Written with the rest of its commit group, in one statement just before the
+        // group's COMMIT (`group::insert_rows`): never committed without the change it
+        // records, and never acknowledged before that commit (AUD-2).
+        self.rows.push(PendingRow {
+            seq,
+            at,
+            actor: event.actor,
+            action: event.action.as_str(),
+            target: event.target,
+            outcome: event.outcome.as_str(),
+            correlation_id: ctx.correlation_id.clone(),
+            client_addr: ctx.client_addr.clone(),
+            details,
+            prev_hash: prev,
+            hash,
+        });
+        self.head = Head { seq, hash };
         Ok(seq)
     }
 

@@ -214,13 +214,10 @@ const CACHED_ROWS: usize = 16;
 /// to the writer connection for a whole group instead of one per event.
 pub(super) async fn insert_rows(tx: &mut Tx, rows: &[PendingRow]) -> sqlx::Result<()> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES ",
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}"
         );
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { "" } else { ", " });
-            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-        }
         // Built from the row count only: every value is a bound parameter.
         let mut query =
             sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= CACHED_ROWS);
