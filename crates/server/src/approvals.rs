@@ -117,7 +117,7 @@ pub async fn decide(
     let (still, still_step): (String, i64) =
         sqlx::query_as("SELECT state, current_step FROM requests WHERE id = ?")
             .bind(id.to_string())
-            .fetch_one(tx.conn())
+            .fetch_one(tx.conn().await?)
             .await?;
     if still != RequestState::PendingApproval.as_str()
         || usize::try_from(still_step).ok() != Some(step_index)
@@ -139,7 +139,7 @@ pub async fn decide(
     .bind(&comment)
     .bind(&explain)
     .bind(now)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?
     .rows_affected();
     if inserted == 0 {
@@ -152,7 +152,7 @@ pub async fn decide(
     )
     .bind(id.to_string())
     .bind(step_index as i64)
-    .fetch_one(tx.conn())
+    .fetch_one(tx.conn().await?)
     .await?;
     let event = Event {
         actor: who.display(),
@@ -199,7 +199,7 @@ pub async fn decide(
             .bind((step_index + 1) as i64)
             .bind(now)
             .bind(id.to_string())
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
     }
     let approved = step_done && last;
@@ -208,7 +208,7 @@ pub async fn decide(
             "SELECT approver_user_id FROM approvals WHERE request_id = ? AND decision = 'approve' ORDER BY approver_user_id",
         )
         .bind(id.to_string())
-        .fetch_all(tx.conn())
+        .fetch_all(tx.conn().await?)
         .await?;
         let hash = approval_hash(id, &approvers, &statement_hash);
         sqlx::query(
@@ -219,7 +219,7 @@ pub async fn decide(
         .bind(steps.len() as i64)
         .bind(&hash[..])
         .bind(id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
         lifecycle::queue_execution(&mut tx, id, &connection, now).await?;
         let event = Event {

@@ -320,8 +320,8 @@ pub struct AuditTx {
     writer: Option<OwnedMutexGuard<Writer>>,
     audit: Arc<Audit>,
     head: Head,
-    /// Runs inside a savepoint of a group other transactions already joined.
-    savepoint: bool,
+    /// Whether it runs inside a savepoint of a group other transactions already joined.
+    savepoint: Savepoint,
     /// Alerts raised by this transaction's events, delivered once it commits.
     alerts: Vec<crate::alerts::Alert>,
     /// This transaction's events, published to live subscribers once it commits.
@@ -329,6 +329,29 @@ pub struct AuditTx {
     /// This transaction's audit rows, inserted with its group's commit.
     rows: Vec<PendingRow>,
 }
+
+/// The savepoint of a transaction in a commit group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Savepoint {
+    /// The first transaction of its group runs in the group's own transaction.
+    FirstOfGroup,
+    /// A later member that has not written yet: its savepoint opens with its first
+    /// statement ([`AuditTx::conn`], [`AuditTx::first_batch`]), so a member that only
+    /// appends events costs no trip to the writer connection.
+    Pending,
+    /// A later member whose savepoint was opened, or sent to be opened with its first
+    /// batch; undone if the member is dropped (a savepoint that never opened is nothing to
+    /// undo, `group::settle`).
+    Opened,
+}
+
+/// The statement that opens a member's savepoint, as the start of a batch.
+macro_rules! open_savepoint {
+    () => {
+        "SAVEPOINT member;"
+    };
+}
+pub(crate) use open_savepoint;
 
 /// One audit row appended by a transaction, waiting for its group's commit to be written.
 #[derive(Debug)]
@@ -366,19 +389,13 @@ impl AuditTx {
         }
     }
 
-    /// Joins the open group inside a savepoint, or opens a group: `BEGIN IMMEDIATE` and the
-    /// check that the store's head is the one this process committed.
-    async fn enter(store: &Store, audit: &Audit, w: &mut Writer) -> Result<bool, AuditError> {
+    /// Joins the open group (inside a savepoint opened with its first statement), or opens a
+    /// group: `BEGIN IMMEDIATE` and the check that the store's head is the one this process
+    /// committed.
+    async fn enter(store: &Store, audit: &Audit, w: &mut Writer) -> Result<Savepoint, AuditError> {
         settle(w, audit).await?;
-        if let Some(group) = w.group.as_mut() {
-            if let Err(e) = sqlx::query("SAVEPOINT member")
-                .execute(&mut *group.tx)
-                .await
-            {
-                audit.abandon_group(w, "opening a savepoint failed");
-                return Err(e.into());
-            }
-            return Ok(true);
+        if w.group.is_some() {
+            return Ok(Savepoint::Pending);
         }
         let mut tx = store.begin().await?;
         let found = read_head(&mut tx).await?;
@@ -391,10 +408,43 @@ impl AuditTx {
         }
         w.head = found;
         w.group = Some(Group::open(tx));
-        Ok(false)
+        Ok(Savepoint::FirstOfGroup)
     }
 
-    pub fn conn(&mut self) -> &mut SqliteConnection {
+    /// The writer connection, inside this transaction (its savepoint opened first if it
+    /// joined a group and has not written yet).
+    pub async fn conn(&mut self) -> sqlx::Result<&mut SqliteConnection> {
+        if self.savepoint == Savepoint::Pending {
+            // Marked before the trip: a caller dropped while it is under way leaves the
+            // savepoint to be undone, whether or not it opened.
+            self.savepoint = Savepoint::Opened;
+            sqlx::query(concat!(open_savepoint!(), ""))
+                .execute(self.group_conn())
+                .await?;
+        }
+        Ok(self.group_conn())
+    }
+
+    /// The writer connection and the first statement batch to run on it: `opening` (which
+    /// must begin with [`open_savepoint!`]) when this transaction's savepoint is still to be
+    /// opened, `plain` (the same batch without it) otherwise. Saves the savepoint its own trip
+    /// to the writer connection; the caller runs the batch before any other statement.
+    pub fn first_batch(
+        &mut self,
+        opening: &'static str,
+        plain: &'static str,
+    ) -> (&'static str, &mut SqliteConnection) {
+        debug_assert!(opening.starts_with(open_savepoint!()) && opening.ends_with(plain));
+        let sql = if self.savepoint == Savepoint::Pending {
+            self.savepoint = Savepoint::Opened;
+            opening
+        } else {
+            plain
+        };
+        (sql, self.group_conn())
+    }
+
+    fn group_conn(&mut self) -> &mut SqliteConnection {
         let group = self
             .writer
             .as_mut()
@@ -442,7 +492,7 @@ impl AuditTx {
             .bind(&event.actor)
             .bind(&event.target)
             .bind(&details)
-            .execute(self.conn())
+            .execute(self.conn().await?)
             .await?;
             self.alerts.push(crate::alerts::Alert {
                 at: at.clone(),
@@ -501,7 +551,7 @@ impl AuditTx {
                 "the transaction's commit group was rolled back",
             )));
         };
-        if self.savepoint
+        if self.savepoint == Savepoint::Opened
             && let Err(e) = sqlx::query("RELEASE member").execute(&mut *group.tx).await
         {
             w.undo_savepoint = true;
@@ -542,13 +592,16 @@ impl Drop for AuditTx {
         let Some(mut w) = self.writer.take() else {
             return;
         };
-        if self.savepoint {
-            w.undo_savepoint = true;
-        } else {
-            // The first of its group: members join only after the first lets go, so no one
-            // else is in it and the whole transaction rolls back.
-            w.group = None;
-            w.head = self.audit.head();
+        match self.savepoint {
+            Savepoint::Opened => w.undo_savepoint = true,
+            // Nothing written, nothing to undo.
+            Savepoint::Pending => {}
+            Savepoint::FirstOfGroup => {
+                // Members join only after the first lets go, so no one else is in it and
+                // the whole transaction rolls back.
+                w.group = None;
+                w.head = self.audit.head();
+            }
         }
         if w.group.as_ref().is_some_and(|g| g.members > 0) {
             let audit = Arc::clone(&self.audit);

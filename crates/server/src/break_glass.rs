@@ -108,7 +108,7 @@ pub async fn open(
     .bind(reason)
     .bind(now)
     .bind(expires)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: who.display(),
@@ -218,7 +218,7 @@ pub async fn review(
     .bind(now)
     .bind(&comment)
     .bind(id.to_string())
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?
     .rows_affected();
     if done != 1 {

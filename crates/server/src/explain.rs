@@ -83,7 +83,7 @@ pub(crate) async fn record_explain(
     sqlx::query("UPDATE requests SET explain = ? WHERE id = ?")
         .bind(plan.to_string())
         .bind(request_id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor: format!("agent:{}", agent.name),
@@ -106,7 +106,7 @@ async fn finish(
 ) -> Result<(), ApiError> {
     sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?")
         .bind(job_id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
@@ -161,7 +161,7 @@ pub(crate) async fn record_preview(
     sqlx::query("UPDATE requests SET preview = ? WHERE id = ?")
         .bind(preview.to_string())
         .bind(request_id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor: format!("agent:{}", agent.name),

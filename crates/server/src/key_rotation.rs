@@ -36,7 +36,7 @@ pub async fn rotate(
     .bind(&announcement.new_public_key)
     .bind(announcement.issued_at_ms)
     .bind(&announcement.signature)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: actor.to_owned(),

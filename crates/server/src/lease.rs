@@ -46,7 +46,7 @@ impl Recorded {
     async fn load(tx: &mut AuditTx, request_id: Uuid) -> Result<Recorded, ApiError> {
         let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
             .bind(request_id.to_string())
-            .fetch_one(tx.conn())
+            .fetch_one(tx.conn().await?)
             .await?;
         Ok(Recorded {
             connection: parse(row.try_get::<String, _>(0)?)?,
@@ -71,10 +71,30 @@ pub(crate) async fn sign(
     now: i64,
 ) -> Result<JobAssignment, ApiError> {
     let recorded = Recorded::load(tx, leased.request_id).await?;
-    sign_recorded(state, tx, agent, ctx, leased, recorded, now).await
+    sign_recorded(
+        state,
+        tx,
+        agent,
+        ctx,
+        leased,
+        recorded,
+        now,
+        Dispatched::Update,
+    )
+    .await
+}
+
+/// Whether signing an execution's token still has to mark its request dispatched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dispatched {
+    /// The request is `approved` in the store: mark it dispatched to the agent.
+    Update,
+    /// The request was inserted already dispatched to the agent ([`HandOff`]).
+    Recorded,
 }
 
 /// [`sign`] from the request's fields the caller wrote in this same transaction.
+#[allow(clippy::too_many_arguments)]
 async fn sign_recorded(
     state: &AppState,
     tx: &mut AuditTx,
@@ -83,6 +103,7 @@ async fn sign_recorded(
     leased: Leased,
     recorded: Recorded,
     now: i64,
+    dispatched: Dispatched,
 ) -> Result<JobAssignment, ApiError> {
     let Leased {
         job_id,
@@ -149,13 +170,13 @@ async fn sign_recorded(
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
-    if executes {
+    if executes && dispatched == Dispatched::Update {
         sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
             .bind(agent)
             .bind(now)
             .bind(now)
             .bind(request_id.to_string())
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
     }
     let event = Event {
@@ -183,35 +204,58 @@ async fn sign_recorded(
     })
 }
 
-/// Leases the execution job `job_id`, just queued in `tx`, to the agent waiting in `idle`;
-/// `recorded` is the request as the caller wrote it in `tx` (not read back).
-pub(crate) async fn hand_off(
-    state: &AppState,
-    tx: &mut AuditTx,
-    idle: &IdleClaim,
-    job_id: Uuid,
-    request_id: Uuid,
-    recorded: Recorded,
-    now: i64,
-) -> Result<JobAssignment, ApiError> {
-    let lease_ms = state.config.execution.lease_secs.saturating_mul(1000);
-    let nonce: [u8; 16] = rand::random();
-    sqlx::query("UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ? WHERE id = ? AND state = 'queued'")
-        .bind(&idle.agent)
-        .bind(&nonce[..])
-        .bind(now)
-        .bind(now + lease_ms as i64)
-        .bind(job_id.to_string())
-        .execute(tx.conn())
+/// An execution job leased, in the very statements that create it, to an agent already
+/// waiting in its claim: the request is inserted `dispatched` and its job `leased`, with no
+/// queued row updated a moment later. Dropping it frees the agent.
+pub(crate) struct HandOff {
+    pub(crate) idle: IdleClaim,
+    pub(crate) nonce: [u8; 16],
+    pub(crate) lease_until_ms: i64,
+}
+
+impl HandOff {
+    pub(crate) fn new(state: &AppState, idle: IdleClaim, now: i64) -> HandOff {
+        let lease_ms = state.config.execution.lease_secs.saturating_mul(1000);
+        HandOff {
+            idle,
+            nonce: rand::random(),
+            lease_until_ms: now.saturating_add(lease_ms as i64),
+        }
+    }
+
+    /// Signs the token of the job `job_id` recorded with this lease in `tx` and appends the
+    /// dispatch event. `recorded` is the request as the caller wrote it (not read back), with
+    /// the state it was approved in.
+    pub(crate) async fn sign(
+        self,
+        state: &AppState,
+        tx: &mut AuditTx,
+        job_id: Uuid,
+        request_id: Uuid,
+        recorded: Recorded,
+        now: i64,
+    ) -> Result<(IdleClaim, JobAssignment), ApiError> {
+        let leased = Leased {
+            job_id,
+            request_id,
+            purpose: "execute".into(),
+            explain_text: None,
+            nonce: self.nonce,
+        };
+        let idle = self.idle;
+        let job = sign_recorded(
+            state,
+            tx,
+            &idle.agent,
+            &idle.ctx,
+            leased,
+            recorded,
+            now,
+            Dispatched::Recorded,
+        )
         .await?;
-    let leased = Leased {
-        job_id,
-        request_id,
-        purpose: "execute".into(),
-        explain_text: None,
-        nonce,
-    };
-    sign_recorded(state, tx, &idle.agent, &idle.ctx, leased, recorded, now).await
+        Ok((idle, job))
+    }
 }
 
 /// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime
@@ -247,7 +291,7 @@ async fn requeue(
     let returned = sqlx::query("UPDATE jobs SET state = 'queued', agent = NULL, nonce = NULL, leased_at_ms = NULL, lease_until_ms = NULL WHERE id = ? AND state = 'leased' AND agent = ?")
         .bind(job.job_id.to_string())
         .bind(agent)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     if returned == 0 {
@@ -256,7 +300,7 @@ async fn requeue(
     sqlx::query("UPDATE requests SET state = 'approved', agent = NULL, dispatched_at_ms = NULL, updated_at_ms = ? WHERE id = ? AND state = 'dispatched'")
         .bind(now)
         .bind(job.request_id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor: "system".into(),

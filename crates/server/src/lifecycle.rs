@@ -3,25 +3,28 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::policy::{Decision, Facts, Source};
 use portcullis_core::{ConnectionName, RequestState, authorize};
-use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport};
-use portcullis_proto::api::{CreateRequest, ExecError};
+use portcullis_proto::agent::{ClaimRequest, JobAssignment};
+use portcullis_proto::api::CreateRequest;
 use portcullis_proto::token::statement_sha256;
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::audit::{Action, AuditTx, Context, Event, Outcome, open_savepoint};
 use crate::auth::{AgentPrincipal, UserPrincipal};
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
+
+mod report;
 pub use crate::views::{load_view, row_to_view};
+pub use report::report_job;
+pub(crate) use report::{failed_state, sanitize};
 
 const MAX_REASON: usize = 1_000;
 const MAX_STATEMENT: usize = 64 * 1024;
@@ -76,6 +79,22 @@ async fn deny(
     }
 }
 
+/// The INSERT of a new request (24 parameters), a literal so that it can be batched with
+/// [`insert_execution_job!`] in one statement string.
+macro_rules! insert_request {
+    () => {
+        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name, break_glass_id, agent, dispatched_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
+/// The INSERT of an auto-approved request's execution job, queued or already leased
+/// (9 parameters).
+macro_rules! insert_execution_job {
+    () => {
+        "INSERT INTO jobs (id, request_id, connection, state, agent, nonce, leased_at_ms, lease_until_ms, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
 /// Queues the one execution job of an approved request.
 pub(crate) async fn queue_execution(
     tx: &mut AuditTx,
@@ -89,7 +108,7 @@ pub(crate) async fn queue_execution(
         .bind(id.to_string())
         .bind(connection.as_str())
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     Ok(job_id)
 }
@@ -236,34 +255,75 @@ pub async fn create_request(
         RequestState::PendingApproval
     };
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    sqlx::query(
-        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name, break_glass_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id.to_string())
-    .bind(who.display())
-    .bind(&who.user_id)
-    .bind(&who.token_id)
-    .bind(decl.name.as_str())
-    .bind(decl.kind.as_str())
-    .bind(decl.environment.as_str())
-    .bind(class.as_str())
-    .bind(&body.statement)
-    .bind(&statement_hash[..])
-    .bind(reason)
-    .bind(initial.as_str())
-    .bind(decision.as_str())
-    .bind(rule)
-    .bind(approval.as_ref().map(|a| &a[..]))
-    .bind(now)
-    .bind(now)
-    .bind(auto.then_some(now))
-    .bind(if body.stream { "stream" } else { "buffered" })
-    .bind(&steps)
-    .bind(&rule_name)
-    .bind(&glass)
-    .execute(tx.conn())
-    .await?;
+    // An auto-approved execution goes straight to an agent already waiting in its claim for
+    // this connection, in this same commit: the request is inserted dispatched and its job
+    // leased. A failure below drops the hand-off, which frees the agent, and the request
+    // fails as a whole.
+    let handed = auto
+        .then(|| state.dispatch.take_idle(&decl.name))
+        .flatten()
+        .map(|idle| crate::lease::HandOff::new(state, idle, now));
+    let job_id = auto.then(Uuid::new_v4);
+    let recorded_state = match &handed {
+        Some(_) => RequestState::Dispatched,
+        None => initial,
+    };
+    // The request and its execution job in one statement batch (with this transaction's
+    // savepoint when it joined a commit group): one trip to the writer connection.
+    let (sql, conn) = if auto {
+        tx.first_batch(
+            concat!(
+                open_savepoint!(),
+                insert_request!(),
+                ";",
+                insert_execution_job!()
+            ),
+            concat!(insert_request!(), ";", insert_execution_job!()),
+        )
+    } else {
+        tx.first_batch(
+            concat!(open_savepoint!(), insert_request!()),
+            insert_request!(),
+        )
+    };
+    let mut insert = sqlx::query(sql)
+        .bind(id.to_string())
+        .bind(who.display())
+        .bind(&who.user_id)
+        .bind(&who.token_id)
+        .bind(decl.name.as_str())
+        .bind(decl.kind.as_str())
+        .bind(decl.environment.as_str())
+        .bind(class.as_str())
+        .bind(&body.statement)
+        .bind(&statement_hash[..])
+        .bind(reason)
+        .bind(recorded_state.as_str())
+        .bind(decision.as_str())
+        .bind(rule)
+        .bind(approval.as_ref().map(|a| &a[..]))
+        .bind(now)
+        .bind(now)
+        .bind(auto.then_some(now))
+        .bind(if body.stream { "stream" } else { "buffered" })
+        .bind(&steps)
+        .bind(&rule_name)
+        .bind(&glass)
+        .bind(handed.as_ref().map(|h| h.idle.agent.as_str()))
+        .bind(handed.as_ref().map(|_| now));
+    if let Some(job_id) = job_id {
+        insert = insert
+            .bind(job_id.to_string())
+            .bind(id.to_string())
+            .bind(decl.name.as_str())
+            .bind(if handed.is_some() { "leased" } else { "queued" })
+            .bind(handed.as_ref().map(|h| h.idle.agent.as_str()))
+            .bind(handed.as_ref().map(|h| &h.nonce[..]))
+            .bind(handed.as_ref().map(|_| now))
+            .bind(handed.as_ref().map(|h| h.lease_until_ms))
+            .bind(now);
+    }
+    insert.execute(conn).await?;
     let request_target = format!("request:{id}");
     let created = Event {
         actor: who.display(),
@@ -308,12 +368,11 @@ pub async fn create_request(
             .bind(text)
             .bind(decl.name.as_str())
             .bind(now)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
     }
-    let mut handed = None;
-    if auto {
-        let job_id = queue_execution(&mut tx, id, &decl.name, now).await?;
+    let mut handed_job = None;
+    if let Some(job_id) = job_id {
         let approved = Event {
             actor: if glass.is_some() {
                 "break-glass"
@@ -327,9 +386,7 @@ pub async fn create_request(
             details: json!({ "auto": true, "rule": rule, "break_glass": glass }),
         };
         tx.append_at(ctx, approved, now).await?;
-        // An agent already waiting gets the job in this same commit (a failure here drops
-        // the hand-off and frees the agent; the request then fails as a whole).
-        if let Some(idle) = state.dispatch.take_idle(&decl.name) {
+        if let Some(handed) = handed {
             let recorded = crate::lease::Recorded {
                 connection: decl.name.clone(),
                 environment: decl.environment,
@@ -339,12 +396,14 @@ pub async fn create_request(
                 approval_sha256: approval,
                 state: initial,
             };
-            let job =
-                crate::lease::hand_off(state, &mut tx, &idle, job_id, id, recorded, now).await?;
-            handed = Some((idle, job));
+            handed_job = Some(
+                handed
+                    .sign(state, &mut tx, job_id, id, recorded, now)
+                    .await?,
+            );
         }
     }
-    if let Some((idle, job)) = handed {
+    if let Some((idle, job)) = handed_job {
         // Commit and delivery run to their end even if this request is dropped: a committed
         // hand-off must reach its agent or go back to the queue.
         let state = state.clone();
@@ -463,7 +522,7 @@ async fn try_claim(
     .bind(now)
     .bind(now + lease_ms as i64)
     .bind(served_json)
-    .fetch_optional(tx.conn())
+    .fetch_optional(tx.conn().await?)
     .await?;
     let Some(claimed) = claimed else {
         return Ok(None);
@@ -480,127 +539,6 @@ async fn try_claim(
     Ok(Some(job))
 }
 
-/// Records an agent's report. Only the agent holding the lease can report, once. When
-/// `streamed`, the result's rows already went to the requester and only its counts are kept.
-pub async fn report_job(
-    state: &AppState,
-    agent: &AgentPrincipal,
-    ctx: &Context,
-    job_id: Uuid,
-    report: JobReport,
-    streamed: bool,
-) -> Result<(), ApiError> {
-    let now = clock::now_ms();
-    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    let job = sqlx::query("SELECT request_id, agent, state, purpose FROM jobs WHERE id = ?")
-        .bind(job_id.to_string())
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let request_id = parse_uuid(job.try_get(0)?)?;
-    let holder: Option<String> = job.try_get(1)?;
-    let job_state: String = job.try_get(2)?;
-    if holder.as_deref() != Some(agent.name.as_str()) {
-        return Err(ApiError::Forbidden {
-            reason: "job_not_leased_to_agent",
-        });
-    }
-    if job_state != "leased" {
-        return Err(ApiError::InvalidState {
-            detail: "the job is no longer leased (its lease expired or it was already reported)"
-                .into(),
-        });
-    }
-    let purpose: String = job.try_get(3)?;
-    match purpose.as_str() {
-        "explain" => {
-            return crate::explain::record_explain(tx, agent, ctx, job_id, request_id, report, now)
-                .await;
-        }
-        "preview" => {
-            return crate::explain::record_preview(tx, agent, ctx, job_id, request_id, report, now)
-                .await;
-        }
-        _ => {}
-    }
-    let (next, result, error) = match report {
-        JobReport::Succeeded { result } => (RequestState::Succeeded, Some(Arc::new(result)), None),
-        JobReport::Failed { error } => (failed_state(&error), None, Some(sanitize(error))),
-        JobReport::Refused { error } => (RequestState::Failed, None, Some(sanitize(error))),
-    };
-    sqlx::query(
-        "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? WHERE id = ? AND state IN ('dispatched', 'running')",
-    )
-    .bind(next.as_str())
-    .bind(now)
-    .bind(now)
-    .bind(error.as_ref().map(|e| e.code.as_str()))
-    .bind(error.as_ref().map(|e| e.message.as_str()))
-    .bind(request_id.to_string())
-    .execute(tx.conn())
-    .await?;
-    sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?")
-        .bind(job_id.to_string())
-        .execute(tx.conn())
-        .await?;
-    let details = match (&result, &error) {
-        (Some(r), _) => {
-            json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows })
-        }
-        (_, Some(e)) => json!({ "state": next.as_str(), "error": e.code }),
-        _ => json!({ "state": next.as_str() }),
-    };
-    let outcome = if next == RequestState::Succeeded {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    };
-    let event = Event {
-        actor: format!("agent:{}", agent.name),
-        action: Action::RequestFinished,
-        target: format!("request:{request_id}"),
-        outcome,
-        details,
-    };
-    tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.dispatch.complete(
-        request_id,
-        Finished {
-            state: next,
-            result: result.filter(|_| !streamed),
-            error,
-        },
-        now,
-    );
-    Ok(())
-}
-
-/// The state a failure reported by an agent ends in. An agent that lost its store in the
-/// middle of a write reports `outcome_unknown`: the change may or may not have been applied,
-/// and the request must say so rather than `failed` (EX-3).
-pub(crate) fn failed_state(error: &ExecError) -> RequestState {
-    if error.code == RequestState::OutcomeUnknown.as_str() {
-        RequestState::OutcomeUnknown
-    } else {
-        RequestState::Failed
-    }
-}
-
-/// Errors from agents are shown to requesters: bound their size and strip control characters.
-pub(crate) fn sanitize(e: ExecError) -> ExecError {
-    let clean = |s: String, n: usize| {
-        s.chars()
-            .filter(|c| !c.is_control() || *c == '\n')
-            .take(n)
-            .collect::<String>()
-    };
-    ExecError {
-        code: clean(e.code, 64),
-        message: clean(e.message, 2_000),
-    }
-}
-
 /// Extends the lease of a running job; the first heartbeat marks the request running.
 pub async fn heartbeat(
     state: &AppState,
@@ -615,7 +553,7 @@ pub async fn heartbeat(
         .bind(now + lease)
         .bind(job_id.to_string())
         .bind(&agent.name)
-        .fetch_optional(tx.conn())
+        .fetch_optional(tx.conn().await?)
         .await?
         .ok_or(ApiError::InvalidState { detail: "no lease on this job for this agent".into() })?;
     let request_id: String = row.try_get(0)?;
@@ -623,7 +561,7 @@ pub async fn heartbeat(
         .bind(now)
         .bind(now)
         .bind(&request_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     if moved.rows_affected() == 1 {
         let event = Event {
@@ -650,7 +588,7 @@ pub async fn cancel(
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     let row = sqlx::query("SELECT state, requester_user_id FROM requests WHERE id = ?")
         .bind(id.to_string())
-        .fetch_optional(tx.conn())
+        .fetch_optional(tx.conn().await?)
         .await?
         .ok_or(ApiError::NotFound)?;
     let owner: String = row.try_get(1)?;
@@ -698,11 +636,11 @@ pub(crate) async fn end_undispatched(
     .bind(now)
     .bind(now)
     .bind(id.to_string())
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     sqlx::query("UPDATE jobs SET state = 'done' WHERE request_id = ? AND state = 'queued'")
         .bind(id.to_string())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }

@@ -84,7 +84,7 @@ pub async fn create_token(
     .bind(actor)
     .bind(now)
     .bind(expires)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: actor.to_owned(),
@@ -161,7 +161,7 @@ pub async fn revoke_token(
     )
     .bind(now)
     .bind(id)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::NotFound);
@@ -198,7 +198,7 @@ pub async fn create_agent(
         .bind(name)
         .bind(&minted.secret_hash[..])
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError::Conflict {
@@ -264,7 +264,7 @@ pub async fn revoke_agent(
     )
     .bind(now)
     .bind(name)
-    .fetch_optional(tx.conn())
+    .fetch_optional(tx.conn().await?)
     .await?;
     let Some(id) = id else {
         return Err(ApiError::NotFound);
@@ -310,7 +310,7 @@ pub async fn provision_admin(
     )
     .bind(&user_id)
     .bind(now)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: "system".into(),

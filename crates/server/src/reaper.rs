@@ -42,7 +42,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
         let done = sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ? AND state = 'leased' AND lease_until_ms < ?")
             .bind(&job_id)
             .bind(now)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         if done.rows_affected() == 0 {
             continue;
@@ -55,7 +55,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
             .bind(now)
             .bind(now)
             .bind(request_id.to_string())
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         let event = Event {
             actor: "system".into(),
@@ -93,7 +93,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
         let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
         sqlx::query("UPDATE jobs SET state = 'done' WHERE state = 'leased' AND lease_until_ms < ? AND purpose IN ('explain', 'preview')")
             .bind(now)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         tx.commit().await?;
     }
@@ -110,7 +110,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
         let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
         let still: Option<String> = sqlx::query_scalar("SELECT state FROM requests WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(tx.conn())
+            .fetch_optional(tx.conn().await?)
             .await?;
         if still.as_deref() != Some(from.as_str()) {
             continue;

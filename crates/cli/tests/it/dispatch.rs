@@ -110,6 +110,16 @@ async fn claim_and_vanish(app: &TestApp, name: &str) -> Client {
     Client::new(app.url(), Some(&created.token)).expect("client")
 }
 
+/// An auto-approved read of the demo database.
+fn demo_read(statement: &str, reason: &str) -> CreateRequest {
+    CreateRequest {
+        connection: "demo".parse().expect("name"),
+        statement: statement.into(),
+        reason: reason.into(),
+        stream: false,
+    }
+}
+
 fn served() -> Vec<ServedConnection> {
     vec![ServedConnection {
         name: "demo".parse().expect("name"),
@@ -187,12 +197,7 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
         RequestState::OutcomeUnknown
     );
 
-    let read = CreateRequest {
-        connection: "demo".parse().expect("name"),
-        statement: "SELECT 1".into(),
-        reason: "read".into(),
-        stream: false,
-    };
+    let read = demo_read("SELECT 1", "read");
     let read = app
         .admin
         .create_request(&read, Duration::ZERO)
@@ -220,6 +225,76 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
 }
 
 /// IR-5 groundwork: a revoked agent's credential dies at once.
+/// EX-3: only the agent holding a job's lease reports it, once. Another agent's report of
+/// the job, or a report of a job that does not exist, changes nothing and is refused.
+#[tokio::test]
+async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    let intruder = claim_and_vanish(&app, "intruder").await;
+    let read = demo_read("SELECT 1", "lease holder");
+    let created = app
+        .admin
+        .create_request(&read, Duration::ZERO)
+        .await
+        .expect("request");
+    let job = holder
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 5_000,
+        })
+        .await
+        .expect("claim")
+        .expect("a job");
+    assert_eq!(job.request_id, created.request.id);
+    let done = portcullis_proto::agent::JobReport::Succeeded {
+        result: Default::default(),
+    };
+
+    let foreign = intruder
+        .report(job.job_id, &done)
+        .await
+        .expect_err("another agent's report is refused");
+    assert_eq!(foreign.status(), Some(403), "{foreign}");
+    let unknown = intruder
+        .report(uuid::Uuid::new_v4(), &done)
+        .await
+        .expect_err("a report of no job is refused");
+    assert_eq!(unknown.status(), Some(404), "{unknown}");
+    assert_eq!(
+        app.admin
+            .request_view(created.request.id)
+            .await
+            .expect("view")
+            .state,
+        RequestState::Dispatched,
+        "a refused report changed the request"
+    );
+
+    holder.report(job.job_id, &done).await.expect("report");
+    let finished = app
+        .admin
+        .request_view(created.request.id)
+        .await
+        .expect("view");
+    assert_eq!(finished.state, RequestState::Succeeded);
+    assert_eq!(finished.agent.as_deref(), Some("holder"));
+    let again = holder
+        .report(job.job_id, &done)
+        .await
+        .expect_err("a second report is refused");
+    assert_eq!(again.status(), Some(409), "{again}");
+    let target = format!("request:{}", created.request.id);
+    let finishes = app
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "request.finished" && e["target"] == target.as_str())
+        .count();
+    assert_eq!(finishes, 1, "one finish recorded");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn ir5_a_revoked_agent_cannot_claim() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
@@ -276,12 +351,7 @@ async fn a_waiting_agent_is_woken_by_a_new_job() {
         );
         tokio::task::yield_now().await;
     }
-    let read = CreateRequest {
-        connection: "demo".parse().expect("name"),
-        statement: "SELECT 2".into(),
-        reason: "push".into(),
-        stream: false,
-    };
+    let read = demo_read("SELECT 2", "push");
     let created = app
         .admin
         .create_request(&read, Duration::ZERO)

@@ -252,13 +252,26 @@ pub(super) async fn settle(w: &mut Writer, audit: &Audit) -> Result<(), AuditErr
     };
     // The flag is cleared only once the undo is done: a holder dropped in between leaves
     // it for the next one.
-    if let Err(e) = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
+    match sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
         .execute(&mut *group.tx)
         .await
     {
-        audit.abandon_group(w, "undoing a failed transaction's savepoint failed");
-        return Err(e.into());
+        Ok(_) => {}
+        // The member was dropped before its first batch (which opens the savepoint) reached
+        // the connection: none of its statements ran. Members release or undo their
+        // savepoint before the next one joins, so no other savepoint of that name exists.
+        Err(e) if never_opened(&e) => {}
+        Err(e) => {
+            audit.abandon_group(w, "undoing a failed transaction's savepoint failed");
+            return Err(e.into());
+        }
     }
     w.undo_savepoint = false;
     Ok(())
+}
+
+/// The error of `ROLLBACK TO` a savepoint that does not exist.
+fn never_opened(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.message().starts_with("no such savepoint"))
 }

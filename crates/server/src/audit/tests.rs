@@ -85,7 +85,7 @@ async fn group_commit_acknowledges_after_commit_and_rolls_back_members_alone() {
                 sqlx::query("INSERT INTO marks (who, dropped) VALUES (?, ?)")
                     .bind(&who)
                     .bind(drop_it)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await.unwrap())
                     .await
                     .unwrap();
                 let seq = tx
@@ -180,7 +180,10 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
     let mark = |who: &'static str| sqlx::query("INSERT INTO marks (who) VALUES (?)").bind(who);
 
     let mut first = AuditTx::begin(&store, &audit).await.unwrap();
-    mark("first").execute(first.conn()).await.unwrap();
+    mark("first")
+        .execute(first.conn().await.unwrap())
+        .await
+        .unwrap();
     first
         .append(&Context::system("test"), event("first".into(), "1".into()))
         .await
@@ -190,7 +193,7 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
         let (store, audit) = (store.clone(), Arc::clone(&audit));
         async move {
             let mut tx = AuditTx::begin(&store, &audit).await?;
-            mark("second").execute(tx.conn()).await?;
+            mark("second").execute(tx.conn().await?).await?;
             tx.append(
                 &Context::system("test"),
                 event("refused".into(), "2".into()),
@@ -215,7 +218,10 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
     assert_eq!(marks, 0, "a change was committed without its audit rows");
 
     let mut next = AuditTx::begin(&store, &audit).await.unwrap();
-    mark("next").execute(next.conn()).await.unwrap();
+    mark("next")
+        .execute(next.conn().await.unwrap())
+        .await
+        .unwrap();
     let seq = next
         .append(&Context::system("test"), event("next".into(), "3".into()))
         .await
@@ -224,6 +230,79 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
     assert_eq!(seq, 1);
     let report = verify(store.reader(), None).await.unwrap();
     assert_eq!((report.events, report.first_bad_seq), (1, None));
+}
+
+/// AUD-2: a member's savepoint opens with its first statement batch. A member dropped after
+/// its batch failed half-way rolls back alone; one dropped before its batch ever reached
+/// the connection (no savepoint to undo) breaks nothing; the next member commits with the
+/// group, and only its change and its event are kept.
+#[tokio::test]
+async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
+    let (_dir, store, audit) = fresh().await;
+    let mut setup = store.begin().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE marks (who TEXT NOT NULL)")
+        .execute(&mut *setup)
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    // An open group with no member yet: the transactions below all join it.
+    {
+        let mut w = audit.lock_writer().await;
+        w.group = Some(super::group::Group::open(store.begin().await.unwrap()));
+    }
+    const OPENING: &str =
+        "SAVEPOINT member;INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
+    const PLAIN: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
+
+    let mut half = AuditTx::begin(&store, &audit).await.unwrap();
+    assert_eq!(half.savepoint, Savepoint::Pending);
+    half.append(&Context::system("test"), event("half".into(), "1".into()))
+        .await
+        .unwrap();
+    let (sql, conn) = half.first_batch(OPENING, PLAIN);
+    assert_eq!(sql, OPENING);
+    let err = sqlx::query(sql)
+        .bind("half")
+        .execute(conn)
+        .await
+        .expect_err("the batch's second statement fails");
+    assert!(err.to_string().contains("missing"), "{err}");
+    drop(half);
+
+    let mut unsent = AuditTx::begin(&store, &audit).await.unwrap();
+    assert_eq!(unsent.savepoint, Savepoint::Pending);
+    let (sql, _conn) = unsent.first_batch(OPENING, PLAIN);
+    assert_eq!(sql, OPENING);
+    drop(unsent);
+
+    let mut kept = AuditTx::begin(&store, &audit).await.unwrap();
+    assert_eq!(
+        kept.savepoint,
+        Savepoint::Pending,
+        "the group was left open"
+    );
+    const KEEP: &str = "SAVEPOINT member;INSERT INTO marks (who) VALUES (?)";
+    let (sql, conn) = kept.first_batch(KEEP, "INSERT INTO marks (who) VALUES (?)");
+    sqlx::query(sql).bind("kept").execute(conn).await.unwrap();
+    let seq = kept
+        .append(&Context::system("test"), event("kept".into(), "3".into()))
+        .await
+        .unwrap();
+    kept.commit().await.unwrap();
+
+    assert_eq!(seq, 1, "the dropped member's event was not taken back");
+    let marks: Vec<String> = sqlx::query_scalar("SELECT who FROM marks")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(marks, ["kept"]);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (1, None));
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(actors, ["kept"]);
 }
 
 /// AUD-3: the chain checked in concurrent ranges reports exactly what one pass in sequence

@@ -119,7 +119,7 @@ pub async fn enrol(
     let spent = sqlx::query("DELETE FROM enrolments WHERE id = ? AND secret_hash = ?")
         .bind(invitation)
         .bind(presented.to_vec())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     if spent != 1 {
@@ -130,7 +130,7 @@ pub async fn enrol(
             .bind(hash.as_str())
             .bind(now)
             .bind(&account.id)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
     }
     sqlx::query(
@@ -138,7 +138,7 @@ pub async fn enrol(
     )
     .bind(&sealed)
     .bind(&account.id)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     login::store_recovery_codes(&mut tx, &account.id, &codes).await?;
     let event = Event {
@@ -248,12 +248,12 @@ pub async fn step_up(
     }
     sqlx::query("UPDATE users SET failed_logins = 0, last_failed_at_ms = NULL WHERE id = ?")
         .bind(&account.id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     sqlx::query("UPDATE sessions SET mfa_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL")
         .bind(now)
         .bind(&who.token_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor,
@@ -328,7 +328,7 @@ pub async fn change_password(
     .bind(hash.as_str())
     .bind(now)
     .bind(&account.id)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let revoked = revoke_credentials(
         &mut tx,

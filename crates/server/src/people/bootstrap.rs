@@ -67,7 +67,7 @@ pub async fn bootstrap(
     let consumed = sqlx::query("DELETE FROM settings WHERE key = ? AND value = ?")
         .bind(SETUP_TOKEN_HASH)
         .bind(presented.to_vec())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     if consumed != 1 {
@@ -81,7 +81,7 @@ pub async fn bootstrap(
         "SELECT id FROM users WHERE name = ? AND source = 'config' AND role = 'admin' AND password_hash IS NULL AND suspended_at_ms IS NULL",
     )
     .bind(&body.name)
-    .fetch_optional(tx.conn())
+    .fetch_optional(tx.conn().await?)
     .await?;
     let written = match declared {
         Some(id) => {
@@ -96,7 +96,7 @@ pub async fn bootstrap(
             .bind(&sealed)
             .bind(now)
             .bind(&id)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?
             .rows_affected();
             user_id = id;
@@ -111,7 +111,7 @@ pub async fn bootstrap(
         .bind(hash.as_str())
         .bind(&sealed)
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected(),
     };

@@ -28,7 +28,7 @@ pub async fn lockdown(
     let targets: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, name FROM users WHERE role <> 'admin' AND suspended_at_ms IS NULL ORDER BY name",
     )
-    .fetch_all(tx.conn())
+    .fetch_all(tx.conn().await?)
     .await?;
     let mut outcome = LockdownOutcome {
         users_locked: 0,
@@ -42,7 +42,7 @@ pub async fn lockdown(
             suspend_in(&mut tx, ctx, &actor, id, name, Some("lockdown"), now).await?;
         sqlx::query("UPDATE users SET lockdown_suspended = 1 WHERE id = ?")
             .bind(id)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
         outcome.users_locked += 1;
         outcome.sessions_revoked += done.sessions_revoked;
@@ -57,7 +57,7 @@ pub async fn lockdown(
     .bind(now)
     .bind(keep)
     .bind(keep)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?
     .rows_affected();
     outcome.tokens_revoked += sqlx::query(
@@ -65,17 +65,17 @@ pub async fn lockdown(
     )
     .bind(now)
     .bind(now)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?
     .rows_affected();
     sqlx::query("UPDATE trusted_devices SET revoked_at_ms = ? WHERE revoked_at_ms IS NULL")
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let open: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM requests WHERE state IN ('pending_approval', 'approved')",
     )
-    .fetch_all(tx.conn())
+    .fetch_all(tx.conn().await?)
     .await?;
     let mut cancelled = Vec::with_capacity(open.len());
     for id in open {
@@ -95,7 +95,7 @@ pub async fn lockdown(
     sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(LOCKDOWN)
         .bind(now.to_string().into_bytes())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor,
@@ -130,7 +130,7 @@ pub async fn lift(
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     let since: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
         .bind(LOCKDOWN)
-        .fetch_optional(tx.conn())
+        .fetch_optional(tx.conn().await?)
         .await?;
     if since.is_none() {
         return Err(ApiError::InvalidState {
@@ -139,7 +139,7 @@ pub async fn lift(
     }
     let locked: Vec<(String, String)> =
         sqlx::query_as("SELECT id, name FROM users WHERE lockdown_suspended = 1")
-            .fetch_all(tx.conn())
+            .fetch_all(tx.conn().await?)
             .await?;
     let mut unlocked = 0u64;
     for (id, name) in &locked {
@@ -153,14 +153,14 @@ pub async fn lift(
         } else {
             "UPDATE users SET lockdown_suspended = 0, suspended_at_ms = NULL, suspended_reason = NULL, failed_logins = 0, last_failed_at_ms = NULL WHERE id = ?"
         };
-        sqlx::query(lift).bind(id).execute(tx.conn()).await?;
+        sqlx::query(lift).bind(id).execute(tx.conn().await?).await?;
         if !pinned {
             unlocked += 1;
         }
     }
     sqlx::query("DELETE FROM settings WHERE key = ?")
         .bind(LOCKDOWN)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor: who.display(),

@@ -224,7 +224,7 @@ pub(crate) async fn spend(
         .bind(*step as i64)
         .bind(user_id)
         .bind(*step as i64)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected(),
         Factor::Recovery(hash) => sqlx::query(
@@ -233,7 +233,7 @@ pub(crate) async fn spend(
         .bind(now)
         .bind(user_id)
         .bind(hash.to_vec())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected(),
         Factor::Device => 1,
@@ -249,13 +249,13 @@ pub(crate) async fn store_recovery_codes(
 ) -> Result<(), ApiError> {
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
         .bind(user_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     for code in codes {
         sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
             .bind(user_id)
             .bind(portcullis_identity::hash_code(code).to_vec())
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
     }
     Ok(())
@@ -397,7 +397,7 @@ pub async fn login(
     }
     sqlx::query("UPDATE users SET failed_logins = 0, last_failed_at_ms = NULL WHERE id = ?")
         .bind(&account.id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     // A trusted device stands in for the code at login, never for step-up.
     let mfa_at = match factor {
@@ -414,7 +414,7 @@ pub async fn login(
     .bind(now)
     .bind(mfa_at)
     .bind(&ctx.client_addr)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     if let Some(d) = &device {
         sqlx::query(
@@ -425,7 +425,7 @@ pub async fn login(
         .bind(d.secret_hash.to_vec())
         .bind(now)
         .bind(now + (remember_days as i64) * 86_400_000)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     }
     let event = Event {
@@ -528,7 +528,7 @@ pub(crate) async fn fail(
         .bind(i64::from(failures))
         .bind(now)
         .bind(&account.id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     tx.append_at(ctx, failure_event(attempt, name, why, failures), now)
         .await?;
@@ -598,7 +598,7 @@ pub async fn logout(
     sqlx::query("UPDATE sessions SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL")
         .bind(now)
         .bind(session_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let event = Event {
         actor: who.to_owned(),

@@ -56,7 +56,7 @@ pub(crate) async fn revoke_credentials(
         .bind(user_id)
         .bind(what.keep_session)
         .bind(what.keep_session)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     }
@@ -67,7 +67,7 @@ pub(crate) async fn revoke_credentials(
         .bind(now)
         .bind(user_id)
         .bind(now)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     }
@@ -77,7 +77,7 @@ pub(crate) async fn revoke_credentials(
         )
         .bind(now)
         .bind(user_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?
         .rows_affected();
     }
@@ -114,7 +114,7 @@ async fn active_admins(tx: &mut AuditTx) -> Result<u32, ApiError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM users WHERE role = 'admin' AND suspended_at_ms IS NULL",
     )
-    .fetch_one(tx.conn())
+    .fetch_one(tx.conn().await?)
     .await?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
@@ -171,7 +171,7 @@ async fn invite_in(
     let expires = now + (state.config.people.invite_ttl_hours as i64) * 3_600_000;
     sqlx::query("DELETE FROM enrolments WHERE user_id = ?")
         .bind(user_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     sqlx::query(
         "INSERT INTO enrolments (id, user_id, secret_hash, created_by, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
@@ -182,7 +182,7 @@ async fn invite_in(
     .bind(actor)
     .bind(now)
     .bind(expires)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: actor.to_owned(),
@@ -225,7 +225,7 @@ pub async fn add(
     .bind(name)
     .bind(role.as_str())
     .bind(now)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?
     .rows_affected();
     if inserted == 0 {
@@ -284,7 +284,7 @@ pub(crate) async fn suspend_in(
         .bind(now)
         .bind(reason)
         .bind(user_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let revoked = revoke_credentials(
         tx,
@@ -300,13 +300,13 @@ pub(crate) async fn suspend_in(
     .await?;
     sqlx::query("DELETE FROM enrolments WHERE user_id = ?")
         .bind(user_id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let open: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, state FROM requests WHERE requester_user_id = ? AND state IN ('pending_approval', 'approved')",
     )
     .bind(user_id)
-    .fetch_all(tx.conn())
+    .fetch_all(tx.conn().await?)
     .await?;
     let mut cancelled = Vec::with_capacity(open.len());
     for (id, from) in open {
@@ -433,7 +433,7 @@ pub async fn unsuspend(
         "UPDATE users SET suspended_at_ms = NULL, suspended_reason = NULL, failed_logins = 0, last_failed_at_ms = NULL WHERE id = ?",
     )
     .bind(&t.id)
-    .execute(tx.conn())
+    .execute(tx.conn().await?)
     .await?;
     let event = Event {
         actor: actor.to_owned(),
@@ -467,11 +467,11 @@ pub async fn reset_mfa(
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     sqlx::query("UPDATE users SET totp_sealed = NULL, totp_last_step = NULL WHERE id = ?")
         .bind(&t.id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
         .bind(&t.id)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     let revoked = revoke_credentials(
         &mut tx,
@@ -609,7 +609,7 @@ async fn apply_one(
 ) -> Result<(), ApiError> {
     let row = sqlx::query("SELECT id, role, suspended_at_ms, source FROM users WHERE name = ?")
         .bind(&decl.name)
-        .fetch_optional(tx.conn())
+        .fetch_optional(tx.conn().await?)
         .await?;
     let (id, was_suspended) = match row {
         None => {
@@ -624,7 +624,7 @@ async fn apply_one(
             .bind(&decl.name)
             .bind(decl.role.as_str())
             .bind(now)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
             let event = Event {
                 actor: actor.to_owned(),
@@ -648,14 +648,14 @@ async fn apply_one(
                 sqlx::query("UPDATE users SET role = ?, source = 'config' WHERE id = ?")
                     .bind(decl.role.as_str())
                     .bind(&id)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await?)
                     .await?;
                 // Tokens never outrank their owner (AUTH-5).
                 let tokens: Vec<(String, String)> = sqlx::query_as(
                     "SELECT id, role FROM api_tokens WHERE owner_id = ? AND revoked_at_ms IS NULL",
                 )
                 .bind(&id)
-                .fetch_all(tx.conn())
+                .fetch_all(tx.conn().await?)
                 .await?;
                 let mut revoked = 0u64;
                 for (token, token_role) in tokens {
@@ -663,7 +663,7 @@ async fn apply_one(
                         sqlx::query("UPDATE api_tokens SET revoked_at_ms = ? WHERE id = ?")
                             .bind(now)
                             .bind(&token)
-                            .execute(tx.conn())
+                            .execute(tx.conn().await?)
                             .await?;
                         revoked += 1;
                     }
@@ -680,7 +680,7 @@ async fn apply_one(
             } else if source != "config" {
                 sqlx::query("UPDATE users SET source = 'config' WHERE id = ?")
                     .bind(&id)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await?)
                     .await?;
             }
             (id, was_suspended)

@@ -95,7 +95,7 @@ async fn put_setting(tx: &mut AuditTx, key: &str, value: i64) -> Result<(), ApiE
     sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value.to_string().into_bytes())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -120,7 +120,9 @@ pub async fn rotate(
     let mut resealed = 0u64;
     for place in SEALED {
         // Read inside the write transaction: every value committed before it is covered.
-        let rows = sqlx::query(place.select).fetch_all(tx.conn()).await?;
+        let rows = sqlx::query(place.select)
+            .fetch_all(tx.conn().await?)
+            .await?;
         for row in rows {
             let key: String = row.try_get(0)?;
             let value: Vec<u8> = row.try_get(1)?;
@@ -138,7 +140,7 @@ pub async fn rotate(
             sqlx::query(place.update)
                 .bind(sealed)
                 .bind(&key)
-                .execute(tx.conn())
+                .execute(tx.conn().await?)
                 .await?;
             resealed += 1;
         }

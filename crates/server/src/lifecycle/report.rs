@@ -1,0 +1,177 @@
+//! An agent's report of a job: the execution's outcome recorded with its request, or an
+//! explain or preview job's result; only from the agent holding the job's lease, once (EX-3).
+
+use std::sync::Arc;
+
+use portcullis_core::RequestState;
+use portcullis_proto::agent::JobReport;
+use portcullis_proto::api::ExecError;
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::parse_uuid;
+use crate::AppState;
+use crate::audit::{Action, AuditTx, Context, Event, Outcome, open_savepoint};
+use crate::auth::AgentPrincipal;
+use crate::clock;
+use crate::dispatch::Finished;
+use crate::error::ApiError;
+
+/// Ends an execution job leased to the reporting agent and its request (9 parameters):
+/// nothing when the job is not such a job, which `RETURNING` tells.
+macro_rules! finish_execution {
+    () => {
+        concat!(
+            "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? ",
+            "WHERE id = (SELECT request_id FROM jobs WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute') ",
+            "AND state IN ('dispatched', 'running');",
+            "UPDATE jobs SET state = 'done' WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute' RETURNING request_id",
+        )
+    };
+}
+
+/// Records an agent's report. Only the agent holding the lease can report, once. When
+/// `streamed`, the result's rows already went to the requester and only its counts are kept.
+pub async fn report_job(
+    state: &AppState,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    job_id: Uuid,
+    report: JobReport,
+    streamed: bool,
+) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let (next, error) = match &report {
+        JobReport::Succeeded { .. } => (RequestState::Succeeded, None),
+        JobReport::Failed { error } => (failed_state(error), Some(sanitize(error.clone()))),
+        JobReport::Refused { error } => (RequestState::Failed, Some(sanitize(error.clone()))),
+    };
+    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
+    // The common case in one statement batch: an execution job leased to this agent ends
+    // its request and is marked done. Anything else finds no row and is sorted out below.
+    let (sql, conn) = tx.first_batch(
+        concat!(open_savepoint!(), finish_execution!()),
+        finish_execution!(),
+    );
+    let finished: Option<String> = sqlx::query_scalar(sql)
+        .bind(next.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(error.as_ref().map(|e| e.code.as_str()))
+        .bind(error.as_ref().map(|e| e.message.as_str()))
+        .bind(job_id.to_string())
+        .bind(&agent.name)
+        .bind(job_id.to_string())
+        .bind(&agent.name)
+        .fetch_optional(conn)
+        .await?;
+    let request_id = match finished {
+        Some(request_id) => parse_uuid(request_id)?,
+        None => return report_other(tx, agent, ctx, job_id, report, now).await,
+    };
+    let result = match report {
+        JobReport::Succeeded { result } => Some(Arc::new(result)),
+        JobReport::Failed { .. } | JobReport::Refused { .. } => None,
+    };
+    let details = match (&result, &error) {
+        (Some(r), _) => {
+            json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows })
+        }
+        (_, Some(e)) => json!({ "state": next.as_str(), "error": e.code }),
+        _ => json!({ "state": next.as_str() }),
+    };
+    let outcome = if next == RequestState::Succeeded {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    let event = Event {
+        actor: format!("agent:{}", agent.name),
+        action: Action::RequestFinished,
+        target: format!("request:{request_id}"),
+        outcome,
+        details,
+    };
+    tx.append_at(ctx, event, now).await?;
+    tx.commit().await?;
+    state.dispatch.complete(
+        request_id,
+        Finished {
+            state: next,
+            result: result.filter(|_| !streamed),
+            error,
+        },
+        now,
+    );
+    Ok(())
+}
+
+/// A report that is not for an execution job leased to its agent: an explain or preview
+/// job's result, or a refusal (unknown job, another agent's job, a lease that ended).
+async fn report_other(
+    mut tx: AuditTx,
+    agent: &AgentPrincipal,
+    ctx: &Context,
+    job_id: Uuid,
+    report: JobReport,
+    now: i64,
+) -> Result<(), ApiError> {
+    let job = sqlx::query("SELECT request_id, agent, state, purpose FROM jobs WHERE id = ?")
+        .bind(job_id.to_string())
+        .fetch_optional(tx.conn().await?)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let request_id = parse_uuid(job.try_get(0)?)?;
+    let holder: Option<String> = job.try_get(1)?;
+    let job_state: String = job.try_get(2)?;
+    if holder.as_deref() != Some(agent.name.as_str()) {
+        return Err(ApiError::Forbidden {
+            reason: "job_not_leased_to_agent",
+        });
+    }
+    if job_state != "leased" {
+        return Err(ApiError::InvalidState {
+            detail: "the job is no longer leased (its lease expired or it was already reported)"
+                .into(),
+        });
+    }
+    let purpose: String = job.try_get(3)?;
+    match purpose.as_str() {
+        "explain" => {
+            crate::explain::record_explain(tx, agent, ctx, job_id, request_id, report, now).await
+        }
+        "preview" => {
+            crate::explain::record_preview(tx, agent, ctx, job_id, request_id, report, now).await
+        }
+        other => Err(ApiError::Internal(anyhow::anyhow!(
+            "job {job_id} of purpose {other} is leased to {} but was not finished",
+            agent.name
+        ))),
+    }
+}
+
+/// The state a failure reported by an agent ends in. An agent that lost its store in the
+/// middle of a write reports `outcome_unknown`: the change may or may not have been applied,
+/// and the request must say so rather than `failed` (EX-3).
+pub(crate) fn failed_state(error: &ExecError) -> RequestState {
+    if error.code == RequestState::OutcomeUnknown.as_str() {
+        RequestState::OutcomeUnknown
+    } else {
+        RequestState::Failed
+    }
+}
+
+/// Errors from agents are shown to requesters: bound their size and strip control characters.
+pub(crate) fn sanitize(e: ExecError) -> ExecError {
+    let clean = |s: String, n: usize| {
+        s.chars()
+            .filter(|c| !c.is_control() || *c == '\n')
+            .take(n)
+            .collect::<String>()
+    };
+    ExecError {
+        code: clean(e.code, 64),
+        message: clean(e.message, 2_000),
+    }
+}
