@@ -239,7 +239,9 @@ pub fn demo_agent_config(name: &str, url: &str, server: &Server, demo_db: &Path)
                 ],
             )
         }],
-        max_concurrent_jobs: 16,
+        // Enough workers that the benchmark's 32 concurrent clients always find one waiting
+        // (a direct hand-off) rather than queue their jobs (`AgentConfig::max_concurrent_jobs`).
+        max_concurrent_jobs: 64,
         ..AgentConfig::default()
     }
 }
