@@ -358,7 +358,11 @@ async fn sequential_and_load(
         LOAD_WINDOW.as_secs(),
         LOAD_WARMUP.as_secs()
     ));
-    let load = throughput(&stack.url, &stack.admin_token, &body, LOAD_WINDOW).await?;
+    let audit = stack.server.state.audit.clone();
+    let load = throughput(&stack.url, &stack.admin_token, &body, LOAD_WINDOW, || {
+        audit.commits()
+    })
+    .await?;
     println!(
         "   completed in window: {} ok, {} errors  ->  {:.0} requests/s",
         load.ok, load.errors, load.rate
@@ -371,6 +375,10 @@ async fn sequential_and_load(
             load.cpu_us_per_request.unwrap_or(f64::NAN)
         );
     }
+    println!(
+        "   state-store commits in the window: {} ({:.2} per request; each request's create and result are two transactions, grouped)",
+        load.commits, load.commits_per_request
+    );
     for e in &load.error_samples {
         println!("   error: {e}");
     }
@@ -462,8 +470,14 @@ async fn normal_durability(pg: &PgTarget, summary: &mut Vec<Row>) -> anyhow::Res
     let body = pg.body();
     let (normal_seq, _) = through(&normal_admin, &body, THROUGH_ITERATIONS / 2).await?;
     println!("   sequential: {}", normal_seq.line());
-    let normal_load =
-        throughput(&normal.url, &normal.admin_token, &body, NORMAL_LOAD_WINDOW).await?;
+    let normal_load = throughput(
+        &normal.url,
+        &normal.admin_token,
+        &body,
+        NORMAL_LOAD_WINDOW,
+        || normal.server.state.audit.commits(),
+    )
+    .await?;
     println!(
         "   32 clients, {} s window: {:.0} requests/s, {} errors",
         NORMAL_LOAD_WINDOW.as_secs(),

@@ -147,6 +147,9 @@ pub(crate) struct Load {
     pub(crate) error_samples: Vec<String>,
     pub(crate) cpu_cores: Option<f64>,
     pub(crate) cpu_us_per_request: Option<f64>,
+    /// State-store commits in the window, and per completed request.
+    pub(crate) commits: u64,
+    pub(crate) commits_per_request: f64,
 }
 
 /// `LOAD_CLIENTS` tasks, each with its own `Client`, looping the waiting create of `body`;
@@ -156,6 +159,7 @@ pub(crate) async fn throughput(
     token: &str,
     body: &CreateRequest,
     window: Duration,
+    commits: impl Fn() -> u64,
 ) -> anyhow::Result<Load> {
     let start = Instant::now();
     let window_start = start + LOAD_WARMUP;
@@ -202,8 +206,10 @@ pub(crate) async fn throughput(
     }
     tokio::time::sleep_until(window_start.into()).await;
     let cpu_before = process_cpu_seconds();
+    let commits_before = commits();
     tokio::time::sleep_until(window_end.into()).await;
     let cpu_after = process_cpu_seconds();
+    let commits = commits().saturating_sub(commits_before);
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await?);
@@ -226,6 +232,8 @@ pub(crate) async fn throughput(
         error_samples,
         cpu_cores,
         cpu_us_per_request,
+        commits,
+        commits_per_request: commits as f64 / ok.max(1) as f64,
     })
 }
 
