@@ -113,8 +113,9 @@ pub(crate) async fn queue_execution(
     Ok(job_id)
 }
 
-/// Validates, classifies, authorizes and decides a new request, then records it (and, when
-/// auto-approved, queues its job) in one transaction.
+/// Validates, classifies, authorizes and decides a new request, then records it in one
+/// transaction; when auto-approved, with its job, leased to an agent already waiting for it
+/// (signed and pushed to its claim after the commit) or else queued.
 pub async fn create_request(
     state: &AppState,
     who: &UserPrincipal,
