@@ -40,6 +40,10 @@
 //! arguments cargo passes are ignored. Everything is written under temporary directories and
 //! removed at the end.
 
+/// The binary's allocator (`src/main.rs`), so that the in-process figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
