@@ -187,6 +187,7 @@ pub async fn decide(
                 state: RequestState::Rejected,
                 result: None,
                 error: None,
+                view: None,
             },
             now,
         );

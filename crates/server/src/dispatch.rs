@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use portcullis_core::ConnectionName;
 use portcullis_core::RequestState;
 use portcullis_proto::agent::JobAssignment;
-use portcullis_proto::api::{ExecError, ExecResult};
+use portcullis_proto::api::{ExecError, ExecResult, RequestView};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -27,6 +27,9 @@ pub struct Finished {
     pub state: RequestState,
     pub result: Option<Arc<ExecResult>>,
     pub error: Option<ExecError>,
+    /// The request as committed when it finished, when the finishing transaction read it
+    /// (an execution's report): its waiters answer with it instead of reading it again.
+    pub view: Option<Box<RequestView>>,
 }
 
 struct Slot {

@@ -618,6 +618,7 @@ pub async fn cancel(
             state: RequestState::Cancelled,
             result: None,
             error: None,
+            view: None,
         },
         now,
     );

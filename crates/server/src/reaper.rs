@@ -76,6 +76,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
                 state: to,
                 result: None,
                 error: Some(error),
+                view: None,
             },
             now,
         );
@@ -131,6 +132,7 @@ pub async fn reap(state: &AppState, now: i64) -> Result<(), ApiError> {
                 state: RequestState::Expired,
                 result: None,
                 error: None,
+                view: None,
             },
             now,
         );

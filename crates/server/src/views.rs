@@ -9,17 +9,27 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::lifecycle::{parse, parse_uuid};
 
+/// The columns of `requests` a [`RequestView`] is read from, in the order [`row_to_view`]
+/// reads them (one request; list queries select fewer).
+macro_rules! view_columns {
+    () => {
+        "id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms, \
+         approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id, \
+         steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms, preview"
+    };
+}
+pub(crate) use view_columns;
+
 /// Loads a request as its view. `None` when it does not exist.
 pub async fn load_view(
     state: &AppState,
     id: Uuid,
 ) -> Result<Option<(RequestView, String)>, ApiError> {
-    let row = sqlx::query(
-        "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message, explain, requester_user_id,
-                steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms, preview
-         FROM requests WHERE id = ?",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        view_columns!(),
+        " FROM requests WHERE id = ?"
+    ))
     .bind(id.to_string())
     .fetch_optional(state.store.reader())
     .await?;

@@ -353,6 +353,36 @@ async fn result_types_round_trip() {
     app.stop().await;
 }
 
+/// The request a create-and-wait answers with, succeeded or failed, is the request as stored:
+/// the same document a later `GET /requests/{id}` returns, field for field.
+#[tokio::test]
+async fn a_finished_answer_is_the_stored_request() {
+    let app = TestApp::spawn().await;
+    for (statement, state) in [
+        (
+            "SELECT id FROM customers ORDER BY id LIMIT 2",
+            RequestState::Succeeded,
+        ),
+        ("SELECT nothing FROM no_such_table", RequestState::Failed),
+    ] {
+        let out = app.exec(&app.admin, statement).await.expect("answered");
+        assert_eq!(out.request.state, state, "{statement}: {:?}", out.request);
+        assert!(out.request.finished_at.is_some(), "{:?}", out.request);
+        assert_eq!(out.request.error.is_some(), state == RequestState::Failed);
+        let stored = app
+            .admin
+            .request_view(out.request.id)
+            .await
+            .expect("own request");
+        assert_eq!(
+            serde_json::to_value(&out.request).expect("json"),
+            serde_json::to_value(&stored).expect("json"),
+            "{statement}"
+        );
+    }
+    app.stop().await;
+}
+
 /// AZ-4 / EX-2: an admin-class statement is never granted by a role, not even admin's, so it is refused
 /// (403) before policy and before any agent sees it.
 #[tokio::test]

@@ -17,16 +17,20 @@ use crate::auth::AgentPrincipal;
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
+use crate::views::{row_to_view, view_columns};
 
-/// Ends an execution job leased to the reporting agent and its request (9 parameters):
-/// nothing when the job is not such a job, which `RETURNING` tells.
+/// Ends an execution job leased to the reporting agent and its request (10 parameters), then
+/// reads the request as its view for the waiters: no rows when the job is not such a job;
+/// otherwise the request's id (`RETURNING`), then its view.
 macro_rules! finish_execution {
     () => {
         concat!(
             "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? ",
             "WHERE id = (SELECT request_id FROM jobs WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute') ",
             "AND state IN ('dispatched', 'running');",
-            "UPDATE jobs SET state = 'done' WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute' RETURNING request_id",
+            "UPDATE jobs SET state = 'done' WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute' RETURNING request_id;",
+            // `changes()` counts the rows of the statement just before: only the job it ended.
+            "SELECT ", view_columns!(), " FROM requests WHERE id = (SELECT request_id FROM jobs WHERE id = ?) AND changes() > 0",
         )
     };
 }
@@ -54,22 +58,32 @@ pub async fn report_job(
         concat!(open_savepoint!(), finish_execution!()),
         finish_execution!(),
     );
-    let finished: Option<String> = sqlx::query_scalar(sql)
+    let job = job_id.to_string();
+    let rows = sqlx::query(sql)
         .bind(next.as_str())
         .bind(now)
         .bind(now)
         .bind(error.as_ref().map(|e| e.code.as_str()))
         .bind(error.as_ref().map(|e| e.message.as_str()))
-        .bind(job_id.to_string())
+        .bind(&job)
         .bind(&agent.name)
-        .bind(job_id.to_string())
+        .bind(&job)
         .bind(&agent.name)
-        .fetch_optional(conn)
+        .bind(&job)
+        .fetch_all(conn)
         .await?;
-    let request_id = match finished {
-        Some(request_id) => parse_uuid(request_id)?,
+    let request_id = match rows.first() {
+        Some(row) => parse_uuid(row.try_get(0)?)?,
         None => return report_other(tx, agent, ctx, job_id, report, now).await,
     };
+    // Handed to the waiters, who then need not read it again; only a view without approval
+    // steps is whole as read here (load_view adds the decisions), and one that does not
+    // parse is left to them to read and report.
+    let view = rows
+        .get(1)
+        .and_then(|row| row_to_view(row).ok())
+        .filter(|v| v.id == request_id && v.steps.is_empty())
+        .map(Box::new);
     let result = match report {
         JobReport::Succeeded { result } => Some(Arc::new(result)),
         JobReport::Failed { .. } | JobReport::Refused { .. } => None,
@@ -101,6 +115,7 @@ pub async fn report_job(
             state: next,
             result: result.filter(|_| !streamed),
             error,
+            view,
         },
         now,
     );

@@ -359,6 +359,7 @@ pub(crate) fn announce_cancelled(state: &AppState, cancelled: Vec<Uuid>, now: i6
                 state: RequestState::Cancelled,
                 result: None,
                 error: None,
+                view: None,
             },
             now,
         );

@@ -217,10 +217,16 @@ async fn wait_outcome(
     if let Some(f) = &finished
         && f.state != view.state
     {
-        view = lifecycle::load_view(state, id)
-            .await?
-            .ok_or(ApiError::NotFound)?
-            .0;
+        // The view as the finishing transaction committed it, or read again.
+        view = match &f.view {
+            Some(v) => RequestView::clone(v),
+            None => {
+                lifecycle::load_view(state, id)
+                    .await?
+                    .ok_or(ApiError::NotFound)?
+                    .0
+            }
+        };
     }
     let result = finished.and_then(|f| f.result.as_deref().cloned());
     Ok(RequestOutcome {
