@@ -21,6 +21,11 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
+/// How long a finished request's view stays with its outcome. Its waiters take it at once;
+/// anyone later reads the store. Bounds what a high request rate keeps in memory to a few
+/// seconds' worth of views, while results stay for the whole retention.
+pub const VIEW_RETENTION_MS: i64 = 5_000;
+
 /// How a request ended, as relayed to its waiters.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -300,11 +305,26 @@ impl Dispatch {
         slot.sender.send_replace(Some(Arc::new(finished)));
     }
 
-    /// Drops outcomes older than the retention, and subscriptions nobody holds any more.
+    /// Drops outcomes older than the retention, and subscriptions nobody holds any more; and
+    /// the request views of outcomes older than [`VIEW_RETENTION_MS`].
     pub fn prune(&self, now_ms: i64, retention_ms: i64) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|_, slot| match slot.finished_at_ms {
-            Some(at) => now_ms - at < retention_ms,
+            Some(at) => {
+                if now_ms - at >= VIEW_RETENTION_MS {
+                    slot.sender.send_if_modified(|outcome| match outcome {
+                        Some(f) if f.view.is_some() => {
+                            *outcome = Some(Arc::new(Finished {
+                                view: None,
+                                ..Finished::clone(f)
+                            }));
+                            true
+                        }
+                        _ => false,
+                    });
+                }
+                now_ms - at < retention_ms
+            }
             None => slot.sender.receiver_count() > 0 || slot.reader.is_some(),
         });
     }
@@ -317,6 +337,62 @@ mod tests {
 
     fn conn(name: &str) -> ConnectionName {
         name.parse().unwrap()
+    }
+
+    /// A finished request's view goes to its waiters with its outcome, is dropped from the
+    /// outcome after `VIEW_RETENTION_MS` (the result stays), and the outcome after the
+    /// retention.
+    #[test]
+    fn a_finished_view_is_kept_only_briefly_and_the_outcome_for_the_retention() {
+        let d = Dispatch::default();
+        let id = Uuid::new_v4();
+        let view: RequestView = serde_json::from_value(serde_json::json!({
+            "id": id, "connection": "demo", "kind": "sqlite", "environment": "production",
+            "class": "read", "state": "succeeded", "decision": "auto_approve",
+            "requester": "alice", "reason": "r", "statement": "SELECT 1",
+            "created_at": "t0", "updated_at": "t1",
+        }))
+        .expect("a view");
+        let result = Arc::new(ExecResult {
+            columns: Vec::new(),
+            rows: Vec::new(),
+            row_count: 0,
+            truncated: false,
+            affected_rows: None,
+        });
+        let waiter = d.subscribe(id);
+        let finished = Finished {
+            state: RequestState::Succeeded,
+            result: Some(Arc::clone(&result)),
+            error: None,
+            view: Some(Box::new(view.clone())),
+        };
+        d.complete(id, finished, 1_000);
+        let seen = waiter.borrow().clone().expect("published");
+        assert_eq!(seen.view.as_deref(), Some(&view));
+
+        let retention = 60_000;
+        d.prune(1_000 + VIEW_RETENTION_MS - 1, retention);
+        assert!(
+            d.subscribe(id)
+                .borrow()
+                .as_ref()
+                .expect("kept")
+                .view
+                .is_some()
+        );
+        d.prune(1_000 + VIEW_RETENTION_MS, retention);
+        let kept = d.subscribe(id).borrow().clone().expect("outcome kept");
+        assert!(kept.view.is_none(), "the view is dropped");
+        assert_eq!(kept.state, RequestState::Succeeded);
+        assert!(
+            kept.result
+                .as_ref()
+                .is_some_and(|r| Arc::ptr_eq(r, &result))
+        );
+
+        d.prune(1_000 + retention, retention);
+        assert!(d.subscribe(id).borrow().is_none(), "the outcome is gone");
     }
 
     /// A hand-off takes the most recently idle worker of the connection, exactly once across

@@ -113,6 +113,16 @@ pub(crate) async fn queue_execution(
     Ok(job_id)
 }
 
+/// A request just recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    pub id: Uuid,
+    /// Approved at creation, its execution job leased or queued: it ends by a path that
+    /// publishes its outcome (`Dispatch::complete`), unless it outlives the outcome's
+    /// retention.
+    pub executing: bool,
+}
+
 /// Validates, classifies, authorizes and decides a new request, then records it in one
 /// transaction; when auto-approved, with its job, leased to an agent already waiting for it
 /// (signed and pushed to its claim after the commit) or else queued.
@@ -121,7 +131,7 @@ pub async fn create_request(
     who: &UserPrincipal,
     ctx: &Context,
     body: CreateRequest,
-) -> Result<Uuid, ApiError> {
+) -> Result<Created, ApiError> {
     let reason = body.reason.trim();
     if reason.is_empty()
         || reason.chars().count() > MAX_REASON
@@ -415,13 +425,19 @@ pub async fn create_request(
         })
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the commit task failed: {e}")))??;
-        return Ok(id);
+        return Ok(Created {
+            id,
+            executing: true,
+        });
     }
     tx.commit().await?;
     if auto || explain.is_some() || preview {
         state.dispatch.job_queued(&decl.name);
     }
-    Ok(id)
+    Ok(Created {
+        id,
+        executing: auto,
+    })
 }
 
 /// Long-polls for a job on the connections the agent serves, and leases it atomically.

@@ -89,9 +89,39 @@ pub(super) async fn create(
     ApiQuery(params): ApiQuery<WaitParams>,
     ApiJson(body): ApiJson<CreateRequest>,
 ) -> Result<(StatusCode, Json<RequestOutcome>), ApiError> {
-    let id = lifecycle::create_request(&state, &who, &ctx, body).await?;
-    let outcome = wait_outcome(&state, &who, id, params.wait.unwrap_or(0), params.progress).await?;
+    let created = lifecycle::create_request(&state, &who, &ctx, body).await?;
+    let mut wait = params.wait.unwrap_or(0);
+    if created.executing && !params.progress && wait > 0 {
+        match finished_with_view(&state, created.id, wait).await {
+            Some(outcome) => return Ok((StatusCode::CREATED, Json(outcome))),
+            // The wait ran out, or the request ended without its view: the store answers,
+            // without waiting again.
+            None => wait = 0,
+        }
+    }
+    let outcome = wait_outcome(&state, &who, created.id, wait, params.progress).await?;
     Ok((StatusCode::CREATED, Json(outcome)))
+}
+
+/// The outcome of a request the caller just created and that is executing, when it finishes
+/// within the wait and its outcome carries the request as committed: the answer without a read
+/// of the store. `None` otherwise (it did not finish in time, or it ended by a path that does
+/// not carry the view); [`wait_outcome`] then answers, and finds it already finished.
+///
+/// The caller created the request, so it is the caller's own: no ownership check is due.
+async fn finished_with_view(state: &AppState, id: Uuid, wait_secs: u64) -> Option<RequestOutcome> {
+    let wait = Duration::from_secs(wait_secs.min(state.config.execution.max_wait_secs));
+    let mut outcome = state.dispatch.subscribe(id);
+    let finished = tokio::time::timeout(wait, outcome.wait_for(Option::is_some))
+        .await
+        .ok()?
+        .ok()?
+        .clone()?;
+    let view = finished.view.as_deref()?.clone();
+    Some(RequestOutcome {
+        request: view,
+        result: finished.result.as_deref().cloned(),
+    })
 }
 
 /// Waits (up to `wait` seconds, default 30) for one of the caller's requests to finish.
