@@ -21,10 +21,11 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
-/// How long a finished request's view stays with its outcome. Its waiters take it at once;
-/// anyone later reads the store. Bounds what a high request rate keeps in memory to a few
-/// seconds' worth of views, while results stay for the whole retention.
-pub const VIEW_RETENTION_MS: i64 = 5_000;
+/// How long a finished request's view stays with its outcome (then up to one more reaper
+/// tick). Its waiters take it at once; anyone later reads the store. Bounds what a high
+/// request rate keeps in memory to a second or two of views, while results stay for the
+/// whole retention.
+pub const VIEW_RETENTION_MS: i64 = 1_000;
 
 /// How a request ended, as relayed to its waiters.
 #[derive(Debug, Clone)]
