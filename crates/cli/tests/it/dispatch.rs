@@ -295,6 +295,66 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
     app.stop().await;
 }
 
+/// EX-3: what the lease holder reports is what the requester gets: a create that waits, and a
+/// wait on the request, both answer with the reported result and with the request as stored.
+#[tokio::test]
+async fn ex3_the_waiting_requester_gets_the_reported_result_and_the_stored_request() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    let admin = app.admin.clone();
+    let read = demo_read("SELECT 7 AS n", "answered while waiting");
+    let creating =
+        tokio::spawn(async move { admin.create_request(&read, Duration::from_secs(20)).await });
+    let job = holder
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 10_000,
+        })
+        .await
+        .expect("claim")
+        .expect("a job");
+    let admin = app.admin.clone();
+    let request_id = job.request_id;
+    let waiting = tokio::spawn(async move {
+        admin
+            .wait_request(request_id, Duration::from_secs(20))
+            .await
+    });
+    let result = portcullis_proto::api::ExecResult {
+        columns: vec![portcullis_proto::api::Column {
+            name: "n".into(),
+            type_name: "INTEGER".into(),
+        }],
+        rows: vec![vec![serde_json::json!(7)]],
+        row_count: 1,
+        truncated: false,
+        affected_rows: None,
+    };
+    holder
+        .report(
+            job.job_id,
+            &portcullis_proto::agent::JobReport::Succeeded {
+                result: result.clone(),
+            },
+        )
+        .await
+        .expect("report");
+    let stored = app.admin.request_view(request_id).await.expect("view");
+    assert_eq!(stored.state, RequestState::Succeeded);
+    for (what, answer) in [
+        ("create", creating.await.expect("task").expect("created")),
+        ("wait", waiting.await.expect("task").expect("waited")),
+    ] {
+        assert_eq!(answer.request, stored, "{what}: the request as stored");
+        assert_eq!(
+            answer.result.as_ref(),
+            Some(&result),
+            "{what}: the reported result"
+        );
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn ir5_a_revoked_agent_cannot_claim() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
