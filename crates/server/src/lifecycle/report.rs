@@ -76,14 +76,6 @@ pub async fn report_job(
         Some(row) => parse_uuid(row.try_get(0)?)?,
         None => return report_other(tx, agent, ctx, job_id, report, now).await,
     };
-    // Handed to the waiters, who then need not read it again; only a view without approval
-    // steps is whole as read here (load_view adds the decisions), and one that does not
-    // parse is left to them to read and report.
-    let view = rows
-        .get(1)
-        .and_then(|row| row_to_view(row).ok())
-        .filter(|v| v.id == request_id && v.steps.is_empty())
-        .map(Box::new);
     let result = match report {
         JobReport::Succeeded { result } => Some(Arc::new(result)),
         JobReport::Failed { .. } | JobReport::Refused { .. } => None,
@@ -109,6 +101,14 @@ pub async fn report_job(
     };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
+    // Parsed after the commit, off the writer. Handed to the waiters, who then need not read
+    // it again; only a view without approval steps is whole as read here (load_view adds the
+    // decisions), and one that does not parse is left to them to read and report.
+    let view = rows
+        .get(1)
+        .and_then(|row| row_to_view(row).ok())
+        .filter(|v| v.id == request_id && v.steps.is_empty())
+        .map(Box::new);
     state.dispatch.complete(
         request_id,
         Finished {
