@@ -23,7 +23,7 @@ mod checkpoint;
 mod group;
 mod verify;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointFile, run_checkpointer};
-use group::{GROUP_BACKSTOP, Group, Writer, settle};
+use group::{GROUP_BACKSTOP, Group, GroupConn, Writer, settle};
 pub use verify::{VerifyReport, verify, verify_data_dir};
 
 const HASH_DOMAIN: &[u8] = b"portcullis/audit-event/v1\0";
@@ -210,10 +210,21 @@ fn hash_columns(seq: i64, columns: [&[u8]; 9]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The statement that reads the chain head: the last row, none on an empty log.
+macro_rules! head_query {
+    () => {
+        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+    };
+}
+use head_query;
+
 async fn read_head(conn: &mut SqliteConnection) -> sqlx::Result<Head> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(head_query!()).fetch_optional(conn).await?;
+    head_of(row.as_ref())
+}
+
+/// The head as read by [`head_query!`].
+fn head_of(row: Option<&sqlx::sqlite::SqliteRow>) -> sqlx::Result<Head> {
     Ok(match row {
         None => Head::GENESIS,
         Some(row) => Head {
@@ -390,15 +401,14 @@ impl AuditTx {
     }
 
     /// Joins the open group (inside a savepoint opened with its first statement), or opens a
-    /// group: `BEGIN IMMEDIATE` and the check that the store's head is the one this process
-    /// committed.
+    /// group: `BEGIN IMMEDIATE` with the read of the store's head (one trip), and the check
+    /// that it is the head this process committed.
     async fn enter(store: &Store, audit: &Audit, w: &mut Writer) -> Result<Savepoint, AuditError> {
         settle(w, audit).await?;
         if w.group.is_some() {
             return Ok(Savepoint::Pending);
         }
-        let mut tx = store.begin().await?;
-        let found = read_head(&mut tx).await?;
+        let (conn, found) = GroupConn::begin(store).await?;
         let expected = audit.head();
         if found != expected {
             return Err(AuditError::HeadMismatch {
@@ -407,7 +417,7 @@ impl AuditTx {
             });
         }
         w.head = found;
-        w.group = Some(Group::open(tx));
+        w.group = Some(Group::open(conn));
         Ok(Savepoint::FirstOfGroup)
     }
 
@@ -450,7 +460,7 @@ impl AuditTx {
             .as_mut()
             .and_then(|w| w.group.as_mut())
             .expect("an AuditTx holds the writer and its open group until commit");
-        &mut group.tx
+        &mut group.conn
     }
 
     pub async fn append(&mut self, ctx: &Context, event: Event) -> Result<i64, AuditError> {
@@ -552,7 +562,9 @@ impl AuditTx {
             )));
         };
         if self.savepoint == Savepoint::Opened
-            && let Err(e) = sqlx::query("RELEASE member").execute(&mut *group.tx).await
+            && let Err(e) = sqlx::query("RELEASE member")
+                .execute(&mut *group.conn)
+                .await
         {
             w.undo_savepoint = true;
             audit.hand_over_here(w).await;

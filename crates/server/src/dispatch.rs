@@ -79,6 +79,17 @@ pub struct Dispatch {
     slots: Mutex<HashMap<Uuid, Slot>>,
     /// Agent workers idle in their claim, per connection they serve, most recent last.
     idle: Mutex<Idle>,
+    /// Execution jobs handed to an idle worker as they were created, with a collected result,
+    /// until their report: the result upload finds its job here without a store read.
+    handed: Mutex<HashMap<Uuid, HandedJob>>,
+}
+
+/// An execution job handed to an agent worker as its request was created, and committed so.
+#[derive(Debug, Clone)]
+pub struct HandedJob {
+    pub agent: String,
+    /// The end of the lease as granted; a renewal is not seen here.
+    pub lease_until_ms: i64,
 }
 
 /// An agent worker idle in its claim, ready to take a job handed to it directly.
@@ -153,6 +164,48 @@ impl Dispatch {
     fn notify(&self, connection: &ConnectionName) -> Arc<Notify> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         ready.entry(connection.clone()).or_default().clone()
+    }
+
+    /// Agent workers idle in their claim on `connection`, ready for a hand-off.
+    pub fn idle_workers(&self, connection: &ConnectionName) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.by_connection.get(connection).map_or(0, |list| {
+            list.iter()
+                .filter(|(_, cell)| {
+                    cell.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .is_some_and(|c| !c.deliver.is_closed())
+                })
+                .count()
+        })
+    }
+
+    /// Notes a committed hand-off of an execution job whose result is collected (not
+    /// streamed), for [`Dispatch::handed_job`].
+    pub fn note_handed(&self, job_id: Uuid, job: HandedJob) {
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id, job);
+    }
+
+    /// Whether job `job_id` was handed to `agent` and the lease as granted still runs at
+    /// `now_ms`. Only a shortcut: whoever gets `false` asks the store, and the report that
+    /// ends the job still checks the lease in the store (EX-3).
+    pub fn handed_to(&self, job_id: Uuid, agent: &str, now_ms: i64) -> bool {
+        let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        handed
+            .get(&job_id)
+            .is_some_and(|job| job.agent == agent && job.lease_until_ms > now_ms)
+    }
+
+    /// Forgets a hand-off: its job was reported, or went back to the queue.
+    pub fn forget_handed(&self, job_id: Uuid) {
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
     }
 
     /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
@@ -309,6 +362,10 @@ impl Dispatch {
     /// Drops outcomes older than the retention, and subscriptions nobody holds any more; and
     /// the request views of outcomes older than [`VIEW_RETENTION_MS`].
     pub fn prune(&self, now_ms: i64, retention_ms: i64) {
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, job| job.lease_until_ms > now_ms);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|_, slot| match slot.finished_at_ms {
             Some(at) => {
@@ -338,6 +395,35 @@ mod tests {
 
     fn conn(name: &str) -> ConnectionName {
         name.parse().unwrap()
+    }
+
+    /// EX-3: the upload's shortcut knows a handed job only for its agent and only while the
+    /// lease as granted runs; a report, a return to the queue or the lease's end forgets it.
+    #[test]
+    fn a_handed_job_is_known_only_to_its_agent_and_until_its_lease_ends() {
+        let d = Dispatch::default();
+        let (job, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let handed = |until| HandedJob {
+            agent: "holder".into(),
+            lease_until_ms: until,
+        };
+        d.note_handed(job, handed(2_000));
+        d.note_handed(other, handed(2_000));
+        assert!(d.handed_to(job, "holder", 1_999));
+        assert!(!d.handed_to(job, "intruder", 1_999), "another agent");
+        assert!(!d.handed_to(job, "holder", 2_000), "the lease ended");
+        assert!(
+            !d.handed_to(Uuid::new_v4(), "holder", 1_000),
+            "an unknown job"
+        );
+        d.forget_handed(job);
+        assert!(!d.handed_to(job, "holder", 1_000), "reported");
+        assert!(d.handed_to(other, "holder", 1_000));
+        d.prune(2_000, 60_000);
+        assert!(
+            !d.handed_to(other, "holder", 1_000),
+            "kept past its lease's end"
+        );
     }
 
     /// A finished request's view goes to its waiters with its outcome, is dropped from the

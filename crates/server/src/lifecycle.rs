@@ -383,6 +383,7 @@ pub async fn create_request(
             .await?;
     }
     let mut handed_job = None;
+    let handed_until = handed.as_ref().map(|h| h.lease_until_ms);
     if let Some(job_id) = job_id {
         let approved = Event {
             actor: if glass.is_some() {
@@ -418,8 +419,19 @@ pub async fn create_request(
         // Commit and delivery run to their end even if this request is dropped: a committed
         // hand-off must reach its agent or go back to the queue.
         let state = state.clone();
+        let collected = !body.stream;
         tokio::spawn(async move {
             tx.commit().await?;
+            // Before the job leaves: its result upload may arrive at once.
+            if let (true, Some(lease_until_ms)) = (collected, handed_until) {
+                state.dispatch.note_handed(
+                    job.job_id,
+                    crate::dispatch::HandedJob {
+                        agent: idle.agent.clone(),
+                        lease_until_ms,
+                    },
+                );
+            }
             crate::lease::deliver(&state, idle, job).await;
             Ok::<(), ApiError>(())
         })

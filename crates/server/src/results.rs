@@ -188,6 +188,15 @@ pub async fn upload(
     job_id: Uuid,
     body: Body,
 ) -> Result<(), ApiError> {
+    // A job handed to this agent as it was created needs no store read to be found; its
+    // report checks the lease in the store as any other (EX-3).
+    if state
+        .dispatch
+        .handed_to(job_id, &agent.name, crate::clock::now_ms())
+    {
+        let report = collect(state, body).await?;
+        return lifecycle::report_job(state, agent, ctx, job_id, report, false).await;
+    }
     let job = upload_job(state, agent, job_id).await?;
     if job.collect {
         let report = collect(state, body).await?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
@@ -188,6 +189,14 @@ impl Store {
     /// transaction never fails half-way on lock upgrade.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// The writer connection itself, for a transaction its holder begins and ends with its
+    /// own statements: the audit commit group (`audit::group`), which begins with its first
+    /// read and commits with its last writes, one trip to the connection each. A holder that
+    /// drops it inside its transaction must close it (which rolls back) rather than return it.
+    pub(crate) async fn writer_connection(&self) -> sqlx::Result<PoolConnection<Sqlite>> {
+        self.writer.acquire().await
     }
 
     pub fn reader(&self) -> &SqlitePool {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_agent::Agent;
-use portcullis_client::Client;
+use portcullis_client::{Client, ClientError};
 use portcullis_core::RequestState;
 use portcullis_proto::agent::{ClaimRequest, ServedConnection};
 use portcullis_proto::api::CreateRequest;
@@ -108,6 +108,21 @@ async fn ex3_two_agents_racing_run_each_job_exactly_once() {
 async fn claim_and_vanish(app: &TestApp, name: &str) -> Client {
     let created = app.admin.create_agent(name).await.expect("agent");
     Client::new(app.url(), Some(&created.token)).expect("client")
+}
+
+/// The state of request `id` as stored.
+async fn state_of(app: &TestApp, id: uuid::Uuid) -> RequestState {
+    app.admin.request_view(id).await.expect("view").state
+}
+
+/// The `request.finished` events audited for request `id`.
+async fn finishes(app: &TestApp, id: uuid::Uuid) -> usize {
+    let target = format!("request:{id}");
+    app.audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "request.finished" && e["target"] == target.as_str())
+        .count()
 }
 
 /// An auto-approved read of the demo database.
@@ -262,11 +277,7 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
         .expect_err("a report of no job is refused");
     assert_eq!(unknown.status(), Some(404), "{unknown}");
     assert_eq!(
-        app.admin
-            .request_view(created.request.id)
-            .await
-            .expect("view")
-            .state,
+        state_of(&app, created.request.id).await,
         RequestState::Dispatched,
         "a refused report changed the request"
     );
@@ -284,14 +295,11 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
         .await
         .expect_err("a second report is refused");
     assert_eq!(again.status(), Some(409), "{again}");
-    let target = format!("request:{}", created.request.id);
-    let finishes = app
-        .audit_events()
-        .await
-        .into_iter()
-        .filter(|e| e["action"] == "request.finished" && e["target"] == target.as_str())
-        .count();
-    assert_eq!(finishes, 1, "one finish recorded");
+    assert_eq!(
+        finishes(&app, created.request.id).await,
+        1,
+        "one finish recorded"
+    );
     app.stop().await;
 }
 
@@ -352,6 +360,95 @@ async fn ex3_the_waiting_requester_gets_the_reported_result_and_the_stored_reque
             "{what}: the reported result"
         );
     }
+    app.stop().await;
+}
+
+/// Uploads `lines` (NDJSON) as the result of `job`.
+async fn upload(agent: &Client, job: uuid::Uuid, lines: &str) -> Result<bool, ClientError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(lines.as_bytes().to_vec()).await.expect("queued");
+    drop(tx);
+    agent.upload_result(job, rx).await
+}
+
+/// EX-3: a job handed to a worker waiting in its claim as its request is created has its
+/// result upload found without a store read; the upload is still taken only from the lease
+/// holder and only once, and the requester gets what the holder sent.
+#[tokio::test]
+async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its_holder() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    let intruder = claim_and_vanish(&app, "intruder").await;
+    let claiming = tokio::spawn(async move {
+        let job = holder
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 20_000,
+            })
+            .await;
+        (holder, job)
+    });
+    // The holder's worker is idle in its claim before the request exists: a hand-off.
+    let demo = "demo".parse().expect("name");
+    let dispatch = &app.stack.server.state.dispatch;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dispatch.idle_workers(&demo) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim never became idle"
+        );
+        tokio::task::yield_now().await;
+    }
+    let created = app
+        .admin
+        .create_request(&demo_read("SELECT 5 AS n", "handed"), Duration::ZERO)
+        .await
+        .expect("request");
+    let (holder, job) = claiming.await.expect("task");
+    let job = job.expect("claim").expect("the handed job");
+    assert_eq!(job.request_id, created.request.id);
+    let now = portcullis_server::clock::now_ms();
+    assert!(
+        dispatch.handed_to(job.job_id, "holder", now),
+        "the hand-off is known to the upload"
+    );
+    assert!(!dispatch.handed_to(job.job_id, "intruder", now));
+
+    let lines = "{\"columns\":[{\"name\":\"n\",\"type\":\"INTEGER\"}]}\n[5]\n{\"outcome\":\"succeeded\",\"row_count\":1,\"truncated\":false}\n";
+    let foreign = upload(&intruder, job.job_id, lines)
+        .await
+        .expect_err("another agent's upload is refused");
+    assert_eq!(foreign.status(), Some(403), "{foreign}");
+    assert_eq!(
+        state_of(&app, created.request.id).await,
+        RequestState::Dispatched,
+        "a refused upload changed the request"
+    );
+
+    assert!(upload(&holder, job.job_id, lines).await.expect("upload"));
+    assert!(
+        !dispatch.handed_to(job.job_id, "holder", now),
+        "a reported job is forgotten"
+    );
+    let answer = app
+        .admin
+        .wait_request(created.request.id, Duration::from_secs(10))
+        .await
+        .expect("outcome");
+    assert_eq!(answer.request.state, RequestState::Succeeded);
+    assert_eq!(answer.request.agent.as_deref(), Some("holder"));
+    let result = answer.result.expect("the uploaded result");
+    assert_eq!(result.rows, vec![vec![serde_json::json!(5)]]);
+
+    let again = upload(&holder, job.job_id, lines)
+        .await
+        .expect_err("a second upload is refused");
+    assert_eq!(again.status(), Some(409), "{again}");
+    assert_eq!(
+        finishes(&app, created.request.id).await,
+        1,
+        "one finish recorded"
+    );
     app.stop().await;
 }
 

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::{OwnedMutexGuard, watch};
 
-use super::{Audit, AuditError, Head, PendingRow};
+use super::{Audit, AuditError, Head, PendingRow, head_of, head_query};
 use crate::events::LiveEvent;
-use crate::store::Tx;
+use crate::store::Store;
 
 /// The longest a commit group stays open while other transactions keep joining it; past
 /// this, the member that releases it commits it even when more are waiting.
@@ -31,7 +33,7 @@ pub(super) type GroupOutcome = Option<Result<(), Arc<str>>>;
 /// inside its own savepoint, so a member that fails rolls back alone; the group commits
 /// once, with one fsync, and only then is any member acknowledged.
 pub(super) struct Group {
-    pub(super) tx: Tx,
+    pub(super) conn: GroupConn,
     opened: Instant,
     /// Members released into this group and waiting for its commit.
     pub(super) members: usize,
@@ -44,9 +46,9 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn open(tx: Tx) -> Group {
+    pub(super) fn open(conn: GroupConn) -> Group {
         Group {
-            tx,
+            conn,
             opened: Instant::now(),
             members: 0,
             done: watch::channel(None).0,
@@ -55,6 +57,102 @@ impl Group {
             rows: Vec::new(),
         }
     }
+}
+
+/// The writer connection inside a commit group's transaction, which this module begins and
+/// ends with its own statements rather than through sqlx's transaction: `BEGIN IMMEDIATE`
+/// goes with the read of the chain head and `COMMIT` with the group's audit rows, one trip to
+/// the connection's thread each instead of two. Dropped before its `COMMIT` succeeded (a
+/// failed commit, a group rolled back, a first member dropped), the transaction is rolled
+/// back before the connection goes back to the pool, so the next writer waits for the
+/// rollback; a connection that cannot roll back is closed instead, which rolls back too
+/// (AUD-2).
+pub(super) struct GroupConn {
+    /// Always present until dropped.
+    conn: Option<PoolConnection<Sqlite>>,
+    committed: bool,
+}
+
+impl GroupConn {
+    /// Takes the writer connection, begins the group's transaction and reads the chain head
+    /// in it.
+    pub(super) async fn begin(store: &Store) -> sqlx::Result<(GroupConn, Head)> {
+        // Not committed from here on: a failed or cancelled trip rolls back, so a `BEGIN`
+        // that ran is never left open on a pooled connection.
+        let mut group = GroupConn {
+            conn: Some(store.writer_connection().await?),
+            committed: false,
+        };
+        let rows = sqlx::query(concat!("BEGIN IMMEDIATE;", head_query!()))
+            .fetch_all(&mut *group)
+            .await?;
+        let head = head_of(rows.first())?;
+        Ok((group, head))
+    }
+
+    /// Inserts the group's audit rows and commits: the last statement of rows and the
+    /// `COMMIT` in one batch. An error means nothing was committed: the transaction is
+    /// rolled back.
+    async fn commit(mut self, rows: &[PendingRow]) -> sqlx::Result<()> {
+        let mut chunks = rows.chunks(ROWS_PER_STATEMENT).peekable();
+        if chunks.peek().is_none() {
+            sqlx::query("COMMIT").execute(&mut *self).await?;
+        }
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            insert_rows(&mut self, chunk, last).await?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for GroupConn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn
+            .as_ref()
+            .expect("a group connection is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for GroupConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn
+            .as_mut()
+            .expect("a group connection is present until dropped")
+    }
+}
+
+impl Drop for GroupConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take().filter(|_| !self.committed) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        // The task owns the connection until the rollback is done: the pool, and so the
+        // next writer, gets it back only then.
+        runtime.spawn(async move {
+            match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                Ok(_) => {}
+                // The failed statement already ended the transaction.
+                Err(e) if no_transaction(&e) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "rolling back an audit group failed; closing its connection");
+                    conn.close_on_drop();
+                }
+            }
+        });
+    }
+}
+
+/// The error of a `ROLLBACK` with no transaction open.
+fn no_transaction(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.message().contains("no transaction is active"))
 }
 
 /// The writer side of the chain, behind one lock: at most one `AuditTx` runs at a time.
@@ -150,7 +248,7 @@ impl Audit {
             return Vec::new();
         };
         let Group {
-            mut tx,
+            conn,
             done,
             live,
             alerts,
@@ -158,11 +256,8 @@ impl Audit {
             ..
         } = group;
         // The rows and the COMMIT succeed together or the whole group rolls back (the
-        // transaction is dropped): no member is acknowledged without its audit rows.
-        let written = match insert_rows(&mut tx, &rows).await {
-            Ok(()) => tx.commit().await,
-            Err(e) => Err(e),
-        };
+        // connection is closed): no member is acknowledged without its audit rows.
+        let written = conn.commit(&rows).await;
         match written {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
@@ -210,33 +305,36 @@ const ROWS_PER_STATEMENT: usize = 256;
 /// a group usually has); larger ones are prepared for their one use.
 const CACHED_ROWS: usize = 16;
 
-/// Inserts a group's audit rows: one statement per [`ROWS_PER_STATEMENT`], so one round trip
-/// to the writer connection for a whole group instead of one per event.
-pub(super) async fn insert_rows(tx: &mut Tx, rows: &[PendingRow]) -> sqlx::Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}"
-        );
-        // Built from the row count only: every value is a bound parameter.
-        let mut query =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= CACHED_ROWS);
-        for row in chunk {
-            query = query
-                .bind(row.seq)
-                .bind(row.at.as_str())
-                .bind(row.actor.as_str())
-                .bind(row.action)
-                .bind(row.target.as_str())
-                .bind(row.outcome)
-                .bind(row.correlation_id.as_str())
-                .bind(row.client_addr.as_str())
-                .bind(row.details.as_str())
-                .bind(&row.prev_hash[..])
-                .bind(&row.hash[..]);
-        }
-        query.execute(&mut **tx).await?;
+/// Inserts one statement's worth of a group's audit rows (at most [`ROWS_PER_STATEMENT`]),
+/// and commits after them when `commit`: one round trip to the writer connection for a whole
+/// group instead of one per event, and none more for the `COMMIT`.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    chunk: &[PendingRow],
+    commit: bool,
+) -> sqlx::Result<()> {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+    let sql = format!(
+        "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}{}",
+        if commit { ";COMMIT" } else { "" }
+    );
+    // Built from the row count only: every value is a bound parameter.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= CACHED_ROWS);
+    for row in chunk {
+        query = query
+            .bind(row.seq)
+            .bind(row.at.as_str())
+            .bind(row.actor.as_str())
+            .bind(row.action)
+            .bind(row.target.as_str())
+            .bind(row.outcome)
+            .bind(row.correlation_id.as_str())
+            .bind(row.client_addr.as_str())
+            .bind(row.details.as_str())
+            .bind(&row.prev_hash[..])
+            .bind(&row.hash[..]);
     }
+    query.execute(conn).await?;
     Ok(())
 }
 
@@ -253,7 +351,7 @@ pub(super) async fn settle(w: &mut Writer, audit: &Audit) -> Result<(), AuditErr
     // The flag is cleared only once the undo is done: a holder dropped in between leaves
     // it for the next one.
     match sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
-        .execute(&mut *group.tx)
+        .execute(&mut *group.conn)
         .await
     {
         Ok(_) => {}

@@ -248,7 +248,8 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
     // An open group with no member yet: the transactions below all join it.
     {
         let mut w = audit.lock_writer().await;
-        w.group = Some(super::group::Group::open(store.begin().await.unwrap()));
+        let (conn, _) = super::group::GroupConn::begin(&store).await.unwrap();
+        w.group = Some(super::group::Group::open(conn));
     }
     const OPENING: &str =
         "SAVEPOINT member;INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
