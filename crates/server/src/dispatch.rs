@@ -200,12 +200,13 @@ impl Dispatch {
             .is_some_and(|job| job.agent == agent && job.lease_until_ms > now_ms)
     }
 
-    /// Forgets a hand-off: its job was reported, or went back to the queue.
-    pub fn forget_handed(&self, job_id: Uuid) {
-        self.handed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
+    /// Forgets the hand-off of job `job_id` to `agent`: its job was reported, or went back to
+    /// the queue. Another agent's report of the job, refused, forgets nothing.
+    pub fn forget_handed(&self, job_id: Uuid, agent: &str) {
+        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.get(&job_id).is_some_and(|job| job.agent == agent) {
+            handed.remove(&job_id);
+        }
     }
 
     /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
@@ -398,7 +399,8 @@ mod tests {
     }
 
     /// EX-3: the upload's shortcut knows a handed job only for its agent and only while the
-    /// lease as granted runs; a report, a return to the queue or the lease's end forgets it.
+    /// lease as granted runs; its agent's report, its return to the queue or the lease's end
+    /// forgets it, another agent's report does not.
     #[test]
     fn a_handed_job_is_known_only_to_its_agent_and_until_its_lease_ends() {
         let d = Dispatch::default();
@@ -416,7 +418,12 @@ mod tests {
             !d.handed_to(Uuid::new_v4(), "holder", 1_000),
             "an unknown job"
         );
-        d.forget_handed(job);
+        d.forget_handed(job, "intruder");
+        assert!(
+            d.handed_to(job, "holder", 1_000),
+            "forgotten for another agent"
+        );
+        d.forget_handed(job, "holder");
         assert!(!d.handed_to(job, "holder", 1_000), "reported");
         assert!(d.handed_to(other, "holder", 1_000));
         d.prune(2_000, 60_000);

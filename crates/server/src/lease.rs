@@ -270,7 +270,7 @@ pub(crate) async fn deliver(state: &AppState, idle: IdleClaim, job: JobAssignmen
     let Err(job) = deliver.send(job) else {
         return;
     };
-    state.dispatch.forget_handed(job.job_id);
+    state.dispatch.forget_handed(job.job_id, &agent);
     let connection = job.connection.clone();
     match requeue(state, &agent, &ctx, &job).await {
         Ok(()) => state.dispatch.job_queued(&connection),

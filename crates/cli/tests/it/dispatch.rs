@@ -424,6 +424,10 @@ async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its
         RequestState::Dispatched,
         "a refused upload changed the request"
     );
+    assert!(
+        dispatch.handed_to(job.job_id, "holder", now),
+        "a refused upload forgot the holder's hand-off"
+    );
 
     assert!(upload(&holder, job.job_id, lines).await.expect("upload"));
     assert!(

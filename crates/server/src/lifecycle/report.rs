@@ -45,8 +45,8 @@ pub async fn report_job(
     report: JobReport,
     streamed: bool,
 ) -> Result<(), ApiError> {
-    // Whatever this report finds, the store decides about this job from now on.
-    state.dispatch.forget_handed(job_id);
+    // Whatever this report finds, the store decides about this agent's job from now on.
+    state.dispatch.forget_handed(job_id, &agent.name);
     let now = clock::now_ms();
     let (next, error) = match &report {
         JobReport::Succeeded { .. } => (RequestState::Succeeded, None),
