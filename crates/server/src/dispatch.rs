@@ -101,6 +101,13 @@ pub struct IdleClaim {
     pub deliver: oneshot::Sender<JobAssignment>,
 }
 
+impl IdleClaim {
+    /// Whether its claim still waits for a job (the agent's request was not dropped).
+    fn waiting(&self) -> bool {
+        !self.deliver.is_closed()
+    }
+}
+
 type IdleCell = Arc<Mutex<Option<IdleClaim>>>;
 
 #[derive(Default)]
@@ -175,14 +182,14 @@ impl Dispatch {
                     cell.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .as_ref()
-                        .is_some_and(|c| !c.deliver.is_closed())
+                        .is_some_and(IdleClaim::waiting)
                 })
                 .count()
         })
     }
 
     /// Notes a committed hand-off of an execution job whose result is collected (not
-    /// streamed), for [`Dispatch::handed_job`].
+    /// streamed), for [`Dispatch::handed_to`].
     pub fn note_handed(&self, job_id: Uuid, job: HandedJob) {
         self.handed
             .lock()
@@ -271,7 +278,7 @@ impl Dispatch {
         let list = idle.by_connection.get_mut(connection)?;
         while let Some((_, cell)) = list.pop() {
             let claim = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(claim) = claim.filter(|c| !c.deliver.is_closed()) {
+            if let Some(claim) = claim.filter(IdleClaim::waiting) {
                 return Some(claim);
             }
         }

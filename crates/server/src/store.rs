@@ -194,7 +194,8 @@ impl Store {
     /// The writer connection itself, for a transaction its holder begins and ends with its
     /// own statements: the audit commit group (`audit::group`), which begins with its first
     /// read and commits with its last writes, one trip to the connection each. A holder that
-    /// drops it inside its transaction must close it (which rolls back) rather than return it.
+    /// lets go of it inside its transaction must roll back first, or close it (which rolls
+    /// back), never return it to the pool with the transaction open.
     pub(crate) async fn writer_connection(&self) -> sqlx::Result<PoolConnection<Sqlite>> {
         self.writer.acquire().await
     }

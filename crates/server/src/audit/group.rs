@@ -255,8 +255,9 @@ impl Audit {
             rows,
             ..
         } = group;
-        // The rows and the COMMIT succeed together or the whole group rolls back (the
-        // connection is closed): no member is acknowledged without its audit rows.
+        // The rows and the COMMIT succeed together or the whole group rolls back (dropping
+        // an uncommitted `GroupConn` rolls it back): no member is acknowledged without its
+        // audit rows.
         let written = conn.commit(&rows).await;
         match written {
             Ok(()) => {
