@@ -1,8 +1,11 @@
 //! Password hashing, verification and strength rules (AUTH-1).
 //!
 //! Passwords are hashed with Argon2id at the OWASP baseline (m = 19 456 KiB, t = 2, p = 1) into
-//! PHC strings. Verification of an unknown user runs the same Argon2 work against a dummy hash
-//! made once at start-up, so response time does not reveal whether an account exists.
+//! PHC strings. Verification of an unknown user runs the same Argon2 work against a dummy hash,
+//! so response time does not reveal whether an account exists. The dummy is a PHC string with
+//! the current parameters, a random salt and a random output: verifying against it computes
+//! Argon2 exactly as for a real hash, yet building it costs nothing, so a server that never
+//! sees a password login never allocates Argon2's working memory.
 //!
 //! Each Argon2 computation holds about 19 MiB for a few tens of milliseconds, so the server bounds
 //! how many run at once with the [`WorkLimiter`] that [`Hasher::permits`] returns: take a permit
@@ -65,7 +68,8 @@ const OUTPUT_BYTES: usize = 32;
 /// Hashes and verifies passwords with Argon2id.
 pub struct Hasher {
     argon2: Argon2<'static>,
-    /// Hash of random bytes, verified against whenever there is no real hash to check.
+    /// The current parameters with a random salt and output, verified against whenever there
+    /// is no real hash to check.
     dummy_hash: PasswordHash,
     dummy_verifications: AtomicU64,
     permits: WorkLimiter,
@@ -81,8 +85,9 @@ impl fmt::Debug for Hasher {
 }
 
 impl Hasher {
-    /// Builds a hasher (computing the dummy hash once) whose [`Hasher::permits`] allow
-    /// `max_concurrent` Argon2 computations at a time (at least one).
+    /// Builds a hasher whose [`Hasher::permits`] allow `max_concurrent` Argon2 computations at
+    /// a time (at least one). No Argon2 runs here and no working memory is allocated: that
+    /// waits for the first hash or verification.
     pub fn new(max_concurrent: usize) -> Result<Hasher, PasswordError> {
         let params = Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None)
             .map_err(|e| PasswordError::Hashing(e.to_string()))?;
@@ -92,10 +97,7 @@ impl Hasher {
             free: Mutex::new(Vec::new()),
         };
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut dummy_password = Zeroizing::new([0u8; 32]);
-        rand::fill(&mut dummy_password[..]);
-        let dummy_hash = hash_with(&argon2, &memory, &dummy_password[..])
-            .map_err(|e| PasswordError::Hashing(e.to_string()))?;
+        let dummy_hash = dummy_hash(&argon2).map_err(|e| PasswordError::Hashing(e.to_string()))?;
         Ok(Hasher {
             argon2,
             dummy_hash,
@@ -162,8 +164,8 @@ impl Hasher {
 
     fn verify_dummy(&self, password: &str) {
         let capped = &password.as_bytes()[..password.len().min(MAX_PASSWORD_BYTES)];
-        // The dummy password is 32 random bytes, so this cannot match; the outcome is
-        // irrelevant, only the work is wanted. It is counted only when Argon2 actually ran to
+        // The dummy's output is 32 random bytes that no password is known to produce (a match
+        // is a 2^-256 event); the outcome is irrelevant, only the work is wanted. It is counted only when Argon2 actually ran to
         // the comparison.
         if verify_with(&self.memory, capped, &self.dummy_hash) == Ok(false) {
             self.dummy_verifications.fetch_add(1, Ordering::Relaxed);
@@ -227,12 +229,32 @@ fn hash_with(
     rand::fill(&mut salt[..]);
     let mut out = Zeroizing::new([0u8; OUTPUT_BYTES]);
     memory.compute(argon2, password, &salt, &mut out[..])?;
+    phc(argon2, &salt, &out[..])
+}
+
+/// A PHC hash with `argon2`'s parameters whose salt and output are random bytes: verifying
+/// any password against it runs the same Argon2 computation as against a real hash of these
+/// parameters, and no Argon2 run is needed to make it.
+fn dummy_hash(argon2: &Argon2<'_>) -> Result<PasswordHash, argon2::password_hash::Error> {
+    let mut salt = [0u8; SALT_BYTES];
+    let mut out = [0u8; OUTPUT_BYTES];
+    rand::fill(&mut salt[..]);
+    rand::fill(&mut out[..]);
+    phc(argon2, &salt, &out)
+}
+
+/// The Argon2id PHC hash of `argon2`'s parameters with `salt` and `output`.
+fn phc(
+    argon2: &Argon2<'_>,
+    salt: &[u8],
+    output: &[u8],
+) -> Result<PasswordHash, argon2::password_hash::Error> {
     Ok(PasswordHash {
         algorithm: argon2::ARGON2ID_IDENT,
         version: Some(u32::from(Version::V0x13)),
         params: ParamsString::try_from(argon2.params())?,
-        salt: Some(Salt::new(&salt)?),
-        hash: Some(Output::new(&out[..])?),
+        salt: Some(Salt::new(salt)?),
+        hash: Some(Output::new(output)?),
     })
 }
 
@@ -455,7 +477,7 @@ mod tests {
     use base64::Engine;
     use std::sync::OnceLock;
 
-    /// Building a hasher costs one Argon2 run; tests share one.
+    /// Tests that do not count share one hasher.
     fn hasher() -> &'static Hasher {
         static HASHER: OnceLock<Hasher> = OnceLock::new();
         HASHER.get_or_init(|| Hasher::new(2).expect("hasher"))
@@ -488,6 +510,14 @@ mod tests {
     fn unknown_users_run_argon2_against_the_dummy_hash() {
         let hasher = Hasher::new(1).expect("hasher");
         assert_eq!(hasher.verified_against_dummy(), 0);
+        // The dummy costs what a real hash costs: the current parameters, a full-size salt.
+        let dummy = hasher.dummy_hash.to_string();
+        assert!(
+            dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{dummy}"
+        );
+        assert!(!hasher.needs_rehash(&dummy));
+        assert_eq!(hasher.dummy_hash.salt.map(|s| s.len()), Some(SALT_BYTES));
         assert!(!hasher.verify(None, "any password at all"));
         assert_eq!(hasher.verified_against_dummy(), 1);
         // An unparsable stored hash and an over-long password take the same path.
@@ -553,7 +583,11 @@ mod tests {
     #[test]
     fn the_memory_pool_never_holds_more_buffers_than_permits() {
         let hasher = Hasher::new(1).expect("hasher");
-        assert_eq!(hasher.pooled_buffers(), 1, "the dummy hash left its buffer");
+        assert_eq!(
+            hasher.pooled_buffers(),
+            0,
+            "building a hasher runs no Argon2 and holds no buffer"
+        );
         std::thread::scope(|scope| {
             for _ in 0..3 {
                 scope.spawn(|| assert!(hasher.hash("concurrent hashing").is_ok()));
