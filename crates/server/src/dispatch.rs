@@ -7,7 +7,7 @@
 //! handed to waiting clients through a per-request watch channel and kept only for the
 //! configured retention (results are stream-only by default; the store never holds them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,10 @@ pub struct Dispatch {
     /// Execution jobs handed to an idle worker as they were created, with a collected result,
     /// until their report: the result upload finds its job here without a store read.
     handed: Mutex<HashMap<Uuid, HandedJob>>,
+    /// Agents revoked while this server runs (IR-5). Their claims that were authenticated
+    /// before the revocation are refused from then on, and no job is handed to them. Agent
+    /// names are never reused, so an entry never needs removing once its revocation commits.
+    revoked: Mutex<HashSet<String>>,
 }
 
 /// An execution job handed to an agent worker as its request was created, and committed so.
@@ -214,6 +218,45 @@ impl Dispatch {
         if handed.get(&job_id).is_some_and(|job| job.agent == agent) {
             handed.remove(&job_id);
         }
+    }
+
+    /// Marks `agent` revoked (IR-5), before the revocation commits: its workers idle in a
+    /// claim are withdrawn, their claims end (and, checking [`Dispatch::is_revoked`], are
+    /// refused), and [`Dispatch::take_idle`] and the delivery of a committed hand-off skip it.
+    pub fn revoke(&self, agent: &str) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(agent.to_owned());
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.by_connection.values_mut() {
+            list.retain(|(_, cell)| {
+                let mut claim = cell.lock().unwrap_or_else(|e| e.into_inner());
+                if claim.as_ref().is_some_and(|c| c.agent == agent) {
+                    // Dropping the claim closes its delivery channel: the claim wakes.
+                    claim.take();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Undoes [`Dispatch::revoke`] when the revocation did not commit.
+    pub fn revocation_failed(&self, agent: &str) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(agent);
+    }
+
+    /// Whether `agent` was revoked while this server runs (see [`Dispatch::revoke`]).
+    pub fn is_revoked(&self, agent: &str) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(agent)
     }
 
     /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
@@ -403,6 +446,34 @@ mod tests {
 
     fn conn(name: &str) -> ConnectionName {
         name.parse().unwrap()
+    }
+
+    /// IR-5: revoking an agent withdraws its idle workers and ends their claims; the others
+    /// stay available.
+    #[test]
+    fn a_revoked_agents_idle_workers_are_withdrawn_and_their_claims_end() {
+        let d = Dispatch::default();
+        let a = conn("a");
+        let ctx = Context::system("test");
+        let mut doomed = d.register_idle(std::slice::from_ref(&a), "doomed", &ctx);
+        let _kept = d.register_idle(std::slice::from_ref(&a), "kept", &ctx);
+        use tokio::sync::oneshot::error::TryRecvError;
+        assert!(!d.is_revoked("doomed"));
+        assert!(matches!(
+            doomed.receiver.try_recv(),
+            Err(TryRecvError::Empty)
+        ));
+        d.revoke("doomed");
+        assert!(d.is_revoked("doomed") && !d.is_revoked("kept"));
+        assert_eq!(d.idle_workers(&a), 1);
+        assert!(
+            matches!(doomed.receiver.try_recv(), Err(TryRecvError::Closed)),
+            "the revoked worker's claim is not ended"
+        );
+        assert_eq!(d.take_idle(&a).map(|c| c.agent).as_deref(), Some("kept"));
+        assert!(d.take_idle(&a).is_none(), "the revoked worker was taken");
+        d.revocation_failed("doomed");
+        assert!(!d.is_revoked("doomed"));
     }
 
     /// EX-3: the upload's shortcut knows a handed job only for its agent and only while the

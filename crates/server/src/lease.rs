@@ -258,17 +258,25 @@ impl HandOff {
     }
 }
 
-/// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime
-/// the token never left the server: the job goes back to the queue, recorded, for the next
-/// claim (nothing ran, so nothing is lost or run twice).
+/// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime, or
+/// the agent was revoked, the token never leaves the server: the job goes back to the queue,
+/// recorded, for the next claim (nothing ran, so nothing is lost or run twice).
 pub(crate) async fn deliver(state: &AppState, idle: IdleClaim, job: JobAssignment) {
     let IdleClaim {
         agent,
         ctx,
         deliver,
     } = idle;
-    let Err(job) = deliver.send(job) else {
-        return;
+    // IR-5: an agent revoked since its claim was taken gets nothing; closing the channel
+    // ends its claim, which is then refused.
+    let job = if state.dispatch.is_revoked(&agent) {
+        drop(deliver);
+        job
+    } else {
+        match deliver.send(job) {
+            Ok(()) => return,
+            Err(job) => job,
+        }
     };
     state.dispatch.forget_handed(job.job_id, &agent);
     let connection = job.connection.clone();

@@ -490,12 +490,21 @@ pub async fn claim_job(
         tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
     loop {
         let ready = state.dispatch.waiters(&served);
+        if state.dispatch.is_revoked(&agent.name) {
+            return Err(ApiError::Unauthenticated);
+        }
         if let Some(job) = try_claim(state, agent, ctx, &served_json).await? {
             return Ok(Some(job));
         }
         // Idle: a newly approved job may be handed straight to this worker (`lease.rs`);
         // one queued any other way wakes it to look at the queue.
         let mut idle = state.dispatch.register_idle(&served, &agent.name, ctx);
+        // IR-5: a claim authenticated before its agent was revoked ends here, refused. The
+        // revocation is marked before it withdraws idle workers, so a worker registered
+        // after that withdrawal sees the mark now.
+        if state.dispatch.is_revoked(&agent.name) {
+            return Err(ApiError::Unauthenticated);
+        }
         let (woken, handed) = tokio::select! {
             handed = &mut idle.receiver => match handed {
                 Ok(job) => return Ok(Some(job)),
@@ -544,6 +553,7 @@ async fn try_claim(
     let claimed = sqlx::query(
         "UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ?
          WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) ORDER BY created_at_ms LIMIT 1)
+           AND NOT EXISTS (SELECT 1 FROM agents WHERE name = ? AND revoked_at_ms IS NOT NULL)
          RETURNING id, request_id, purpose, statement",
     )
     .bind(&agent.name)
@@ -551,6 +561,9 @@ async fn try_claim(
     .bind(now)
     .bind(now + lease_ms as i64)
     .bind(served_json)
+    // IR-5: the store has the last word; a revocation committed since this claim was
+    // authenticated leases nothing.
+    .bind(&agent.name)
     .fetch_optional(tx.conn().await?)
     .await?;
     let Some(claimed) = claimed else {

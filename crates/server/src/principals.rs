@@ -257,6 +257,43 @@ pub async fn revoke_agent(
     actor: &str,
     name: &str,
 ) -> Result<(), ApiError> {
+    // IR-5: the mark comes first, so that no job is handed to the agent's waiting claims
+    // from the moment the revocation starts; it is undone if the revocation does not commit.
+    state.dispatch.revoke(name);
+    let revoked = revoke_agent_row(state, ctx, actor, name).await;
+    let id = match revoked {
+        Ok(id) => id,
+        Err(e) => {
+            // Unmarked only when the store shows the agent is not revoked (an unknown name,
+            // a failed commit); when unsure, the mark stays.
+            let revoked: Result<Option<bool>, sqlx::Error> =
+                sqlx::query_scalar("SELECT revoked_at_ms IS NOT NULL FROM agents WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(state.store.reader())
+                    .await;
+            if let Ok(None | Some(false)) = revoked {
+                state.dispatch.revocation_failed(name);
+            }
+            return Err(e);
+        }
+    };
+    state.auth.forget(&id);
+    state
+        .presence
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .agents
+        .remove(name);
+    Ok(())
+}
+
+/// The revocation's row and audit event, committed together; the agent's id.
+async fn revoke_agent_row(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+    name: &str,
+) -> Result<String, ApiError> {
     let now = clock::now_ms();
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     let id: Option<String> = sqlx::query_scalar(
@@ -278,14 +315,7 @@ pub async fn revoke_agent(
     };
     tx.append_at(ctx, event, now).await?;
     tx.commit().await?;
-    state.auth.forget(&id);
-    state
-        .presence
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .agents
-        .remove(name);
-    Ok(())
+    Ok(id)
 }
 
 /// First start: when no user exists, creates the `admin` user and an admin API token, and

@@ -482,6 +482,66 @@ async fn ir5_a_revoked_agent_cannot_claim() {
     app.stop().await;
 }
 
+/// IR-5: a claim already waiting when its agent is revoked (authenticated before the
+/// revocation) ends at once, refused, and a request approved after the revocation is not
+/// handed to it: the job stays queued for another agent, which gets it.
+#[tokio::test]
+async fn ir5_a_claim_waiting_when_its_agent_is_revoked_ends_refused_and_gets_no_job() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let doomed = claim_and_vanish(&app, "doomed").await;
+    let spare = claim_and_vanish(&app, "spare").await;
+    let waiting = tokio::spawn(async move {
+        doomed
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 20_000,
+            })
+            .await
+    });
+    let demo = "demo".parse().expect("name");
+    let dispatch = &app.stack.server.state.dispatch;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dispatch.idle_workers(&demo) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim never became idle"
+        );
+        tokio::task::yield_now().await;
+    }
+    app.admin.revoke_agent("doomed").await.expect("revoke");
+    assert_eq!(
+        dispatch.idle_workers(&demo),
+        0,
+        "the revoked worker is idle"
+    );
+    let created = app
+        .admin
+        .create_request(
+            &demo_read("SELECT 7", "after the revocation"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("request");
+    let ended = waiting.await.expect("task");
+    let err = ended.expect_err("the revoked agent's waiting claim is refused, not given a job");
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert_eq!(
+        state_of(&app, created.request.id).await,
+        RequestState::Approved,
+        "the request was dispatched to nobody"
+    );
+    let job = spare
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 0,
+        })
+        .await
+        .expect("claim")
+        .expect("the queued job goes to another agent");
+    assert_eq!(job.request_id, created.request.id);
+    app.stop().await;
+}
+
 /// Push dispatch: an agent already waiting in its long-poll receives a job queued afterwards
 /// within the same call (no retry, no poll interval).
 #[tokio::test]
