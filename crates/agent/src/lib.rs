@@ -8,6 +8,7 @@
 pub mod config;
 pub mod exec;
 pub mod permit;
+pub mod process;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

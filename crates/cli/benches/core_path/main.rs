@@ -7,7 +7,7 @@
 //! (server + agent over real HTTP on loopback, exactly as `portcullis dev` runs them, with the
 //! PostgreSQL connection added to its agent); sections 6-7 use the state store's public API
 //! and the release binary; section 8 runs the release `portcullis server` and
-//! `portcullis agent` as separate processes.
+//! `portcullis-agent` as separate processes.
 //!
 //! 0. context: one durable SQLite commit on the temp dir's disk (what each state-store commit
 //!    pays);
@@ -30,8 +30,10 @@
 //!    store of 1,000,000 valid chained events with a signed checkpoint, built for the run;
 //! 8. separate processes: spawn -> `/ready` of `portcullis server` (first start on an empty
 //!    data directory, and the usual start on a prepared one), spawn -> the server lists the
-//!    agent as connected for `portcullis agent`; resident memory (VmRSS, VmHWM from /proc) of
-//!    the server idle and under a 32-client load of auto-approved reads, and of the agent.
+//!    agent as connected for `portcullis-agent`; resident memory (VmRSS, VmHWM from /proc) of
+//!    the server idle and under a 32-client load of auto-approved reads, and of the agent;
+//!    as context, the same agent run as `portcullis agent` (the all-in-one binary) under the
+//!    same load, and the server idle again after one password login.
 //!
 //! `BENCH_SECTIONS=6,7 bench/run` runs only the sections listed.
 //!
@@ -129,7 +131,16 @@ const GOAL_START_MS: f64 = 200.0;
 
 /// The release `portcullis` binary cargo built beside this benchmark (target/release).
 fn release_binary() -> anyhow::Result<&'static Path> {
-    let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
+    built(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// The release `portcullis-agent` binary (the agent alone), built with `portcullis`.
+fn release_agent_binary() -> anyhow::Result<&'static Path> {
+    built(env!("CARGO_BIN_EXE_portcullis-agent"))
+}
+
+fn built(path: &'static str) -> anyhow::Result<&'static Path> {
+    let bin = Path::new(path);
     if !bin.is_file() {
         bail!(
             "{} is missing: run the benchmark with bench/run, which builds it",
@@ -209,7 +220,7 @@ async fn sections(
         audit_verify(bin, summary).await?;
     }
     if wanted(8) {
-        separate_processes(bin, pg, summary).await?;
+        separate_processes(bin, release_agent_binary()?, pg, summary).await?;
     }
     Ok(())
 }
@@ -588,17 +599,18 @@ async fn audit_verify(bin: &Path, summary: &mut Vec<Row>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// 8. `portcullis server` and `portcullis agent` as separate processes.
+/// 8. `portcullis server` and `portcullis-agent` as separate processes.
 async fn separate_processes(
     bin: &Path,
+    agent_bin: &Path,
     pg: &PgTarget,
     summary: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     section(&format!(
-        "8. separate processes: release `portcullis server` and `portcullis agent`, start to ready and resident memory; {LOAD_CLIENTS} clients in this process, {} s window",
+        "8. separate processes: release `portcullis server` and `portcullis-agent`, start to ready and resident memory; {LOAD_CLIENTS} clients in this process, {} s window",
         PROC_LOAD_WINDOW.as_secs()
     ));
-    let p = procs::processes(bin, pg).await?;
+    let p = procs::processes(bin, agent_bin, pg).await?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "   server spawn -> /ready 200: {:.1} ms (first start, empty data dir); {:.1} ms (prepared data dir)",
@@ -632,6 +644,14 @@ async fn separate_processes(
     println!(
         "   1 s after the load: server VmRSS {:.1} MiB, agent VmRSS {:.1} MiB",
         p.server_after, p.agent_after
+    );
+    println!(
+        "   context, the same agent as `portcullis agent` (the all-in-one binary): idle VmRSS {:.1} MiB, under the same load VmHWM {:.1} MiB ({:.0} requests/s)",
+        p.all_in_one_idle, p.all_in_one_peak, p.all_in_one_rate
+    );
+    println!(
+        "   server idle after one password login (its Argon2 buffer pooled from then on): VmRSS {:.1} MiB",
+        p.server_after_login
     );
     summary.push(Row::at_most_in(
         "server start -> ready (prepared data dir)",
@@ -674,6 +694,14 @@ async fn separate_processes(
         p.agent_peak,
         GOAL_AGENT_MIB,
         "MiB",
+    ));
+    summary.push(Row::info(
+        "agent RSS as `portcullis agent`: idle / load",
+        format!("{:.1} / {:.1} MiB", p.all_in_one_idle, p.all_in_one_peak),
+    ));
+    summary.push(Row::info(
+        "server RSS idle after a password login",
+        format!("{:.1} MiB", p.server_after_login),
     ));
     summary.push(Row::info(
         "separate processes: reads/s, 32 clients / errors",

@@ -1,11 +1,14 @@
-//! The real release binary as an operator runs it: `portcullis server` and `portcullis agent`
-//! as separate processes on 127.0.0.1, timed from spawn to ready, and their resident memory
-//! (VmRSS / VmHWM from /proc) idle and under the 32-client load.
+//! The real release binaries as an operator runs them: `portcullis server` and
+//! `portcullis-agent` as separate processes on 127.0.0.1, timed from spawn to ready, and their
+//! resident memory (VmRSS / VmHWM from /proc) idle and under the 32-client load; then, as
+//! context, the same agent run as `portcullis agent` under the same load, and the server's
+//! memory after one password login.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use portcullis_identity::MasterKey;
+use portcullis_proto::people::LoginRequest;
 use portcullis_proto::token::public_key_base64;
 use portcullis_server::audit::Context as AuditContext;
 use portcullis_server::config::ConnectionDecl;
@@ -46,6 +49,31 @@ impl Proc {
                 self.what,
                 log_tail(&self.log, 15)
             );
+        }
+        Ok(())
+    }
+}
+
+impl Proc {
+    /// Stops the process with SIGTERM, as an operator would, and waits for it to exit.
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", self.pid());
+        }
+        let deadline = Instant::now() + READY_DEADLINE;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not stop within {} s of SIGTERM",
+                    self.what,
+                    READY_DEADLINE.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
     }
@@ -179,9 +207,20 @@ pub(crate) struct Processes {
     pub(crate) agent_peak: f64,
     pub(crate) server_after: f64,
     pub(crate) agent_after: f64,
+    /// `portcullis agent` (the all-in-one binary) in the same place, as context: idle, peak
+    /// under the same load, and that load's rate.
+    pub(crate) all_in_one_idle: f64,
+    pub(crate) all_in_one_peak: f64,
+    pub(crate) all_in_one_rate: f64,
+    /// The server idle again after one password login (its Argon2 buffer then pooled).
+    pub(crate) server_after_login: f64,
 }
 
-pub(crate) async fn processes(bin: &Path, pg: &PgTarget) -> anyhow::Result<Processes> {
+pub(crate) async fn processes(
+    bin: &Path,
+    agent_bin: &Path,
+    pg: &PgTarget,
+) -> anyhow::Result<Processes> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let root = dir.path();
     let master_key = MasterKey::generate();
@@ -251,9 +290,9 @@ credentials.read.url = {pg_url}
     let agent_config_text = agent_config.to_str().context("a UTF-8 temp path")?;
     let spawned = Instant::now();
     let mut agent = spawn(
-        bin,
+        agent_bin,
         "agent",
-        &["agent", "--config", agent_config_text],
+        &["--config", agent_config_text],
         root,
         &[],
     )?;
@@ -289,12 +328,103 @@ credentials.read.url = {pg_url}
     let server_idle = rss(server.pid())?;
     let agent_idle = rss(agent.pid())?;
 
-    // Under load: 32 clients of auto-approved reads, memory sampled throughout.
+    let measured = under_load(&url, &setup.admin_token, pg, &mut server, &mut agent).await?;
+    tokio::time::sleep(SETTLE).await;
+    let server_after = rss(server.pid())?;
+    let agent_after = rss(agent.pid())?;
+
+    // The same agent run by the all-in-one binary (`portcullis agent`), as context: stopped
+    // and started again on the same configuration, ready once its ready file is written anew.
+    agent.terminate()?;
+    std::fs::remove_file(&ready_file)?;
+    let spawned = Instant::now();
+    let mut all_in_one = spawn(
+        bin,
+        "agent (portcullis agent)",
+        &["agent", "--config", agent_config_text],
+        root,
+        &[],
+    )?;
+    while !ready_file.exists() {
+        all_in_one.check_alive()?;
+        if spawned.elapsed() > READY_DEADLINE {
+            bail!(
+                "`portcullis agent` was not ready within {} s",
+                READY_DEADLINE.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let all_in_one_idle = rss(all_in_one.pid())?;
+    let context = under_load(&url, &setup.admin_token, pg, &mut server, &mut all_in_one).await?;
+
+    // One password login (an unknown name, so the dummy verification runs): from then on
+    // the server keeps its Argon2 working buffer pooled.
+    let refused = Client::new(&url, None)?
+        .login(&LoginRequest {
+            name: "nobody".into(),
+            password: "not a password of anyone here".into(),
+            code: None,
+            recovery_code: None,
+            remember_device: false,
+            device_token: None,
+        })
+        .await;
+    if refused.is_ok() {
+        bail!("a login for an unknown name was accepted");
+    }
+    tokio::time::sleep(SETTLE).await;
+    let server_after_login = rss(server.pid())?;
+    drop(all_in_one);
+    drop(server);
+    Ok(Processes {
+        server_first_start,
+        server_start,
+        agent_connected,
+        agent_ready_file,
+        server_idle,
+        agent_idle,
+        load: measured.load,
+        server_load_sampled: measured.server_sampled,
+        agent_load_sampled: measured.agent_sampled,
+        server_peak: measured.server_peak,
+        agent_peak: measured.agent_peak,
+        server_after,
+        agent_after,
+        all_in_one_idle,
+        all_in_one_peak: context.agent_peak,
+        all_in_one_rate: context.load.rate,
+        server_after_login,
+    })
+}
+
+/// Memory of the server and one agent around a 32-client load of auto-approved reads.
+struct UnderLoad {
+    load: Load,
+    server_sampled: f64,
+    agent_sampled: f64,
+    server_peak: f64,
+    agent_peak: f64,
+}
+
+async fn under_load(
+    url: &str,
+    admin_token: &str,
+    pg: &PgTarget,
+    server: &mut Proc,
+    agent: &mut Proc,
+) -> anyhow::Result<UnderLoad> {
+    let admin = Client::new(url, Some(admin_token))?;
     let first_read = admin
         .create_request(&pg.body(), Duration::from_secs(10))
         .await?;
     check_outcome(&first_read).map_err(|e| {
-        anyhow::anyhow!("the first read through the separate processes failed: {e}")
+        anyhow::anyhow!(
+            "the first read through {} and {} failed: {e}",
+            server.what,
+            agent.what
+        )
     })?;
     let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
     let pids = (server.pid(), agent.pid());
@@ -308,32 +438,17 @@ credentials.read.url = {pg_url}
         (server_max, agent_max)
     });
     // The server runs in its own process here: its commits are not counted.
-    let load = throughput(&url, &setup.admin_token, &pg.body(), PROC_LOAD_WINDOW, || 0).await?;
+    let load = throughput(url, admin_token, &pg.body(), PROC_LOAD_WINDOW, || 0).await?;
     stop_sampling.send_replace(true);
-    let (server_load_sampled, agent_load_sampled) = sampler.await?;
+    let (server_sampled, agent_sampled) = sampler.await?;
     server.check_alive()?;
     agent.check_alive()?;
-    let server_peak = hwm(server.pid())?;
-    let agent_peak = hwm(agent.pid())?;
-    tokio::time::sleep(SETTLE).await;
-    let server_after = rss(server.pid())?;
-    let agent_after = rss(agent.pid())?;
-    drop(agent);
-    drop(server);
-    Ok(Processes {
-        server_first_start,
-        server_start,
-        agent_connected,
-        agent_ready_file,
-        server_idle,
-        agent_idle,
+    Ok(UnderLoad {
         load,
-        server_load_sampled,
-        agent_load_sampled,
-        server_peak,
-        agent_peak,
-        server_after,
-        agent_after,
+        server_sampled,
+        agent_sampled,
+        server_peak: hwm(server.pid())?,
+        agent_peak: hwm(agent.pid())?,
     })
 }
 

@@ -61,56 +61,6 @@ pub(crate) fn client(remote: &Remote) -> anyhow::Result<Client> {
     }
 }
 
-/// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives;
-/// `PORTCULLIS_LOG_FORMAT` is `json`, `pretty` or `auto` (the default: pretty on a terminal,
-/// one JSON object per line everywhere else, for log shippers). Every line logged while an
-/// HTTP request is handled carries its `request_id` (WEB-5).
-pub(crate) fn init_logging(default: &str) {
-    use std::io::IsTerminal;
-    let filter = std::env::var("PORTCULLIS_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_owned());
-    let terminal = std::io::stderr().is_terminal();
-    let json = match std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("pretty") => false,
-        _ => !terminal,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = if json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
-    } else {
-        builder.with_ansi(terminal).try_init()
-    };
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
+/// Logging and signals are the agent process's own, so that `portcullis-agent` and every
+/// `portcullis` command that runs a service set them up alike.
+pub(crate) use portcullis_agent::process::{init_logging, shutdown_signal};

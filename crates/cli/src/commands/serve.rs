@@ -1,6 +1,5 @@
 //! `portcullis server` and `portcullis agent`.
 
-use portcullis_agent::{Agent, AgentConfig, load_token};
 use portcullis_core::Policy;
 use portcullis_identity::MasterKey;
 use portcullis_identity::master_key::MASTER_KEY_ENV;
@@ -110,20 +109,9 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
         )
         .into());
     };
-    super::init_logging("info,sqlx=warn");
-    let config = AgentConfig::load(&path).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
-    let token = load_token(&config).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
-    let agent = Agent::new(config, &token).await?;
-    tracing::info!(name = %agent.config().name, server = %agent.config().server_url, "agent started; connecting out");
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(agent.run(stop));
-    tokio::select! {
-        done = run => return match done? {
-            Ok(()) => Ok(exit::OK),
-            Err(e) => Err(Exit::new(exit::UNAUTHENTICATED, e.to_string()).into()),
-        },
-        _ = super::shutdown_signal() => {}
+    super::init_logging(portcullis_agent::process::DEFAULT_LOG);
+    match portcullis_agent::process::run(&path).await {
+        Ok(()) => Ok(exit::OK),
+        Err(e) => Err(Exit::new(e.exit_code(), e.to_string()).into()),
     }
-    stop_tx.send_replace(true);
-    Ok(exit::OK)
 }

@@ -12,7 +12,7 @@ use portcullis_agent::config::{ConfigError, PinnedKey, TargetConfig, check_serve
 use portcullis_core::{ConnectionKind, Environment, OperationClass};
 use portcullis_proto::token::{KeyId, public_key_base64};
 
-use crate::harness::bin;
+use crate::harness::{agent_bin, bin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -164,10 +164,17 @@ async fn create_sqlite(path: &Path) {
     conn.close().await.expect("close");
 }
 
-async fn run_agent(config: &Path) -> Output {
-    let mut cmd = tokio::process::Command::from(bin());
-    cmd.arg("agent")
-        .arg("--config")
+/// Runs the agent on `config`: `portcullis agent` when `dedicated` is false, the
+/// `portcullis-agent` binary when it is true.
+async fn run_agent(config: &Path, dedicated: bool) -> Output {
+    let mut cmd = if dedicated {
+        tokio::process::Command::from(agent_bin())
+    } else {
+        let mut cmd = tokio::process::Command::from(bin());
+        cmd.arg("agent");
+        cmd
+    };
+    cmd.arg("--config")
         .arg(config)
         .env(
             "PORTCULLIS_AGENT_TOKEN",
@@ -184,9 +191,10 @@ async fn run_agent(config: &Path) -> Output {
         .expect("run the binary")
 }
 
-/// NET-4: the real binary refuses `http://192.0.2.10:7070` (a documentation address nothing
-/// answers on) at configuration time with exit code 2 and a message naming `allow_insecure`;
-/// the same file with `allow_insecure = true` is otherwise valid.
+/// NET-4: the real binaries (`portcullis agent` and `portcullis-agent`) refuse
+/// `http://192.0.2.10:7070` (a documentation address nothing answers on) at configuration
+/// time with exit code 2 and a message naming `allow_insecure`; the same file with
+/// `allow_insecure = true` is otherwise valid.
 #[tokio::test]
 async fn net_4_agent_binary_refuses_plain_http_to_a_remote_server() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -200,14 +208,20 @@ async fn net_4_agent_binary_refuses_plain_http_to_a_remote_server() {
         false,
         &target,
     );
-    let out = run_agent(&insecure).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("allow_insecure"), "stderr: {stderr}");
-    assert!(
-        stderr.contains("192.0.2.10"),
-        "stderr names the URL: {stderr}"
-    );
+    for dedicated in [false, true] {
+        let out = run_agent(&insecure, dedicated).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "dedicated binary: {dedicated}; stderr: {stderr}"
+        );
+        assert!(stderr.contains("allow_insecure"), "stderr: {stderr}");
+        assert!(
+            stderr.contains("192.0.2.10"),
+            "stderr names the URL: {stderr}"
+        );
+    }
 
     // Control: the only thing wrong with the file is the insecure URL.
     let allowed = write_config(

@@ -191,3 +191,8 @@ impl TestApp {
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
 }
+
+/// The built `portcullis-agent` binary (the agent alone).
+pub fn agent_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-agent"))
+}

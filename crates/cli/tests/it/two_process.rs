@@ -1,13 +1,14 @@
-//! Deployment shape 2 with the real binaries: `portcullis server` and `portcullis agent` as
-//! separate processes, set up the way an operator would (a master key, the one-time setup
-//! token of the first start, `bootstrap` and `login` with TOTP, `key show` for the pin,
-//! `agents create` for the agent token), then a request end to end.
+//! Deployment shape 2 with the real binaries: `portcullis server` and `portcullis-agent` (the
+//! agent alone, as a data-store host runs it) as separate processes, set up the way an
+//! operator would (a master key, the one-time setup token of the first start, `bootstrap` and
+//! `login` with TOTP, `key show` for the pin, `agents create` for the agent token), then a
+//! request end to end, and the agent's revocation ending its process with exit code 7.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::bin;
+use crate::harness::{agent_bin, bin};
 
 /// Kills and reaps the child even when an assertion fails.
 pub(crate) struct Running(pub(crate) Child);
@@ -191,9 +192,9 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
             demo.display()
         ),
     );
-    let _agent = Running(
-        bin()
-            .args(["agent", "--config"])
+    let mut agent = Running(
+        agent_bin()
+            .arg("--config")
             .arg(&agent_toml)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -291,13 +292,29 @@ async fn separate_server_and_agent_processes_execute_a_pinned_signed_request() {
 
     people_commands(dir.path(), &url, &env, password);
 
-    // IR-5 through the binary's named command.
+    // IR-5 through the binary's named command. The running agent's waiting claims end at
+    // once; its next claim is refused and the process stops with exit code 7 (the server
+    // refused the credential).
+    assert!(
+        agent.0.try_wait().expect("agent status").is_none(),
+        "the agent runs until revoked"
+    );
     let (code, _, err) = run(&["agent", "revoke", "shop-agent"], &env);
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = run(&["agents", "--json"], &env);
     assert_eq!(code, 0);
     let agents: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert!(agents[0]["revoked_at"].is_string(), "{agents}");
+    let mut status = None;
+    wait_for("the revoked agent to exit", || {
+        status = agent.0.try_wait().expect("agent status");
+        status.is_some()
+    });
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(7),
+        "a revoked agent exits with 7"
+    );
 
     drop(server);
     let (code, out, err) = run(
