@@ -452,12 +452,12 @@ mod tests {
     /// stay available.
     #[test]
     fn a_revoked_agents_idle_workers_are_withdrawn_and_their_claims_end() {
+        use tokio::sync::oneshot::error::TryRecvError;
         let d = Dispatch::default();
         let a = conn("a");
         let ctx = Context::system("test");
         let mut doomed = d.register_idle(std::slice::from_ref(&a), "doomed", &ctx);
         let _kept = d.register_idle(std::slice::from_ref(&a), "kept", &ctx);
-        use tokio::sync::oneshot::error::TryRecvError;
         assert!(!d.is_revoked("doomed"));
         assert!(matches!(
             doomed.receiver.try_recv(),

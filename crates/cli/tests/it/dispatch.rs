@@ -542,6 +542,51 @@ async fn ir5_a_claim_waiting_when_its_agent_is_revoked_ends_refused_and_gets_no_
     app.stop().await;
 }
 
+/// IR-5, the store's last word: a claim that passed authentication and the dispatcher's check
+/// (the credential still cached, no revocation marked in this process) leases nothing from
+/// the queue once the store records the agent revoked. The revocation is written to the
+/// store directly here, to reach that statement without the dispatcher's mark.
+#[tokio::test]
+async fn ir5_the_queue_leases_nothing_to_an_agent_the_store_records_revoked() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let doomed = claim_and_vanish(&app, "doomed").await;
+    let spare = claim_and_vanish(&app, "spare").await;
+    let nothing = ClaimRequest {
+        connections: served(),
+        wait_ms: 0,
+    };
+    // Authenticated once, so its credential is cached.
+    assert!(doomed.claim(&nothing).await.expect("claim").is_none());
+    let created = app
+        .admin
+        .create_request(&demo_read("SELECT 8", "queued"), Duration::ZERO)
+        .await
+        .expect("request");
+    let store = &app.stack.server.state.store;
+    let mut tx = store.begin().await.expect("begin");
+    sqlx::query("UPDATE agents SET revoked_at_ms = 1 WHERE name = 'doomed'")
+        .execute(&mut *tx)
+        .await
+        .expect("revoke in the store");
+    tx.commit().await.expect("commit");
+    let claimed = doomed
+        .claim(&nothing)
+        .await
+        .expect("the cached credential still authenticates");
+    assert!(claimed.is_none(), "a job was leased to a revoked agent");
+    assert_eq!(
+        state_of(&app, created.request.id).await,
+        RequestState::Approved
+    );
+    let job = spare
+        .claim(&nothing)
+        .await
+        .expect("claim")
+        .expect("the job is still queued for another agent");
+    assert_eq!(job.request_id, created.request.id);
+    app.stop().await;
+}
+
 /// Push dispatch: an agent already waiting in its long-poll receives a job queued afterwards
 /// within the same call (no retry, no poll interval).
 #[tokio::test]
