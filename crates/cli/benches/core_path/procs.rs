@@ -56,7 +56,7 @@ impl Proc {
 
 impl Proc {
     /// Stops the process with SIGTERM, as an operator would, and waits for it to exit.
-    fn terminate(&mut self) -> anyhow::Result<()> {
+    async fn terminate(&mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -73,7 +73,7 @@ impl Proc {
                     READY_DEADLINE.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(POLL).await;
         }
         Ok(())
     }
@@ -335,7 +335,7 @@ credentials.read.url = {pg_url}
 
     // The same agent run by the all-in-one binary (`portcullis agent`), as context: stopped
     // and started again on the same configuration, ready once its ready file is written anew.
-    agent.terminate()?;
+    agent.terminate().await?;
     std::fs::remove_file(&ready_file)?;
     let spawned = Instant::now();
     let mut all_in_one = spawn(

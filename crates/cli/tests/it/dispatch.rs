@@ -110,6 +110,39 @@ async fn claim_and_vanish(app: &TestApp, name: &str) -> Client {
     Client::new(app.url(), Some(&created.token)).expect("client")
 }
 
+/// Waits until an agent worker is idle in its claim on `demo`, ready for a hand-off.
+async fn until_idle(app: &TestApp) {
+    let demo = "demo".parse().expect("name");
+    let dispatch = &app.stack.server.state.dispatch;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dispatch.idle_workers(&demo) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim never became idle"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Request `id` was dispatched to nobody: it is still approved, and its job, still queued,
+/// goes to `agent`'s claim.
+async fn queued_for(app: &TestApp, agent: &Client, id: uuid::Uuid) {
+    assert_eq!(
+        state_of(app, id).await,
+        RequestState::Approved,
+        "the request was dispatched to nobody"
+    );
+    let job = agent
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 0,
+        })
+        .await
+        .expect("claim")
+        .expect("the job is still queued for another agent");
+    assert_eq!(job.request_id, id);
+}
+
 /// The state of request `id` as stored.
 async fn state_of(app: &TestApp, id: uuid::Uuid) -> RequestState {
     app.admin.request_view(id).await.expect("view").state
@@ -389,16 +422,8 @@ async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its
         (holder, job)
     });
     // The holder's worker is idle in its claim before the request exists: a hand-off.
-    let demo = "demo".parse().expect("name");
     let dispatch = &app.stack.server.state.dispatch;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while dispatch.idle_workers(&demo) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim never became idle"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_idle(&app).await;
     let created = app
         .admin
         .create_request(&demo_read("SELECT 5 AS n", "handed"), Duration::ZERO)
@@ -500,14 +525,7 @@ async fn ir5_a_claim_waiting_when_its_agent_is_revoked_ends_refused_and_gets_no_
     });
     let demo = "demo".parse().expect("name");
     let dispatch = &app.stack.server.state.dispatch;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while dispatch.idle_workers(&demo) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim never became idle"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_idle(&app).await;
     app.admin.revoke_agent("doomed").await.expect("revoke");
     assert_eq!(
         dispatch.idle_workers(&demo),
@@ -525,20 +543,7 @@ async fn ir5_a_claim_waiting_when_its_agent_is_revoked_ends_refused_and_gets_no_
     let ended = waiting.await.expect("task");
     let err = ended.expect_err("the revoked agent's waiting claim is refused, not given a job");
     assert_eq!(err.status(), Some(401), "{err}");
-    assert_eq!(
-        state_of(&app, created.request.id).await,
-        RequestState::Approved,
-        "the request was dispatched to nobody"
-    );
-    let job = spare
-        .claim(&ClaimRequest {
-            connections: served(),
-            wait_ms: 0,
-        })
-        .await
-        .expect("claim")
-        .expect("the queued job goes to another agent");
-    assert_eq!(job.request_id, created.request.id);
+    queued_for(&app, &spare, created.request.id).await;
     app.stop().await;
 }
 
@@ -574,16 +579,7 @@ async fn ir5_the_queue_leases_nothing_to_an_agent_the_store_records_revoked() {
         .await
         .expect("the cached credential still authenticates");
     assert!(claimed.is_none(), "a job was leased to a revoked agent");
-    assert_eq!(
-        state_of(&app, created.request.id).await,
-        RequestState::Approved
-    );
-    let job = spare
-        .claim(&nothing)
-        .await
-        .expect("claim")
-        .expect("the job is still queued for another agent");
-    assert_eq!(job.request_id, created.request.id);
+    queued_for(&app, &spare, created.request.id).await;
     app.stop().await;
 }
 
