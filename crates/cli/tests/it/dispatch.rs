@@ -583,6 +583,60 @@ async fn ir5_the_queue_leases_nothing_to_an_agent_the_store_records_revoked() {
     app.stop().await;
 }
 
+/// IR-5, the last check before a token leaves: a worker that registered idle in the instant
+/// between its agent's revocation mark and its own look at that mark (`claim_job` registers,
+/// then checks) can be taken for a hand-off. The committed hand-off is then never delivered:
+/// the worker's channel closes without a job, and the job goes back to the queue, recorded,
+/// for another agent. The worker is registered here directly, after the mark, to reach that
+/// instant every time.
+#[tokio::test]
+async fn ir5_a_hand_off_taken_for_a_revoked_agent_is_requeued_not_delivered() {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let _doomed = claim_and_vanish(&app, "doomed").await;
+    let spare = claim_and_vanish(&app, "spare").await;
+    let demo: portcullis_core::ConnectionName = "demo".parse().expect("name");
+    let dispatch = &app.stack.server.state.dispatch;
+    dispatch.revoke("doomed");
+    let mut worker = dispatch.register_idle(
+        std::slice::from_ref(&demo),
+        "doomed",
+        &portcullis_server::audit::Context::system("test"),
+    );
+    assert_eq!(dispatch.idle_workers(&demo), 1);
+    let created = app
+        .admin
+        .create_request(
+            &demo_read("SELECT 9", "handed, then held back"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("request");
+    assert_eq!(
+        dispatch.idle_workers(&demo),
+        0,
+        "the request did not take the idle worker for a hand-off"
+    );
+    // The create answers after its commit and the delivery (or the requeue) are done.
+    assert!(
+        matches!(worker.receiver.try_recv(), Err(TryRecvError::Closed)),
+        "a revoked agent's worker was handed a job"
+    );
+    let target = format!("request:{}", created.request.id);
+    let requeued: Vec<serde_json::Value> = app
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "request.requeued" && e["target"] == target.as_str())
+        .collect();
+    assert_eq!(requeued.len(), 1, "the return to the queue is audited once");
+    assert_eq!(requeued[0]["details"]["agent"], "doomed");
+    assert_eq!(requeued[0]["details"]["reason"], "undelivered");
+    drop(worker);
+    queued_for(&app, &spare, created.request.id).await;
+    app.stop().await;
+}
+
 /// Push dispatch: an agent already waiting in its long-poll receives a job queued afterwards
 /// within the same call (no retry, no poll interval).
 #[tokio::test]
