@@ -212,7 +212,8 @@ pub(crate) struct Processes {
     pub(crate) all_in_one_idle: f64,
     pub(crate) all_in_one_peak: f64,
     pub(crate) all_in_one_rate: f64,
-    /// The server idle again after one password login (its Argon2 buffer then pooled).
+    /// The server idle, before any load, after one password login (its Argon2 buffer then
+    /// pooled).
     pub(crate) server_after_login: f64,
 }
 
@@ -328,6 +329,25 @@ credentials.read.url = {pg_url}
     let server_idle = rss(server.pid())?;
     let agent_idle = rss(agent.pid())?;
 
+    // Still idle, after one password login (an unknown name, so the dummy verification
+    // runs): from then on the server keeps its Argon2 working buffer pooled, under the loads
+    // below too.
+    let refused = Client::new(&url, None)?
+        .login(&LoginRequest {
+            name: "nobody".into(),
+            password: "not a password of anyone here".into(),
+            code: None,
+            recovery_code: None,
+            remember_device: false,
+            device_token: None,
+        })
+        .await;
+    if refused.is_ok() {
+        bail!("a login for an unknown name was accepted");
+    }
+    tokio::time::sleep(SETTLE).await;
+    let server_after_login = rss(server.pid())?;
+
     let measured = under_load(&url, &setup.admin_token, pg, &mut server, &mut agent).await?;
     tokio::time::sleep(SETTLE).await;
     let server_after = rss(server.pid())?;
@@ -359,23 +379,6 @@ credentials.read.url = {pg_url}
     let all_in_one_idle = rss(all_in_one.pid())?;
     let context = under_load(&url, &setup.admin_token, pg, &mut server, &mut all_in_one).await?;
 
-    // One password login (an unknown name, so the dummy verification runs): from then on
-    // the server keeps its Argon2 working buffer pooled.
-    let refused = Client::new(&url, None)?
-        .login(&LoginRequest {
-            name: "nobody".into(),
-            password: "not a password of anyone here".into(),
-            code: None,
-            recovery_code: None,
-            remember_device: false,
-            device_token: None,
-        })
-        .await;
-    if refused.is_ok() {
-        bail!("a login for an unknown name was accepted");
-    }
-    tokio::time::sleep(SETTLE).await;
-    let server_after_login = rss(server.pid())?;
     drop(all_in_one);
     drop(server);
     Ok(Processes {
