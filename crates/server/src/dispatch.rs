@@ -221,8 +221,11 @@ impl Dispatch {
     }
 
     /// Marks `agent` revoked (IR-5), before the revocation commits: its workers idle in a
-    /// claim are withdrawn, their claims end (and, checking [`Dispatch::is_revoked`], are
-    /// refused), and [`Dispatch::take_idle`] and the delivery of a committed hand-off skip it.
+    /// claim are withdrawn, so [`Dispatch::take_idle`] no longer finds them, and their claims
+    /// end (and, checking [`Dispatch::is_revoked`], are refused). A worker that registers in
+    /// the instant between the mark and its claim's own check can still be taken; the
+    /// delivery of a committed hand-off checks the mark too, and sends the job back to the
+    /// queue instead (`lease::deliver`).
     pub fn revoke(&self, agent: &str) {
         self.revoked
             .lock()
