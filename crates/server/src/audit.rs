@@ -353,16 +353,48 @@ enum Savepoint {
     /// A later member whose savepoint was opened, or sent to be opened with its first
     /// batch; undone if the member is dropped (a savepoint that never opened is nothing to
     /// undo, `group::settle`).
-    Opened,
+    Opened(SavepointName),
 }
 
-/// The statement that opens a member's savepoint, as the start of a batch.
-macro_rules! open_savepoint {
-    () => {
-        "SAVEPOINT member;"
-    };
+/// The two names a member's savepoint takes in turn. A member that finishes leaves its
+/// savepoint to be released by the next member's first batch (no trip of its own), so two
+/// can be open at once: the finished one and the next member's. Their names always differ,
+/// so undoing a dropped member can never reach its predecessor's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SavepointName {
+    A,
+    B,
 }
-pub(crate) use open_savepoint;
+
+impl SavepointName {
+    fn other(self) -> SavepointName {
+        match self {
+            SavepointName::A => SavepointName::B,
+            SavepointName::B => SavepointName::A,
+        }
+    }
+
+    fn open(self) -> &'static str {
+        match self {
+            SavepointName::A => "SAVEPOINT member_a;",
+            SavepointName::B => "SAVEPOINT member_b;",
+        }
+    }
+
+    pub(super) fn release(self) -> &'static str {
+        match self {
+            SavepointName::A => "RELEASE member_a;",
+            SavepointName::B => "RELEASE member_b;",
+        }
+    }
+
+    pub(super) fn undo(self) -> &'static str {
+        match self {
+            SavepointName::A => "ROLLBACK TO member_a; RELEASE member_a",
+            SavepointName::B => "ROLLBACK TO member_b; RELEASE member_b",
+        }
+    }
+}
 
 /// One audit row appended by a transaction, waiting for its group's commit to be written.
 #[derive(Debug)]
@@ -418,40 +450,61 @@ impl AuditTx {
         }
         w.head = found;
         w.group = Some(Group::open(conn));
+        w.release_pending = None;
+        w.releasing = None;
         Ok(Savepoint::FirstOfGroup)
     }
 
     /// The writer connection, inside this transaction (its savepoint opened first if it
     /// joined a group and has not written yet).
     pub async fn conn(&mut self) -> sqlx::Result<&mut SqliteConnection> {
-        if self.savepoint == Savepoint::Pending {
-            // Marked before the trip: a caller dropped while it is under way leaves the
-            // savepoint to be undone, whether or not it opened.
-            self.savepoint = Savepoint::Opened;
-            sqlx::query(concat!(open_savepoint!(), ""))
+        if let Some(opening) = self.opening() {
+            sqlx::query(sqlx::AssertSqlSafe(opening))
                 .execute(self.group_conn())
                 .await?;
         }
         Ok(self.group_conn())
     }
 
-    /// The writer connection and the first statement batch to run on it: `opening` (which
-    /// must begin with [`open_savepoint!`]) when this transaction's savepoint is still to be
-    /// opened, `plain` (the same batch without it) otherwise. Saves the savepoint its own trip
-    /// to the writer connection; the caller runs the batch before any other statement.
-    pub fn first_batch(
-        &mut self,
-        opening: &'static str,
-        plain: &'static str,
-    ) -> (&'static str, &mut SqliteConnection) {
-        debug_assert!(opening.starts_with(open_savepoint!()) && opening.ends_with(plain));
-        let sql = if self.savepoint == Savepoint::Pending {
-            self.savepoint = Savepoint::Opened;
-            opening
-        } else {
-            plain
+    /// The writer connection and the first statement batch to run on it: `plain`, preceded
+    /// by the statements that open this transaction's savepoint (and release the one its
+    /// predecessor in the group left open) when it joined a group and has not written yet.
+    /// Saves those statements a trip of their own; the caller runs the batch, built only from
+    /// static statements, before any other statement.
+    pub fn first_batch(&mut self, plain: &'static str) -> (String, &mut SqliteConnection) {
+        let sql = match self.opening() {
+            Some(mut opening) => {
+                opening.push_str(plain);
+                opening
+            }
+            None => plain.to_owned(),
         };
         (sql, self.group_conn())
+    }
+
+    /// For a member whose savepoint is still to be opened: the statements that open it,
+    /// after releasing the savepoint of the member that finished before it, if that one is
+    /// still open. Marks the savepoint open before any trip: a caller dropped while the
+    /// statements are under way leaves them to be undone (`group::settle`), whether or not
+    /// they ran.
+    fn opening(&mut self) -> Option<String> {
+        if self.savepoint != Savepoint::Pending {
+            return None;
+        }
+        let w = self
+            .writer
+            .as_mut()
+            .expect("an AuditTx holds the writer until commit");
+        let before = w.release_pending.take();
+        let name = before.map_or(SavepointName::A, SavepointName::other);
+        w.releasing = before;
+        self.savepoint = Savepoint::Opened(name);
+        let mut sql = String::with_capacity(48);
+        if let Some(before) = before {
+            sql.push_str(before.release());
+        }
+        sql.push_str(name.open());
+        Some(sql)
     }
 
     fn group_conn(&mut self) -> &mut SqliteConnection {
@@ -555,21 +608,22 @@ impl AuditTx {
             )));
         };
         let audit = Arc::clone(&self.audit);
-        let Some(group) = w.group.as_mut() else {
+        if w.group.is_none() {
             audit.hand_over_here(w).await;
             return Err(AuditError::GroupFailed(Arc::from(
                 "the transaction's commit group was rolled back",
             )));
-        };
-        if self.savepoint == Savepoint::Opened
-            && let Err(e) = sqlx::query("RELEASE member")
-                .execute(&mut *group.conn)
-                .await
-        {
-            w.undo_savepoint = true;
-            audit.hand_over_here(w).await;
-            return Err(e.into());
         }
+        if let Savepoint::Opened(name) = self.savepoint {
+            // Released by the next member's first batch, or committed with the group: no
+            // trip of its own. Its first batch ran, so its predecessor's is released.
+            w.release_pending = Some(name);
+            w.releasing = None;
+        }
+        let group = w
+            .group
+            .as_mut()
+            .expect("the group is open: checked above, under the same lock");
         group.members += 1;
         group.live.append(&mut self.live);
         group.rows.append(&mut self.rows);
@@ -605,7 +659,7 @@ impl Drop for AuditTx {
             return;
         };
         match self.savepoint {
-            Savepoint::Opened => w.undo_savepoint = true,
+            Savepoint::Opened(name) => w.undo_savepoint = Some(name),
             // Nothing written, nothing to undo.
             Savepoint::Pending => {}
             Savepoint::FirstOfGroup => {

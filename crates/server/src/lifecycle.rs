@@ -15,7 +15,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome, open_savepoint};
+use crate::audit::{Action, AuditTx, Context, Event, Outcome};
 use crate::auth::{AgentPrincipal, UserPrincipal};
 use crate::clock;
 use crate::dispatch::Finished;
@@ -282,22 +282,11 @@ pub async fn create_request(
     // The request and its execution job in one statement batch (with this transaction's
     // savepoint when it joined a commit group): one trip to the writer connection.
     let (sql, conn) = if auto {
-        tx.first_batch(
-            concat!(
-                open_savepoint!(),
-                insert_request!(),
-                ";",
-                insert_execution_job!()
-            ),
-            concat!(insert_request!(), ";", insert_execution_job!()),
-        )
+        tx.first_batch(concat!(insert_request!(), ";", insert_execution_job!()))
     } else {
-        tx.first_batch(
-            concat!(open_savepoint!(), insert_request!()),
-            insert_request!(),
-        )
+        tx.first_batch(insert_request!())
     };
-    let mut insert = sqlx::query(sql)
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id.to_string())
         .bind(who.display())
         .bind(&who.user_id)

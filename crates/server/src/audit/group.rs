@@ -12,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::{OwnedMutexGuard, watch};
 
-use super::{Audit, AuditError, Head, PendingRow, head_of, head_query};
+use super::{Audit, AuditError, Head, PendingRow, SavepointName, head_of, head_query};
 use crate::events::LiveEvent;
 use crate::store::Store;
 
@@ -34,7 +34,7 @@ pub(super) type GroupOutcome = Option<Result<(), Arc<str>>>;
 /// once, with one fsync, and only then is any member acknowledged.
 pub(super) struct Group {
     pub(super) conn: GroupConn,
-    opened: Instant,
+    pub(super) opened: Instant,
     /// Members released into this group and waiting for its commit.
     pub(super) members: usize,
     pub(super) done: watch::Sender<GroupOutcome>,
@@ -161,8 +161,15 @@ pub(super) struct Writer {
     pub(super) group: Option<Group>,
     /// The head including released but not yet committed members.
     pub(super) head: Head,
-    /// A member was dropped inside its savepoint; the next holder undoes it first.
-    pub(super) undo_savepoint: bool,
+    /// A member was dropped inside this savepoint; the next holder undoes it first.
+    pub(super) undo_savepoint: Option<SavepointName>,
+    /// The savepoint of the last member that finished, still open: the next member's first
+    /// batch releases it (the group's `COMMIT` commits it otherwise).
+    pub(super) release_pending: Option<SavepointName>,
+    /// The finished member's savepoint the current member's first batch was sent to release:
+    /// if that member is dropped, whether the release ran is unknown, and the undo releases
+    /// it again, tolerating its absence.
+    pub(super) releasing: Option<SavepointName>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -247,6 +254,9 @@ impl Audit {
         let Some(group) = w.group.take() else {
             return Vec::new();
         };
+        // The COMMIT ends every savepoint still open with the transaction.
+        w.release_pending = None;
+        w.releasing = None;
         let Group {
             conn,
             done,
@@ -288,7 +298,9 @@ impl Audit {
             group.done.send_replace(Some(Err(Arc::from(why))));
         }
         w.head = self.head();
-        w.undo_savepoint = false;
+        w.undo_savepoint = None;
+        w.release_pending = None;
+        w.releasing = None;
     }
 
     fn deliver(&self, alerts: &[crate::alerts::Alert]) {
@@ -339,33 +351,40 @@ async fn insert_rows(
     Ok(())
 }
 
-/// Undoes the savepoint a dropped member left open. When that fails the group is broken
-/// and is rolled back whole.
+/// Undoes the savepoint a dropped member left open, and releases its predecessor's if the
+/// dropped member's first batch was to do it and may not have. When that fails the group is
+/// broken and is rolled back whole.
 pub(super) async fn settle(w: &mut Writer, audit: &Audit) -> Result<(), AuditError> {
-    if !w.undo_savepoint {
-        return Ok(());
-    }
-    let Some(group) = w.group.as_mut() else {
-        w.undo_savepoint = false;
+    let Some(name) = w.undo_savepoint else {
         return Ok(());
     };
-    // The flag is cleared only once the undo is done: a holder dropped in between leaves
-    // it for the next one.
-    match sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
-        .execute(&mut *group.conn)
-        .await
-    {
-        Ok(_) => {}
-        // The member was dropped before its first batch (which opens the savepoint) reached
-        // the connection: none of its statements ran. Members release or undo their
-        // savepoint before the next one joins, so no other savepoint of that name exists.
-        Err(e) if never_opened(&e) => {}
-        Err(e) => {
-            audit.abandon_group(w, "undoing a failed transaction's savepoint failed");
-            return Err(e.into());
+    let Some(group) = w.group.as_mut() else {
+        w.undo_savepoint = None;
+        w.releasing = None;
+        return Ok(());
+    };
+    // Cleared only once the undo is done: a holder dropped in between leaves it for the next
+    // one, and each step finds nothing to do the second time.
+    let mut steps = vec![name.undo()];
+    if let Some(before) = w.releasing {
+        steps.push(before.release());
+    }
+    for step in steps {
+        match sqlx::raw_sql(step).execute(&mut *group.conn).await {
+            Ok(_) => {}
+            // The member was dropped before its first batch (which opens its savepoint, after
+            // releasing its predecessor's) ran that far: nothing of it to undo, or nothing
+            // left to release. The two savepoints' names differ, so neither step can reach
+            // the other's.
+            Err(e) if never_opened(&e) => {}
+            Err(e) => {
+                audit.abandon_group(w, "undoing a failed transaction's savepoint failed");
+                return Err(e.into());
+            }
         }
     }
-    w.undo_savepoint = false;
+    w.undo_savepoint = None;
+    w.releasing = None;
     Ok(())
 }
 

@@ -251,18 +251,17 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
         let (conn, _) = super::group::GroupConn::begin(&store).await.unwrap();
         w.group = Some(super::group::Group::open(conn));
     }
-    const OPENING: &str =
-        "SAVEPOINT member;INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
     const PLAIN: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
+    let opening = format!("SAVEPOINT member_a;{PLAIN}");
 
     let mut half = AuditTx::begin(&store, &audit).await.unwrap();
     assert_eq!(half.savepoint, Savepoint::Pending);
     half.append(&Context::system("test"), event("half".into(), "1".into()))
         .await
         .unwrap();
-    let (sql, conn) = half.first_batch(OPENING, PLAIN);
-    assert_eq!(sql, OPENING);
-    let err = sqlx::query(sql)
+    let (sql, conn) = half.first_batch(PLAIN);
+    assert_eq!(sql, opening);
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind("half")
         .execute(conn)
         .await
@@ -272,8 +271,8 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
 
     let mut unsent = AuditTx::begin(&store, &audit).await.unwrap();
     assert_eq!(unsent.savepoint, Savepoint::Pending);
-    let (sql, _conn) = unsent.first_batch(OPENING, PLAIN);
-    assert_eq!(sql, OPENING);
+    let (sql, _conn) = unsent.first_batch(PLAIN);
+    assert_eq!(sql, opening);
     drop(unsent);
 
     let mut kept = AuditTx::begin(&store, &audit).await.unwrap();
@@ -282,9 +281,12 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
         Savepoint::Pending,
         "the group was left open"
     );
-    const KEEP: &str = "SAVEPOINT member;INSERT INTO marks (who) VALUES (?)";
-    let (sql, conn) = kept.first_batch(KEEP, "INSERT INTO marks (who) VALUES (?)");
-    sqlx::query(sql).bind("kept").execute(conn).await.unwrap();
+    let (sql, conn) = kept.first_batch("INSERT INTO marks (who) VALUES (?)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind("kept")
+        .execute(conn)
+        .await
+        .unwrap();
     let seq = kept
         .append(&Context::system("test"), event("kept".into(), "3".into()))
         .await
@@ -304,6 +306,123 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
         .await
         .unwrap();
     assert_eq!(actors, ["kept"]);
+}
+
+/// Starts `AuditTx::begin` in a task and returns once it waits for the writer, so that the
+/// holder's release leaves the group open for it.
+async fn begin_waiting(
+    store: &Store,
+    audit: &Arc<Audit>,
+) -> tokio::task::JoinHandle<Result<AuditTx, AuditError>> {
+    let waiting_before = audit.waiting.load(Ordering::SeqCst);
+    let (store, audit2) = (store.clone(), Arc::clone(audit));
+    let task = tokio::spawn(async move { AuditTx::begin(&store, &audit2).await });
+    while audit.waiting.load(Ordering::SeqCst) == waiting_before {
+        tokio::task::yield_now().await;
+    }
+    task
+}
+
+/// AUD-2: a member that finished leaves its savepoint for the next member's first batch to
+/// release (no trip of its own). A next member dropped before that batch ran, or whose
+/// batch failed half-way, undoes only its own statements: the finished member's change is
+/// kept and committed with the group, with its event, and so is the last member's.
+#[tokio::test]
+async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones_work() {
+    let (_dir, store, audit) = fresh().await;
+    let mut setup = store.begin().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE marks (who TEXT NOT NULL)")
+        .execute(&mut *setup)
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    // An open group with no member yet, too young to be committed for its age while the
+    // members below come and go: they all join it.
+    {
+        let mut w = audit.lock_writer().await;
+        let (conn, _) = super::group::GroupConn::begin(&store).await.unwrap();
+        let mut group = super::group::Group::open(conn);
+        group.opened = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        w.group = Some(group);
+    }
+    const MARK: &str = "INSERT INTO marks (who) VALUES (?)";
+    const FAILING: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
+    let ctx = Context::system("test");
+
+    let mut first = AuditTx::begin(&store, &audit).await.unwrap();
+    let (sql, conn) = first.first_batch(MARK);
+    assert_eq!(sql, format!("SAVEPOINT member_a;{MARK}"));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind("first")
+        .execute(conn)
+        .await
+        .unwrap();
+    first
+        .append(&ctx, event("first".into(), "1".into()))
+        .await
+        .unwrap();
+    let next = begin_waiting(&store, &audit).await;
+    let first_done = tokio::spawn(first.commit());
+
+    // Sent to release the finished member's savepoint and open its own, but dropped before
+    // its batch ran: its undo must not reach the finished member's savepoint.
+    let mut unsent = next.await.unwrap().unwrap();
+    let (sql, _conn) = unsent.first_batch(MARK);
+    assert_eq!(sql, format!("RELEASE member_a;SAVEPOINT member_b;{MARK}"));
+    let next = begin_waiting(&store, &audit).await;
+    drop(unsent);
+
+    // The undo above released the finished member's savepoint too (the dropped batch was to
+    // do it): a second member dropped before its batch ran, under the first name again,
+    // finds no savepoint of that name to undo.
+    let mut unsent_again = next.await.unwrap().unwrap();
+    let (sql, _conn) = unsent_again.first_batch(MARK);
+    assert_eq!(sql, format!("SAVEPOINT member_a;{MARK}"));
+    let next = begin_waiting(&store, &audit).await;
+    drop(unsent_again);
+
+    // Its batch opened its savepoint, wrote, then failed: it rolls back alone.
+    let mut half = next.await.unwrap().unwrap();
+    half.append(&ctx, event("half".into(), "2".into()))
+        .await
+        .unwrap();
+    let (sql, conn) = half.first_batch(FAILING);
+    assert_eq!(sql, format!("SAVEPOINT member_a;{FAILING}"));
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind("half")
+        .execute(conn)
+        .await
+        .expect_err("the batch's second statement fails");
+    assert!(err.to_string().contains("missing"), "{err}");
+    let next = begin_waiting(&store, &audit).await;
+    drop(half);
+
+    let mut kept = next.await.unwrap().unwrap();
+    let (sql, conn) = kept.first_batch(MARK);
+    assert_eq!(sql, format!("SAVEPOINT member_a;{MARK}"));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind("kept")
+        .execute(conn)
+        .await
+        .unwrap();
+    kept.append(&ctx, event("kept".into(), "3".into()))
+        .await
+        .unwrap();
+    kept.commit().await.unwrap();
+    first_done.await.unwrap().unwrap();
+
+    let marks: Vec<String> = sqlx::query_scalar("SELECT who FROM marks ORDER BY rowid")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(marks, ["first", "kept"]);
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events ORDER BY seq")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(actors, ["first", "kept"]);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (2, None));
 }
 
 /// AUD-3: the chain checked in concurrent ranges reports exactly what one pass in sequence

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::parse_uuid;
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome, open_savepoint};
+use crate::audit::{Action, AuditTx, Context, Event, Outcome};
 use crate::auth::AgentPrincipal;
 use crate::clock;
 use crate::dispatch::Finished;
@@ -56,12 +56,9 @@ pub async fn report_job(
     let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     // The common case in one statement batch: an execution job leased to this agent ends
     // its request and is marked done. Anything else finds no row and is sorted out below.
-    let (sql, conn) = tx.first_batch(
-        concat!(open_savepoint!(), finish_execution!()),
-        finish_execution!(),
-    );
+    let (sql, conn) = tx.first_batch(finish_execution!());
     let job = job_id.to_string();
-    let rows = sqlx::query(sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(next.as_str())
         .bind(now)
         .bind(now)
