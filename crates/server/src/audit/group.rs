@@ -365,11 +365,8 @@ pub(super) async fn settle(w: &mut Writer, audit: &Audit) -> Result<(), AuditErr
     };
     // Cleared only once the undo is done: a holder dropped in between leaves it for the next
     // one, and each step finds nothing to do the second time.
-    let mut steps = vec![name.undo()];
-    if let Some(before) = w.releasing {
-        steps.push(before.release());
-    }
-    for step in steps {
+    let steps = [Some(name.undo()), w.releasing.map(SavepointName::release)];
+    for step in steps.into_iter().flatten() {
         match sqlx::raw_sql(step).execute(&mut *group.conn).await {
             Ok(_) => {}
             // The member was dropped before its first batch (which opens its savepoint, after

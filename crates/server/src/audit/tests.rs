@@ -232,6 +232,42 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
     assert_eq!((report.events, report.first_bad_seq), (1, None));
 }
 
+/// A `marks` table to write to, and an open commit group with no member yet, too young to
+/// be committed for its age while the test's members come and go: they all join it.
+async fn marks_and_an_open_group(store: &Store, audit: &Arc<Audit>) {
+    let mut setup = store.begin().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE marks (who TEXT NOT NULL)")
+        .execute(&mut *setup)
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    let mut w = audit.lock_writer().await;
+    let (conn, _) = super::group::GroupConn::begin(store).await.unwrap();
+    let mut group = super::group::Group::open(conn);
+    group.opened = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    w.group = Some(group);
+}
+
+/// Exactly `who`'s marks, in order, were committed, each with its one event (the actor named
+/// after it), and the chain verifies.
+async fn assert_committed(store: &Store, who: &[&str]) {
+    let marks: Vec<String> = sqlx::query_scalar("SELECT who FROM marks ORDER BY rowid")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(marks, who);
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events ORDER BY seq")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(actors, who);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!(
+        (report.events, report.first_bad_seq),
+        (who.len() as u64, None)
+    );
+}
+
 /// AUD-2: a member's savepoint opens with its first statement batch. A member dropped after
 /// its batch failed half-way rolls back alone; one dropped before its batch ever reached
 /// the connection (no savepoint to undo) breaks nothing; the next member commits with the
@@ -239,18 +275,7 @@ async fn a_group_whose_audit_rows_are_refused_commits_nothing() {
 #[tokio::test]
 async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
     let (_dir, store, audit) = fresh().await;
-    let mut setup = store.begin().await.unwrap();
-    sqlx::raw_sql("CREATE TABLE marks (who TEXT NOT NULL)")
-        .execute(&mut *setup)
-        .await
-        .unwrap();
-    setup.commit().await.unwrap();
-    // An open group with no member yet: the transactions below all join it.
-    {
-        let mut w = audit.lock_writer().await;
-        let (conn, _) = super::group::GroupConn::begin(&store).await.unwrap();
-        w.group = Some(super::group::Group::open(conn));
-    }
+    marks_and_an_open_group(&store, &audit).await;
     const PLAIN: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
     let opening = format!("SAVEPOINT member_a;{PLAIN}");
 
@@ -294,18 +319,7 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
     kept.commit().await.unwrap();
 
     assert_eq!(seq, 1, "the dropped member's event was not taken back");
-    let marks: Vec<String> = sqlx::query_scalar("SELECT who FROM marks")
-        .fetch_all(store.reader())
-        .await
-        .unwrap();
-    assert_eq!(marks, ["kept"]);
-    let report = verify(store.reader(), None).await.unwrap();
-    assert_eq!((report.events, report.first_bad_seq), (1, None));
-    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events")
-        .fetch_all(store.reader())
-        .await
-        .unwrap();
-    assert_eq!(actors, ["kept"]);
+    assert_committed(&store, &["kept"]).await;
 }
 
 /// Starts `AuditTx::begin` in a task and returns once it waits for the writer, so that the
@@ -330,21 +344,7 @@ async fn begin_waiting(
 #[tokio::test]
 async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones_work() {
     let (_dir, store, audit) = fresh().await;
-    let mut setup = store.begin().await.unwrap();
-    sqlx::raw_sql("CREATE TABLE marks (who TEXT NOT NULL)")
-        .execute(&mut *setup)
-        .await
-        .unwrap();
-    setup.commit().await.unwrap();
-    // An open group with no member yet, too young to be committed for its age while the
-    // members below come and go: they all join it.
-    {
-        let mut w = audit.lock_writer().await;
-        let (conn, _) = super::group::GroupConn::begin(&store).await.unwrap();
-        let mut group = super::group::Group::open(conn);
-        group.opened = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        w.group = Some(group);
-    }
+    marks_and_an_open_group(&store, &audit).await;
     const MARK: &str = "INSERT INTO marks (who) VALUES (?)";
     const FAILING: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
     let ctx = Context::system("test");
@@ -411,18 +411,7 @@ async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones
     kept.commit().await.unwrap();
     first_done.await.unwrap().unwrap();
 
-    let marks: Vec<String> = sqlx::query_scalar("SELECT who FROM marks ORDER BY rowid")
-        .fetch_all(store.reader())
-        .await
-        .unwrap();
-    assert_eq!(marks, ["first", "kept"]);
-    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events ORDER BY seq")
-        .fetch_all(store.reader())
-        .await
-        .unwrap();
-    assert_eq!(actors, ["first", "kept"]);
-    let report = verify(store.reader(), None).await.unwrap();
-    assert_eq!((report.events, report.first_bad_seq), (2, None));
+    assert_committed(&store, &["first", "kept"]).await;
 }
 
 /// AUD-3: the chain checked in concurrent ranges reports exactly what one pass in sequence
