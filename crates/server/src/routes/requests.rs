@@ -1,5 +1,6 @@
 //! `/api/v1/requests`: create, list, show, wait for and cancel requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,6 +11,7 @@ use portcullis_proto::api::{
     CreateRequest, DecideRequest, PolicyCheck, PolicyVerdict, RequestOutcome, RequestView,
 };
 use serde::Deserialize;
+use tokio::sync::watch;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -18,6 +20,7 @@ use crate::AppState;
 use crate::approvals::{self, Verdict};
 use crate::auth::UserPrincipal;
 use crate::clock;
+use crate::dispatch::Finished;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
 
@@ -227,23 +230,13 @@ async fn wait_outcome(
                 .0;
         }
     }
-    // A request read as finished may have been committed an instant before its outcome is
-    // published (`Dispatch::complete` follows the commit): wait that instant rather than
-    // answer "succeeded" without its result. Timestamps are fixed-width UTC, so they compare
-    // as text.
-    let recent = clock::format_ms(clock::now_ms() - RECENTLY_FINISHED_MS);
-    let just_finished = view
-        .finished_at
-        .as_deref()
-        .is_some_and(|at| at >= recent.as_str());
-    if just_finished && !wait.is_zero() && outcome.borrow().is_none() {
-        let _ = tokio::time::timeout(
-            wait.min(PUBLICATION_GRACE),
-            outcome.wait_for(Option::is_some),
-        )
-        .await;
-    }
-    let finished = outcome.borrow().clone();
+    let finished = published_outcome(
+        &mut outcome,
+        view.finished_at.as_deref(),
+        wait,
+        clock::now_ms(),
+    )
+    .await;
     if let Some(f) = &finished
         && f.state != view.state
     {
@@ -263,6 +256,31 @@ async fn wait_outcome(
         request: view,
         result,
     })
+}
+
+/// The outcome published for a request whose view was just read, finished at `finished_at`
+/// (`None`: not finished). A request read as finished may have been committed an instant
+/// before its outcome is published (`Dispatch::complete` follows the commit): this waits that
+/// instant, up to [`PUBLICATION_GRACE`] and never past `wait`, rather than answer "succeeded"
+/// without its result. A request that finished long ago, or is not finished, is answered at
+/// once with what is published.
+async fn published_outcome(
+    outcome: &mut watch::Receiver<Option<Arc<Finished>>>,
+    finished_at: Option<&str>,
+    wait: Duration,
+    now_ms: i64,
+) -> Option<Arc<Finished>> {
+    // Timestamps are fixed-width UTC, so they compare as text.
+    let recent = clock::format_ms(now_ms - RECENTLY_FINISHED_MS);
+    let just_finished = finished_at.is_some_and(|at| at >= recent.as_str());
+    if just_finished && !wait.is_zero() && outcome.borrow().is_none() {
+        let _ = tokio::time::timeout(
+            wait.min(PUBLICATION_GRACE),
+            outcome.wait_for(Option::is_some),
+        )
+        .await;
+    }
+    outcome.borrow().clone()
 }
 
 /// One request: the caller's own, or anyone's with `requests:view_all`.
@@ -537,4 +555,87 @@ async fn view_json(state: &AppState, id: Uuid) -> Result<Json<RequestView>, ApiE
             .ok_or(ApiError::NotFound)?
             .0,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use portcullis_proto::api::ExecResult;
+
+    use super::*;
+
+    fn succeeded_with_one_row() -> Arc<Finished> {
+        Arc::new(Finished {
+            state: RequestState::Succeeded,
+            result: Some(Arc::new(ExecResult {
+                rows: vec![vec![serde_json::json!(1)]],
+                row_count: 1,
+                ..ExecResult::default()
+            })),
+            error: None,
+            view: None,
+        })
+    }
+
+    /// EX-3: a wait that reads its request as just finished before the outcome is published
+    /// (the commit came first; `Dispatch::complete` follows it) answers with the outcome and
+    /// its result once published, not with "succeeded" and no result. The first poll runs the
+    /// whole check in memory, so the outcome is published exactly between the read and the
+    /// answer, with no timing involved.
+    #[tokio::test]
+    async fn ex3_a_wait_that_reads_a_request_just_finished_answers_with_its_published_result() {
+        let now = clock::now_ms();
+        let finished_at = clock::format_ms(now);
+        let (publish, mut outcome) = watch::channel(None);
+        let mut answer = Box::pin(published_outcome(
+            &mut outcome,
+            Some(&finished_at),
+            Duration::from_secs(30),
+            now,
+        ));
+        assert!(
+            (&mut answer).now_or_never().is_none(),
+            "a request read as just finished was answered before its outcome was published"
+        );
+        publish.send_replace(Some(succeeded_with_one_row()));
+        let finished = answer.await.expect("the published outcome");
+        assert_eq!(finished.state, RequestState::Succeeded);
+        assert_eq!(finished.result.as_ref().map(|r| r.row_count), Some(1));
+    }
+
+    /// The grace is only for a request that has just finished: one that is not finished, that
+    /// finished long ago (its outcome was published, or never will be), or asked with no wait
+    /// is answered at once with whatever is published.
+    #[tokio::test]
+    async fn a_wait_answers_at_once_when_no_publication_is_due() {
+        let now = clock::now_ms();
+        let long_ago = clock::format_ms(now - RECENTLY_FINISHED_MS - 1_000);
+        let just_now = clock::format_ms(now);
+        let cases = [
+            (None, Duration::from_secs(30), "not finished"),
+            (
+                Some(long_ago.as_str()),
+                Duration::from_secs(30),
+                "finished long ago",
+            ),
+            (Some(just_now.as_str()), Duration::ZERO, "no wait asked"),
+        ];
+        for (finished_at, wait, case) in cases {
+            let (_publish, mut outcome) = watch::channel(None);
+            let answer = published_outcome(&mut outcome, finished_at, wait, now).now_or_never();
+            assert!(
+                matches!(answer, Some(None)),
+                "{case}: not answered at once with nothing published"
+            );
+        }
+        // Published already: answered at once with it.
+        let (_publish, mut outcome) = watch::channel(Some(succeeded_with_one_row()));
+        let answer = published_outcome(&mut outcome, Some(&just_now), Duration::from_secs(30), now)
+            .now_or_never()
+            .expect("answered at once");
+        assert_eq!(
+            answer.and_then(|f| f.result.as_ref().map(|r| r.row_count)),
+            Some(1)
+        );
+    }
 }
