@@ -179,6 +179,10 @@ impl Server {
             checkpoint,
             signing,
         )));
+        tasks.push(tokio::spawn(store::run_wal_checkpointer(
+            state.store.clone(),
+            audit.subscribe(),
+        )));
         tasks.push(tokio::spawn(reaper::run_reaper(
             state.clone(),
             shutdown.subscribe(),

@@ -9,8 +9,24 @@ use std::time::Duration;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::watch;
 
 pub const STATE_FILE: &str = "portcullis.db";
+
+/// WAL frames the writer connection lets pile up before it checkpoints the WAL itself, inside
+/// the commit that crosses the mark (SQLite's auto-checkpoint; its default is 1,000).
+/// [`run_wal_checkpointer`] copies the frames beside the writer, so the writer's own
+/// checkpoint finds most of them copied already; it still comes, because a checkpoint that
+/// runs while commits keep coming never catches up with the last one, and only a WAL copied
+/// up to its end is reused from its start. The mark bounds how far the WAL file grows: a file
+/// that keeps growing makes every commit's fsync write its new size as well.
+const WRITER_AUTOCHECKPOINT_FRAMES: u32 = 4_000;
+/// The WAL is cut back to this size when it restarts after having grown past it (a burst, or
+/// readers that kept old frames in use).
+const WAL_SIZE_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
+/// The least time between two background WAL checkpoints: commits in between are copied by
+/// the next one, each page once.
+const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 portcullis_core::names::closed_enum! {
     /// How hard a commit is pushed to disk. `full` (the default): every commit, and so every
@@ -88,6 +104,10 @@ pub fn latest_migration() -> i64 {
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The background WAL checkpointer's own connection, opened at its first use.
+    wal_checkpointer: SqlitePool,
+    /// How many background WAL checkpoints ran (including ones that failed).
+    wal_checkpoints: std::sync::Arc<watch::Sender<u64>>,
     path: PathBuf,
 }
 
@@ -124,8 +144,22 @@ impl Store {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma(
+                        "wal_autocheckpoint",
+                        WRITER_AUTOCHECKPOINT_FRAMES.to_string(),
+                    )
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string()),
+            )
             .await?;
+        let wal_checkpointer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options.clone());
         let reader = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(4)
@@ -146,6 +180,8 @@ impl Store {
         let store = Store {
             writer,
             reader,
+            wal_checkpointer,
+            wal_checkpoints: std::sync::Arc::new(watch::channel(0).0),
             path,
         };
         store.migrate().await?;
@@ -214,8 +250,68 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.wal_checkpointer.close().await;
         self.writer.close().await;
         self.reader.close().await;
+    }
+
+    /// Copies the WAL's committed frames into the database file without waiting for readers
+    /// or the writer (`PASSIVE`), on the checkpointer's own connection. With `synchronous =
+    /// full` the database file is fsynced after the copy. Frames a reader still needs stay in
+    /// the WAL for the next checkpoint.
+    pub async fn checkpoint_wal(&self) -> sqlx::Result<WalCheckpoint> {
+        let (busy, frames, copied): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&self.wal_checkpointer)
+                .await?;
+        Ok(WalCheckpoint {
+            busy: busy != 0,
+            frames,
+            copied,
+        })
+    }
+
+    /// Counts the background WAL checkpoints as they end ([`run_wal_checkpointer`]).
+    pub fn wal_checkpoints(&self) -> watch::Receiver<u64> {
+        self.wal_checkpoints.subscribe()
+    }
+}
+
+/// What one [`Store::checkpoint_wal`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// Another checkpoint was running (the writer's own): this one did nothing.
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub frames: i64,
+    /// Of those, frames now in the database file.
+    pub copied: i64,
+}
+
+/// Checkpoints the state store's WAL in the background after commits, at most once per
+/// [`WAL_CHECKPOINT_INTERVAL`]: woken by `commits` (pushed, never polled), it waits out the
+/// interval so that a burst of commits costs one checkpoint, then copies what they wrote.
+/// Ends when `commits` closes. A failed checkpoint is logged and retried after the next
+/// commit; the writer's own auto-checkpoint keeps the WAL bounded even when this task cannot
+/// run.
+pub async fn run_wal_checkpointer<T>(store: Store, mut commits: watch::Receiver<T>) {
+    while commits.changed().await.is_ok() {
+        tokio::time::sleep(WAL_CHECKPOINT_INTERVAL).await;
+        commits.mark_unchanged();
+        match store.checkpoint_wal().await {
+            Ok(c) => {
+                tracing::trace!(
+                    busy = c.busy,
+                    frames = c.frames,
+                    copied = c.copied,
+                    "WAL checkpoint"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the state store's WAL failed; retried after the next commit")
+            }
+        }
+        store.wal_checkpoints.send_modify(|n| *n += 1);
     }
 }
 
@@ -251,5 +347,59 @@ mod tests {
         store.close().await;
         let err = Store::open(dir.path()).await.unwrap_err().to_string();
         assert!(err.contains("newer than this binary"), "{err}");
+    }
+
+    /// The writer leaves WAL checkpoints to the background checkpointer: a commit that
+    /// writes more than SQLite's default auto-checkpoint mark (1,000 frames) copies nothing
+    /// into the database file, and the checkpointer, woken by a commit, does.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer_not_in_its_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let file_len = || {
+            std::fs::metadata(Store::state_file(dir.path()))
+                .unwrap()
+                .len()
+        };
+        let before = file_len();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) INSERT INTO filler SELECT zeroblob(3000) FROM n",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let wal = std::fs::metadata(dir.path().join(format!("{STATE_FILE}-wal")))
+            .unwrap()
+            .len();
+        assert!(wal > 1_200 * 4096, "the commit wrote {wal} bytes of WAL");
+        assert_eq!(
+            file_len(),
+            before,
+            "the writer checkpointed the WAL inside its commit"
+        );
+
+        let (commits, woken) = watch::channel(());
+        let mut checkpoints = store.wal_checkpoints();
+        let checkpointer = tokio::spawn(run_wal_checkpointer(store.clone(), woken));
+        commits.send_replace(());
+        tokio::time::timeout(Duration::from_secs(30), checkpoints.changed())
+            .await
+            .expect("a checkpoint within 30 s of a commit")
+            .unwrap();
+        assert!(
+            file_len() > before + 1_200 * 4096,
+            "the checkpointer copied the WAL into the database file: {} bytes",
+            file_len()
+        );
+        // It ends with its wake-ups.
+        drop(commits);
+        checkpointer.await.unwrap();
+        store.close().await;
     }
 }
