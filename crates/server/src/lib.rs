@@ -182,6 +182,7 @@ impl Server {
         tasks.push(tokio::spawn(store::run_wal_checkpointer(
             state.store.clone(),
             audit.subscribe(),
+            shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(reaper::run_reaper(
             state.clone(),

@@ -291,10 +291,21 @@ pub struct WalCheckpoint {
 /// Checkpoints the state store's WAL in the background after commits, at most once per
 /// [`WAL_CHECKPOINT_INTERVAL`]: woken by `commits` (pushed, never polled), it waits out the
 /// interval so that a burst of commits costs one checkpoint, then copies what they wrote.
-/// Ends when `commits` closes. A failed checkpoint is logged and retried after the next
-/// commit; the writer's own auto-checkpoint keeps the WAL bounded even when this task cannot
-/// run.
-pub async fn run_wal_checkpointer<T>(store: Store, mut commits: watch::Receiver<T>) {
+/// Ends when `stop` turns true (the server's shutdown) or `commits` closes. A failed
+/// checkpoint is logged and retried after the next commit; the writer's own auto-checkpoint
+/// keeps the WAL bounded even when this task cannot run.
+pub async fn run_wal_checkpointer<T>(
+    store: Store,
+    commits: watch::Receiver<T>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = checkpoint_after_commits(&store, commits) => {}
+        _ = stop.wait_for(|stopping| *stopping) => {}
+    }
+}
+
+async fn checkpoint_after_commits<T>(store: &Store, mut commits: watch::Receiver<T>) {
     while commits.changed().await.is_ok() {
         tokio::time::sleep(WAL_CHECKPOINT_INTERVAL).await;
         commits.mark_unchanged();
@@ -307,9 +318,10 @@ pub async fn run_wal_checkpointer<T>(store: Store, mut commits: watch::Receiver<
                     "WAL checkpoint"
                 );
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpointing the state store's WAL failed; retried after the next commit")
-            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "checkpointing the state store's WAL failed; retried after the next commit"
+            ),
         }
         store.wal_checkpoints.send_modify(|n| *n += 1);
     }
@@ -385,8 +397,9 @@ mod tests {
         );
 
         let (commits, woken) = watch::channel(());
+        let (shutdown, stop) = watch::channel(false);
         let mut checkpoints = store.wal_checkpoints();
-        let checkpointer = tokio::spawn(run_wal_checkpointer(store.clone(), woken));
+        let checkpointer = tokio::spawn(run_wal_checkpointer(store.clone(), woken, stop));
         commits.send_replace(());
         tokio::time::timeout(Duration::from_secs(30), checkpoints.changed())
             .await
@@ -397,9 +410,13 @@ mod tests {
             "the checkpointer copied the WAL into the database file: {} bytes",
             file_len()
         );
-        // It ends with its wake-ups.
+        // It ends at the server's shutdown, commits or not (the server waits for it).
+        shutdown.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), checkpointer)
+            .await
+            .expect("the checkpointer ends at shutdown")
+            .unwrap();
         drop(commits);
-        checkpointer.await.unwrap();
         store.close().await;
     }
 }
