@@ -1,6 +1,8 @@
 //! The state store: embedded SQLite in WAL mode at `<data dir>/portcullis.db`, with versioned
 //! migrations. Writes go through one connection so that every transaction is serialized
-//! (`BEGIN IMMEDIATE`) and the audit chain head is never raced; reads use a separate pool.
+//! (`BEGIN IMMEDIATE`) and the audit chain head is never raced; reads use a separate pool,
+//! and the WAL is checkpointed in the background on a connection of its own
+//! ([`run_wal_checkpointer`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
