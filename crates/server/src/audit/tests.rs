@@ -268,6 +268,28 @@ async fn assert_committed(store: &Store, who: &[&str]) {
     );
 }
 
+/// A first batch that marks `who`.
+const MARK: &str = "INSERT INTO marks (who) VALUES (?)";
+/// A first batch that marks `who`, then fails.
+const FAILING_MARK: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
+
+/// Runs `tx`'s first batch, `plain` binding `who`, after checking that what opens it is
+/// `opening` (the savepoint statements, or nothing).
+async fn run_first_batch(
+    tx: &mut AuditTx,
+    plain: &'static str,
+    opening: &str,
+    who: &str,
+) -> sqlx::Result<()> {
+    let (sql, conn) = tx.first_batch(plain);
+    assert_eq!(sql, format!("{opening}{plain}"));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(who)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// AUD-2: a member's savepoint opens with its first statement batch. A member dropped after
 /// its batch failed half-way rolls back alone; one dropped before its batch ever reached
 /// the connection (no savepoint to undo) breaks nothing; the next member commits with the
@@ -276,19 +298,13 @@ async fn assert_committed(store: &Store, who: &[&str]) {
 async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
     let (_dir, store, audit) = fresh().await;
     marks_and_an_open_group(&store, &audit).await;
-    const PLAIN: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
-    let opening = format!("SAVEPOINT member_a;{PLAIN}");
 
     let mut half = AuditTx::begin(&store, &audit).await.unwrap();
     assert_eq!(half.savepoint, Savepoint::Pending);
     half.append(&Context::system("test"), event("half".into(), "1".into()))
         .await
         .unwrap();
-    let (sql, conn) = half.first_batch(PLAIN);
-    assert_eq!(sql, opening);
-    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind("half")
-        .execute(conn)
+    let err = run_first_batch(&mut half, FAILING_MARK, "SAVEPOINT member_a;", "half")
         .await
         .expect_err("the batch's second statement fails");
     assert!(err.to_string().contains("missing"), "{err}");
@@ -296,8 +312,8 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
 
     let mut unsent = AuditTx::begin(&store, &audit).await.unwrap();
     assert_eq!(unsent.savepoint, Savepoint::Pending);
-    let (sql, _conn) = unsent.first_batch(PLAIN);
-    assert_eq!(sql, opening);
+    let (sql, _conn) = unsent.first_batch(FAILING_MARK);
+    assert_eq!(sql, format!("SAVEPOINT member_a;{FAILING_MARK}"));
     drop(unsent);
 
     let mut kept = AuditTx::begin(&store, &audit).await.unwrap();
@@ -306,10 +322,7 @@ async fn a_member_whose_first_batch_failed_or_never_ran_rolls_back_alone() {
         Savepoint::Pending,
         "the group was left open"
     );
-    let (sql, conn) = kept.first_batch("INSERT INTO marks (who) VALUES (?)");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind("kept")
-        .execute(conn)
+    run_first_batch(&mut kept, MARK, "SAVEPOINT member_a;", "kept")
         .await
         .unwrap();
     let seq = kept
@@ -345,16 +358,10 @@ async fn begin_waiting(
 async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones_work() {
     let (_dir, store, audit) = fresh().await;
     marks_and_an_open_group(&store, &audit).await;
-    const MARK: &str = "INSERT INTO marks (who) VALUES (?)";
-    const FAILING: &str = "INSERT INTO marks (who) VALUES (?);INSERT INTO missing VALUES (1)";
     let ctx = Context::system("test");
 
     let mut first = AuditTx::begin(&store, &audit).await.unwrap();
-    let (sql, conn) = first.first_batch(MARK);
-    assert_eq!(sql, format!("SAVEPOINT member_a;{MARK}"));
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind("first")
-        .execute(conn)
+    run_first_batch(&mut first, MARK, "SAVEPOINT member_a;", "first")
         .await
         .unwrap();
     first
@@ -386,11 +393,7 @@ async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones
     half.append(&ctx, event("half".into(), "2".into()))
         .await
         .unwrap();
-    let (sql, conn) = half.first_batch(FAILING);
-    assert_eq!(sql, format!("SAVEPOINT member_a;{FAILING}"));
-    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind("half")
-        .execute(conn)
+    let err = run_first_batch(&mut half, FAILING_MARK, "SAVEPOINT member_a;", "half")
         .await
         .expect_err("the batch's second statement fails");
     assert!(err.to_string().contains("missing"), "{err}");
@@ -398,11 +401,7 @@ async fn a_member_dropped_after_one_that_finished_never_undoes_the_finished_ones
     drop(half);
 
     let mut kept = next.await.unwrap().unwrap();
-    let (sql, conn) = kept.first_batch(MARK);
-    assert_eq!(sql, format!("SAVEPOINT member_a;{MARK}"));
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind("kept")
-        .execute(conn)
+    run_first_batch(&mut kept, MARK, "SAVEPOINT member_a;", "kept")
         .await
         .unwrap();
     kept.append(&ctx, event("kept".into(), "3".into()))
