@@ -27,7 +27,7 @@ use sqlx::{
 use tokio::sync::OnceCell;
 
 use super::limits::Rows;
-use super::pool::StorePool;
+use super::pool::{BeforeUse, StorePool};
 use super::sink::{RowSink, Summary};
 use super::values::mysql::{type_name, value};
 use super::{FailureCode, Limits, failure, no_answer};
@@ -70,7 +70,7 @@ impl MySqlTarget {
         for class in &target.allow {
             // The session time zone is UTC (the driver's default), so TIMESTAMP values are
             // instants and are shown with `Z`.
-            let pool = StorePool::open(target, *class, |url| {
+            let pool = StorePool::open(target, *class, BeforeUse::Test, |url| {
                 Ok(MySqlConnectOptions::from_str(url)?.timezone(Some("+00:00".to_owned())))
             })?;
             credentials.insert(

@@ -2,7 +2,9 @@
 //! the same transaction, then the statement, then `ROLLBACK`; writes and DDL as `BEGIN`, the
 //! timeout, the statement, `COMMIT`. The statement goes through the extended protocol as one
 //! unnamed prepared statement, which PostgreSQL refuses to hold more than one command (a second
-//! layer behind the gate's parser, EX-2). TLS follows the URL's `sslmode`.
+//! layer behind the gate's parser, EX-2). TLS follows the URL's `sslmode`. Pooled connections
+//! are not pinged before each job (one round trip less); one that died while idle fails at its
+//! `BEGIN` and the job moves to another connection, never after the `BEGIN` (EX-3).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -20,7 +22,7 @@ use sqlx::{
 };
 
 use super::limits::Rows;
-use super::pool::StorePool;
+use super::pool::{BeforeUse, StorePool};
 use super::sink::{RowSink, Summary};
 use super::values::postgres::value;
 use super::{FailureCode, Limits, failure, no_answer};
@@ -49,7 +51,7 @@ impl PgTarget {
     pub fn open(target: &TargetConfig) -> anyhow::Result<PgTarget> {
         let mut pools = BTreeMap::new();
         for class in &target.allow {
-            let pool = StorePool::open(target, *class, |url| {
+            let pool = StorePool::open(target, *class, BeforeUse::RetryAtBegin, |url| {
                 Ok(PgConnectOptions::from_str(url)?.application_name("portcullis-agent"))
             })?;
             pools.insert(*class, pool);
@@ -98,37 +100,56 @@ impl PgTarget {
                 format!("connection {} has no {class} credential", self.name),
             )
         })?;
+        let deadline = tokio::time::Instant::now() + limits.timeout + GRACE;
         let mut conn = pool.acquire(&limits).await?;
-        let attempt = async {
-            match run_on(&mut conn, class, statement, limits, sink).await {
-                // sqlx resolves a result column's custom type (enum, domain, composite) with
-                // catalog queries between parsing and binding the unnamed statement, which
-                // destroys it; the bind then fails before anything executed, and the types
-                // are cached on this connection now, so the one retry binds. Not a re-run:
-                // the first attempt never reached Execute and its transaction rolled back.
-                Err(e) if lost_unnamed_statement(&e) => {
-                    run_on(&mut conn, class, statement, limits, sink).await
+        // Pooled connections are not tested before use (`BeforeUse::RetryAtBegin`): one that
+        // died while idle (the server restarted, an administrator ended its session) fails at
+        // its BEGIN, before any of the statement was sent, and the job moves to another
+        // connection, at most once per connection the pool can hold. A connection that fails
+        // after its BEGIN is never retried (EX-3).
+        let mut spare = pool.max_size();
+        loop {
+            let mut begun = false;
+            let attempt = async {
+                match run_on(&mut conn, class, statement, limits, sink, &mut begun).await {
+                    // sqlx resolves a result column's custom type (enum, domain, composite)
+                    // with catalog queries between parsing and binding the unnamed statement,
+                    // which destroys it; the bind then fails before anything executed, and the
+                    // types are cached on this connection now, so the one retry binds. Not a
+                    // re-run: the first attempt never reached Execute and its transaction
+                    // rolled back.
+                    Err(e) if lost_unnamed_statement(&e) => {
+                        run_on(&mut conn, class, statement, limits, sink, &mut begun).await
+                    }
+                    other => other,
                 }
-                other => other,
-            }
-        };
-        let outcome = tokio::time::timeout(limits.timeout + GRACE, attempt).await;
-        match outcome {
-            Ok(Ok(Run {
-                summary,
-                drop_connection,
-            })) => {
-                if drop_connection {
+            };
+            let outcome = tokio::time::timeout_at(deadline, attempt).await;
+            return match outcome {
+                Ok(Ok(Run {
+                    summary,
+                    drop_connection,
+                })) => {
+                    if drop_connection {
+                        conn.close_on_drop();
+                    }
+                    Ok(summary)
+                }
+                Ok(Err(e)) if !begun && spare > 0 => {
+                    spare -= 1;
+                    tracing::debug!(connection = %self.name, %class, error = %pool.url().redact(&e.to_string()), "a pooled connection failed at its BEGIN; trying another");
                     conn.close_on_drop();
+                    conn = pool.acquire(&limits).await?;
+                    continue;
                 }
-                Ok(summary)
-            }
-            Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
-            Err(_) => {
-                // The server did not cancel in time: do not hand this connection out again.
-                conn.close_on_drop();
-                Err(no_answer(class, limits))
-            }
+                Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
+                Err(_) => {
+                    // The server did not cancel in time: do not hand this connection out
+                    // again.
+                    conn.close_on_drop();
+                    Err(no_answer(class, limits))
+                }
+            };
         }
     }
 
@@ -167,6 +188,7 @@ async fn run_on(
     statement: &str,
     limits: Limits,
     sink: &mut RowSink,
+    begun: &mut bool,
 ) -> Result<Run, sqlx::Error> {
     let conn: &mut PgConnection = conn;
     let read = class == OperationClass::Read;
@@ -180,6 +202,7 @@ async fn run_on(
         limits.timeout_ms()
     );
     let mut tx = conn.begin_with(AssertSqlSafe(begin)).await?;
+    *begun = true;
     let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {

@@ -302,3 +302,68 @@ pub(crate) async fn pg_every_type_round_trips() {
 
 // ---------------------------------------------------------------------------------------------
 // MariaDB / MySQL
+
+/// EX-3: a pooled connection whose session ended while it sat idle in the pool (a restart,
+/// an administrator's `pg_terminate_backend`) costs no job: it fails at its BEGIN, before
+/// any of the statement was sent, and the job runs on another connection, once. Pooled
+/// connections are not tested before each job, so this is what keeps such a job from
+/// failing (a read) or from ending `outcome_unknown` (a write).
+#[tokio::test]
+pub(crate) async fn ex3_pg_a_connection_that_died_in_the_pool_costs_no_job_and_no_rerun() {
+    let pg = Pg::new().await;
+    pg.exec("CREATE TABLE $s.items (id serial PRIMARY KEY, name text)")
+        .await;
+    let t = PgTarget::open(&pg.target(&[Read, WriteClass])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    for (class, statement) in [
+        (Read, "SELECT pg_backend_pid()".to_owned()),
+        (
+            WriteClass,
+            pg.sql("INSERT INTO $s.items (name) VALUES ('once') RETURNING pg_backend_pid()"),
+        ),
+    ] {
+        let first = t
+            .run_unchecked(class, "SELECT pg_backend_pid()", lim)
+            .await
+            .expect("first job");
+        let pid = first.rows[0][0].as_i64().expect("a backend pid");
+        end_session_while_idle(&pg, pid).await;
+        let next = t
+            .run_unchecked(class, &statement, lim)
+            .await
+            .unwrap_or_else(|e| panic!("{class}: the job after its pooled session ended: {e:?}"));
+        let moved = next.rows[0][0].as_i64().expect("a backend pid");
+        assert_ne!(moved, pid, "{class}: ran on the connection that was ended");
+    }
+    assert_eq!(pg.count("items").await, 1, "the write ran exactly once");
+    t.close().await;
+}
+
+/// Waits (bounded) until backend `pid` is idle outside any transaction, back in its pool,
+/// then ends its session and waits until it is gone.
+async fn end_session_while_idle(pg: &Pg, pid: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid as i32)
+                .fetch_optional(&pg.admin)
+                .await
+                .expect("pg_stat_activity")
+                .flatten();
+        if state.as_deref() == Some("idle") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never became idle (state {state:?}): its transaction was left open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid as i32)
+        .fetch_one(&pg.admin)
+        .await
+        .expect("pg_terminate_backend");
+    assert!(ended, "backend {pid} did not end");
+}
