@@ -8,7 +8,9 @@
 //! through the binary protocol as prepared statements, which hold exactly one statement.
 //! When the store does not answer in time, the agent kills the query from another connection
 //! (`KILL QUERY`), which covers MySQL writes that have no server-side timeout. TLS follows the
-//! URL's `ssl-mode`.
+//! URL's `ssl-mode`. Pooled connections are not pinged before each job (one round trip
+//! less); one that died while idle fails in the session's setup and the job moves to another
+//! connection, never once the statement was sent (EX-3).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -27,7 +29,7 @@ use sqlx::{
 use tokio::sync::OnceCell;
 
 use super::limits::Rows;
-use super::pool::{BeforeUse, StorePool};
+use super::pool::StorePool;
 use super::sink::{RowSink, Summary};
 use super::values::mysql::{type_name, value};
 use super::{FailureCode, Limits, failure, no_answer};
@@ -70,7 +72,7 @@ impl MySqlTarget {
         for class in &target.allow {
             // The session time zone is UTC (the driver's default), so TIMESTAMP values are
             // instants and are shown with `Z`.
-            let pool = StorePool::open(target, *class, BeforeUse::Test, |url| {
+            let pool = StorePool::open(target, *class, |url| {
                 Ok(MySqlConnectOptions::from_str(url)?.timezone(Some("+00:00".to_owned())))
             })?;
             credentials.insert(
@@ -126,50 +128,31 @@ impl MySqlTarget {
             )
         })?;
         let pool = &credential.pool;
-        let mut conn = pool.acquire(&limits).await?;
-        if limits.dry_run {
-            match transactional(&mut conn, statement).await {
-                Ok(Ok(())) => {}
-                Ok(Err(refused)) => return Err(refused),
-                Err(e) => return Err(pool.error(&e, class, database_error)),
-            }
-        }
-        let prepared = async {
-            let flavour = *credential
-                .flavour
-                .get_or_try_init(|| flavour(&mut conn))
-                .await?;
-            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut *conn)
-                .await?;
-            let mut session = match flavour {
-                Flavour::MariaDb => format!(
-                    "SET SESSION max_statement_time = {}.{:03}",
-                    limits.timeout_ms() / 1_000,
-                    limits.timeout_ms() % 1_000
-                ),
-                Flavour::MySql => {
-                    format!("SET SESSION max_execution_time = {}", limits.timeout_ms())
+        // Pooled connections are not tested before use (`pool.rs`): one that died
+        // while idle (the server restarted, an administrator killed its session) fails in the
+        // session's setup, before any of the statement was sent, and the job moves to another
+        // connection, at most once per connection the pool can hold. A connection that fails
+        // after the setup is never retried (EX-3).
+        let mut spare = pool.max_size();
+        let (mut conn, id) = loop {
+            let mut conn = pool.acquire(&limits).await?;
+            match setup(credential, &mut conn, class, statement, limits).await {
+                Ok(id) => break (conn, id),
+                Err(Setup::Refused(refused)) => return Err(refused),
+                Err(Setup::Failed(e)) if spare > 0 => {
+                    spare -= 1;
+                    tracing::debug!(connection = %self.name, %class, error = %pool.url().redact(&e.to_string()), "a pooled connection failed before its statement; trying another");
+                    conn.close_on_drop();
                 }
-            };
-            if class == OperationClass::Read {
-                // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
-                // transaction implicitly and then runs outside it. The session characteristic
-                // covers that implicit transaction too. Set on every read, so nothing a
-                // previous statement did to the session can carry over.
-                session.push_str("; SET SESSION TRANSACTION READ ONLY");
-            }
-            sqlx::raw_sql(AssertSqlSafe(session))
-                .execute(&mut *conn)
-                .await?;
-            Ok::<u64, sqlx::Error>(id)
-        };
-        let id = match tokio::time::timeout(limits.timeout, prepared).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(e)) => return Err(pool.error(&e, OperationClass::Read, database_error)),
-            Err(_) => {
-                conn.close_on_drop();
-                return Err(pool.unavailable("the session could not be prepared in time"));
+                // Nothing of the job ran: a lost connection is `store_unavailable` here,
+                // whatever the class.
+                Err(Setup::Failed(e)) => {
+                    return Err(pool.error(&e, OperationClass::Read, database_error));
+                }
+                Err(Setup::TimedOut) => {
+                    conn.close_on_drop();
+                    return Err(pool.unavailable("the session could not be prepared in time"));
+                }
             }
         };
         let outcome = tokio::time::timeout(
@@ -217,6 +200,69 @@ impl MySqlTarget {
         for credential in self.credentials.values() {
             credential.pool.close().await;
         }
+    }
+}
+
+/// Why a job's session could not be set up; nothing of the job's statement was sent.
+enum Setup {
+    /// The job is refused (a preview of a table a rollback does not undo).
+    Refused(ExecError),
+    Failed(sqlx::Error),
+    TimedOut,
+}
+
+/// Sets up the session for one job: a preview's check that its tables are transactional,
+/// the server's flavour (once per pool), the connection id (to kill the query if it outlives
+/// its timeout), the statement timeout and, for a read, the read-only session. Returns the
+/// connection id.
+async fn setup(
+    credential: &Credential,
+    conn: &mut MySqlConnection,
+    class: OperationClass,
+    statement: &str,
+    limits: Limits,
+) -> Result<u64, Setup> {
+    if limits.dry_run {
+        match transactional(&mut *conn, statement).await {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => return Err(Setup::Refused(refused)),
+            Err(e) => return Err(Setup::Failed(e)),
+        }
+    }
+    let prepared = async {
+        let flavour = *credential
+            .flavour
+            .get_or_try_init(|| flavour(&mut *conn))
+            .await?;
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let mut session = match flavour {
+            Flavour::MariaDb => format!(
+                "SET SESSION max_statement_time = {}.{:03}",
+                limits.timeout_ms() / 1_000,
+                limits.timeout_ms() % 1_000
+            ),
+            Flavour::MySql => {
+                format!("SET SESSION max_execution_time = {}", limits.timeout_ms())
+            }
+        };
+        if class == OperationClass::Read {
+            // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
+            // transaction implicitly and then runs outside it. The session characteristic
+            // covers that implicit transaction too. Set on every read, so nothing a
+            // previous statement did to the session can carry over.
+            session.push_str("; SET SESSION TRANSACTION READ ONLY");
+        }
+        sqlx::raw_sql(AssertSqlSafe(session))
+            .execute(&mut *conn)
+            .await?;
+        Ok::<u64, sqlx::Error>(id)
+    };
+    match tokio::time::timeout(limits.timeout, prepared).await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(e)) => Err(Setup::Failed(e)),
+        Err(_) => Err(Setup::TimedOut),
     }
 }
 

@@ -23,19 +23,6 @@ const IDLE: Duration = Duration::from_secs(300);
 
 type Options<DB> = <<DB as Database>::Connection as Connection>::Options;
 
-/// Whether a pooled connection is tested with a round trip to its store before a job gets it.
-/// Either way sqlx tests each connection when it goes back to the pool (a round trip that also
-/// runs a rollback the job left queued), and closes one that fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BeforeUse {
-    /// Tested before each use.
-    Test,
-    /// Not tested: the driver's code moves a job whose connection fails at its `BEGIN`,
-    /// before any of the job's statement was sent, to another connection (`postgres.rs`).
-    /// One round trip less on every job's path.
-    RetryAtBegin,
-}
-
 /// A pool for one credential of one connection.
 pub(crate) struct StorePool<DB: Database> {
     connection: ConnectionName,
@@ -62,7 +49,6 @@ impl<DB: Database> StorePool<DB> {
     pub(crate) fn open(
         target: &TargetConfig,
         class: OperationClass,
-        before_use: BeforeUse,
         configure: impl FnOnce(&str) -> Result<Options<DB>, sqlx::Error>,
     ) -> anyhow::Result<StorePool<DB>> {
         let url = target.url(class)?;
@@ -80,7 +66,12 @@ impl<DB: Database> StorePool<DB> {
             .max_connections(target.pool_size)
             .min_connections(0)
             .acquire_timeout(MAX_ACQUIRE)
-            .test_before_acquire(before_use == BeforeUse::Test)
+            // No round trip to test a connection before each job; sqlx still tests each one
+            // as it goes back to the pool (which also runs a rollback a job left queued) and
+            // closes one that fails. A connection that died while idle fails before any of
+            // the job's statement was sent (PostgreSQL's `BEGIN`, the MySQL session's setup),
+            // and the driver's code then moves the job to another connection.
+            .test_before_acquire(false)
             .idle_timeout(Some(IDLE))
             .connect_lazy_with(options.clone());
         Ok(StorePool {

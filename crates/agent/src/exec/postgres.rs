@@ -22,7 +22,7 @@ use sqlx::{
 };
 
 use super::limits::Rows;
-use super::pool::{BeforeUse, StorePool};
+use super::pool::StorePool;
 use super::sink::{RowSink, Summary};
 use super::values::postgres::value;
 use super::{FailureCode, Limits, failure, no_answer};
@@ -51,7 +51,7 @@ impl PgTarget {
     pub fn open(target: &TargetConfig) -> anyhow::Result<PgTarget> {
         let mut pools = BTreeMap::new();
         for class in &target.allow {
-            let pool = StorePool::open(target, *class, BeforeUse::RetryAtBegin, |url| {
+            let pool = StorePool::open(target, *class, |url| {
                 Ok(PgConnectOptions::from_str(url)?.application_name("portcullis-agent"))
             })?;
             pools.insert(*class, pool);
@@ -102,7 +102,7 @@ impl PgTarget {
         })?;
         let deadline = tokio::time::Instant::now() + limits.timeout + GRACE;
         let mut conn = pool.acquire(&limits).await?;
-        // Pooled connections are not tested before use (`BeforeUse::RetryAtBegin`): one that
+        // Pooled connections are not tested before use (`pool.rs`): one that
         // died while idle (the server restarted, an administrator ended its session) fails at
         // its BEGIN, before any of the statement was sent, and the job moves to another
         // connection, at most once per connection the pool can hold. A connection that fails

@@ -3,7 +3,7 @@
 use crate::common::*;
 use OperationClass::{Ddl, Read, Write as WriteClass};
 use portcullis_agent::config::TargetConfig;
-use portcullis_agent::exec::MySqlTarget;
+use portcullis_agent::exec::{Limits, MySqlTarget};
 use portcullis_core::{ConnectionKind, OperationClass};
 use serde_json::json;
 use sqlx::Connection;
@@ -262,3 +262,65 @@ pub(crate) async fn mysql_every_type_round_trips() {
 
 // ---------------------------------------------------------------------------------------------
 // Redis
+
+/// EX-3: a pooled connection whose session was killed while it sat idle in the pool costs no
+/// job: it fails while the job's session is set up, before any of the statement was sent,
+/// and the job runs on another connection, once. Pooled connections are not tested before
+/// each job, so this is what keeps such a job from failing.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_and_no_rerun() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int AUTO_INCREMENT PRIMARY KEY, name text)")
+        .await;
+    let t = MySqlTarget::open(&my.target(&[Read, WriteClass])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    for class in [Read, WriteClass] {
+        let id = connection_id(&t, class, lim).await;
+        kill_while_idle(&my, id).await;
+        match class {
+            Read => {
+                let moved = connection_id(&t, class, lim).await;
+                assert_ne!(moved, id, "ran on the connection that was killed");
+            }
+            _ => {
+                let r = t
+                    .run_unchecked(class, "INSERT INTO items (name) VALUES ('once')", lim)
+                    .await
+                    .unwrap_or_else(|e| panic!("the write after its pooled session died: {e:?}"));
+                assert_eq!(r.affected_rows, Some(1));
+            }
+        }
+    }
+    assert_eq!(my.count("items").await, 1, "the write ran exactly once");
+    t.close().await;
+}
+
+async fn connection_id(t: &MySqlTarget, class: OperationClass, lim: Limits) -> u64 {
+    let r = t
+        .run_unchecked(class, "SELECT CONNECTION_ID()", lim)
+        .await
+        .unwrap_or_else(|e| panic!("{class}: {e:?}"));
+    r.rows[0][0].as_u64().expect("a connection id")
+}
+
+/// Waits (bounded) until connection `id` sleeps, back in its pool, then kills it and waits
+/// until it is gone.
+async fn kill_while_idle(my: &My, id: u64) {
+    let command = |id: u64| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = ?",
+        )
+        .bind(id)
+        .fetch_optional(&my.admin)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while command(id).await.expect("processlist").as_deref() != Some("Sleep") {
+        assert!(Instant::now() < deadline, "connection {id} never went idle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    my.exec(&format!("KILL {id}")).await;
+    while command(id).await.expect("processlist").is_some() {
+        assert!(Instant::now() < deadline, "connection {id} was not killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
