@@ -100,8 +100,10 @@ impl PgTarget {
                 format!("connection {} has no {class} credential", self.name),
             )
         })?;
-        let deadline = tokio::time::Instant::now() + limits.timeout + GRACE;
         let mut conn = pool.acquire(&limits).await?;
+        // From the first connection on, as before any retry: a job that waited for a pooled
+        // connection still has its whole timeout to run.
+        let deadline = tokio::time::Instant::now() + limits.timeout + GRACE;
         // Pooled connections are not tested before use (`pool.rs`): one that
         // died while idle (the server restarted, an administrator ended its session) fails at
         // its BEGIN, before any of the statement was sent, and the job moves to another
