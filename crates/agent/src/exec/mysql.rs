@@ -98,6 +98,14 @@ impl MySqlTarget {
             .await
     }
 
+    /// How many connections of the `class` credential sit idle in their pool. Test-only: it
+    /// lets a test wait until a connection is back in its pool. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn idle_connections(&self, class: OperationClass) -> usize {
+        self.credentials.get(&class).map_or(0, |c| c.pool.idle())
+    }
+
     /// Runs `statement` as `class` without a permit. Test-only: it exists so tests can prove
     /// the store-side guards (read-only transaction, timeout, caps) hold on their own, for
     /// statements the gate would refuse. The agent never calls it.
@@ -133,20 +141,18 @@ impl MySqlTarget {
         // session's setup, before any of the statement was sent, and the job moves to another
         // connection, at most once per connection the pool can hold. A connection that fails
         // after the setup is never retried (EX-3).
-        let mut spare = pool.max_size();
-        let (mut conn, id) = loop {
-            let mut conn = pool.acquire(&limits).await?;
+        let mut conn = pool.acquire(&limits).await?;
+        let mut spares = pool.spares();
+        let id = loop {
             match setup(credential, &mut conn, class, statement, limits).await {
-                Ok(id) => break (conn, id),
+                Ok(id) => break id,
                 Err(Setup::Refused(refused)) => return Err(refused),
-                Err(Setup::Failed(e)) if spare > 0 => {
-                    spare -= 1;
-                    tracing::debug!(connection = %self.name, %class, error = %pool.url().redact(&e.to_string()), "a pooled connection failed before its statement; trying another");
-                    conn.close_on_drop();
-                }
-                // Nothing of the job ran: a lost connection is `store_unavailable` here,
-                // whatever the class.
                 Err(Setup::Failed(e)) => {
+                    if pool.replace(&mut conn, &mut spares, &e, &limits).await? {
+                        continue;
+                    }
+                    // Nothing of the job ran: a lost connection is `store_unavailable`
+                    // here, whatever the class.
                     return Err(pool.error(&e, OperationClass::Read, database_error));
                 }
                 Err(Setup::TimedOut) => {

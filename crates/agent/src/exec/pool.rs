@@ -83,9 +83,40 @@ impl<DB: Database> StorePool<DB> {
         })
     }
 
-    /// The most connections this pool opens.
-    pub(crate) fn max_size(&self) -> u32 {
+    /// How many times a job may move to another connection ([`StorePool::replace`]): once
+    /// per connection the pool can hold, so a store that restarted, leaving every idle
+    /// connection dead, still gets the job a live one.
+    pub(crate) fn spares(&self) -> u32 {
         self.pool.options().get_max_connections()
+    }
+
+    /// For a job whose connection failed before any of its statement was sent (one that died
+    /// while idle in the pool, which is not tested before use): closes it and puts another in
+    /// its place while `spares` last (counted down from [`StorePool::spares`]). `false` when
+    /// none is left: the job reports `error`. Never for a failure after the statement was
+    /// sent, which could run it twice (EX-3).
+    pub(crate) async fn replace(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        spares: &mut u32,
+        error: &sqlx::Error,
+        limits: &Limits,
+    ) -> Result<bool, ExecError> {
+        if *spares == 0 {
+            return Ok(false);
+        }
+        *spares -= 1;
+        tracing::debug!(connection = %self.connection, class = %self.class, error = %self.url.redact(&error.to_string()), "a pooled connection failed before its job's statement was sent; trying another");
+        conn.close_on_drop();
+        // The failed connection is dropped here, and closed.
+        *conn = self.acquire(limits).await?;
+        Ok(true)
+    }
+
+    /// Connections idle in the pool: back from their last job and tested on release.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn idle(&self) -> usize {
+        self.pool.num_idle()
     }
 
     pub(crate) fn url(&self) -> &ConnectionUrl {

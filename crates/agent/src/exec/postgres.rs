@@ -71,6 +71,14 @@ impl PgTarget {
             .await
     }
 
+    /// How many connections of the `class` credential sit idle in their pool. Test-only: it
+    /// lets a test wait until a connection is back in its pool. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn idle_connections(&self, class: OperationClass) -> usize {
+        self.pools.get(&class).map_or(0, StorePool::idle)
+    }
+
     /// Runs `statement` as `class` without a permit. Test-only: it exists so tests can prove
     /// the store-side guards (read-only transaction, timeout, caps) hold on their own, for
     /// statements the gate would refuse. The agent never calls it.
@@ -109,7 +117,7 @@ impl PgTarget {
         // its BEGIN, before any of the statement was sent, and the job moves to another
         // connection, at most once per connection the pool can hold. A connection that fails
         // after its BEGIN is never retried (EX-3).
-        let mut spare = pool.max_size();
+        let mut spares = pool.spares();
         loop {
             let mut begun = false;
             let attempt = async {
@@ -137,14 +145,12 @@ impl PgTarget {
                     }
                     Ok(summary)
                 }
-                Ok(Err(e)) if !begun && spare > 0 => {
-                    spare -= 1;
-                    tracing::debug!(connection = %self.name, %class, error = %pool.url().redact(&e.to_string()), "a pooled connection failed at its BEGIN; trying another");
-                    conn.close_on_drop();
-                    conn = pool.acquire(&limits).await?;
-                    continue;
+                Ok(Err(e)) => {
+                    if !begun && pool.replace(&mut conn, &mut spares, &e, &limits).await? {
+                        continue;
+                    }
+                    Err(pool.error(&e, class, database_error))
                 }
-                Ok(Err(e)) => Err(pool.error(&e, class, database_error)),
                 Err(_) => {
                     // The server did not cancel in time: do not hand this connection out
                     // again.

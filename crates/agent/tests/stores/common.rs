@@ -305,3 +305,17 @@ impl Pg {
         target("pg", ConnectionKind::Postgres, &urls)
     }
 }
+
+/// Waits (bounded) until exactly one connection sits idle in a target's pool (`idle` reads
+/// its count): the last job's connection is back, and sqlx's test on release is done.
+pub(crate) async fn back_in_pool(idle: impl Fn() -> usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while idle() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never went back to its pool ({} idle)",
+            idle()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

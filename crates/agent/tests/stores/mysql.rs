@@ -276,7 +276,7 @@ pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_an
     let lim = limits(10, 1 << 20, 5_000);
     for class in [Read, WriteClass] {
         let id = connection_id(&t, class, lim).await;
-        kill_while_idle(&my, id).await;
+        kill_while_idle(&my, &t, class, id).await;
         match class {
             Read => {
                 let moved = connection_id(&t, class, lim).await;
@@ -303,23 +303,24 @@ async fn connection_id(t: &MySqlTarget, class: OperationClass, lim: Limits) -> u
     r.rows[0][0].as_u64().expect("a connection id")
 }
 
-/// Waits (bounded) until connection `id` sleeps, back in its pool, then kills it and waits
-/// until it is gone.
-async fn kill_while_idle(my: &My, id: u64) {
-    let command = |id: u64| {
-        sqlx::query_scalar::<_, String>(
-            "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = ?",
+/// Waits (bounded) until the `class` connection is back in its pool, tested on release, then
+/// kills its session (connection `id`) and waits until it is gone.
+async fn kill_while_idle(my: &My, t: &MySqlTarget, class: OperationClass, id: u64) {
+    back_in_pool(|| t.idle_connections(class)).await;
+    my.exec(&format!("KILL {id}")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
         )
         .bind(id)
-        .fetch_optional(&my.admin)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while command(id).await.expect("processlist").as_deref() != Some("Sleep") {
-        assert!(Instant::now() < deadline, "connection {id} never went idle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    my.exec(&format!("KILL {id}")).await;
-    while command(id).await.expect("processlist").is_some() {
+        .fetch_one(&my.admin)
+        .await
+        .expect("processlist")
+            == 0;
+        if gone {
+            break;
+        }
         assert!(Instant::now() < deadline, "connection {id} was not killed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

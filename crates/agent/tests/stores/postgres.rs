@@ -327,7 +327,7 @@ pub(crate) async fn ex3_pg_a_connection_that_died_in_the_pool_costs_no_job_and_n
             .await
             .expect("first job");
         let pid = first.rows[0][0].as_i64().expect("a backend pid");
-        end_session_while_idle(&pg, pid).await;
+        end_session_while_idle(&pg, &t, class, pid).await;
         let next = t
             .run_unchecked(class, &statement, lim)
             .await
@@ -339,27 +339,10 @@ pub(crate) async fn ex3_pg_a_connection_that_died_in_the_pool_costs_no_job_and_n
     t.close().await;
 }
 
-/// Waits (bounded) until backend `pid` is idle outside any transaction, back in its pool,
-/// then ends its session and waits until it is gone.
-async fn end_session_while_idle(pg: &Pg, pid: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
-                .bind(pid as i32)
-                .fetch_optional(&pg.admin)
-                .await
-                .expect("pg_stat_activity")
-                .flatten();
-        if state.as_deref() == Some("idle") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "backend {pid} never became idle (state {state:?}): its transaction was left open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits (bounded) until the `class` connection is back in its pool, tested on release, then
+/// ends its session (backend `pid`) and waits until it is gone.
+async fn end_session_while_idle(pg: &Pg, t: &PgTarget, class: OperationClass, pid: i64) {
+    back_in_pool(|| t.idle_connections(class)).await;
     let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
         .bind(pid as i32)
         .fetch_one(&pg.admin)
