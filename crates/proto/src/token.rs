@@ -243,14 +243,44 @@ impl TokenSigner {
     /// (0, [`MAX_TOKEN_TTL_MS`]] and an agent name that is empty or too long, so the server
     /// cannot mint a token the agent would have to reject.
     pub fn sign(&self, claims: &TokenClaims) -> Result<ExecutionToken, TokenError> {
+        let encoded = self.encode(claims)?;
+        self.sign_encoded(&encoded)
+    }
+
+    /// Every check of [`sign`](Self::sign) and the encoding, without the signature: a
+    /// caller holding a lock encodes (and learns of any refusal) under it, and signs after
+    /// letting go.
+    pub fn encode(&self, claims: &TokenClaims) -> Result<EncodedClaims, TokenError> {
         if claims.key_id != self.key_id {
             return Err(TokenError::KeyIdMismatch);
         }
         check_ttl(claims.issued_at_ms, claims.expires_at_ms)?;
-        let encoded = encode_claims(claims)?;
-        let signature = self.key.sign(&signed_message(TOKEN_VERSION, &encoded));
-        assemble(&encoded, &signature)
+        let bytes = encode_claims(claims)?;
+        if 1 + 4 + bytes.len() + Signature::BYTE_SIZE > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed("token too large"));
+        }
+        Ok(EncodedClaims {
+            key_id: self.key_id,
+            bytes,
+        })
     }
+
+    /// Signs claims [`encode`](Self::encode)d by this signer. Claims encoded for another key
+    /// are refused.
+    pub fn sign_encoded(&self, claims: &EncodedClaims) -> Result<ExecutionToken, TokenError> {
+        if claims.key_id != self.key_id {
+            return Err(TokenError::KeyIdMismatch);
+        }
+        let signature = self.key.sign(&signed_message(TOKEN_VERSION, &claims.bytes));
+        assemble(&claims.bytes, &signature)
+    }
+}
+
+/// Token claims checked and encoded by [`TokenSigner::encode`], waiting for their signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedClaims {
+    key_id: KeyId,
+    bytes: Vec<u8>,
 }
 
 /// An encoded, signed token. Travels as base64url without padding, also in JSON.

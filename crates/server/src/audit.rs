@@ -601,6 +601,12 @@ impl AuditTx {
         }
     }
 
+    /// [`commit`](Self::commit) for a caller that is itself a spawned task, which nothing
+    /// drops before its end: the same commit, without a task of its own.
+    pub(crate) async fn commit_here(self) -> Result<(), AuditError> {
+        self.finish().await
+    }
+
     async fn finish(mut self) -> Result<(), AuditError> {
         let Some(mut w) = self.writer.take() else {
             return Err(AuditError::GroupFailed(Arc::from(

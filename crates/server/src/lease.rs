@@ -3,10 +3,15 @@
 //! claim that finds a queued job, and the direct hand-off of a newly approved job to an agent
 //! already waiting in its claim, inside the very transaction that approved it (one commit
 //! instead of two, no wake-up and no second look at the queue).
+//!
+//! The token's claims are checked and encoded in the transaction, so a token the signer would
+//! refuse rolls the lease back; the Ed25519 signature itself is made after the commit
+//! ([`UnsignedJob::sign`]), outside the state store's serial writer, and before the token
+//! leaves.
 
 use portcullis_core::{ConnectionName, Environment, OperationClass, RequestState};
 use portcullis_proto::agent::JobAssignment;
-use portcullis_proto::token::{TokenClaims, statement_sha256};
+use portcullis_proto::token::{EncodedClaims, TokenClaims, statement_sha256};
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -60,8 +65,45 @@ impl Recorded {
     }
 }
 
-/// Signs the execution token of a leased job, marks its request dispatched (for an
-/// execution) and appends the dispatch event, all in `tx`.
+/// A leased job's assignment whose token claims were checked and encoded in the lease's
+/// transaction, waiting for their signature. Signed only once that transaction committed
+/// (never before: no token exists for a lease that is not durable), outside the writer.
+pub(crate) struct UnsignedJob {
+    /// The key the claims name, held since they were encoded: a rotation in between signs
+    /// the next token with the new key, never this one.
+    keys: std::sync::Arc<crate::keys::KeyPair>,
+    claims: EncodedClaims,
+    pub(crate) job_id: Uuid,
+    request_id: Uuid,
+    connection: ConnectionName,
+    class: OperationClass,
+    statement: String,
+    lease_ms: u64,
+}
+
+impl UnsignedJob {
+    /// Signs the token. Call only after the lease's transaction committed.
+    pub(crate) fn sign(self) -> Result<JobAssignment, ApiError> {
+        let token = self
+            .keys
+            .signer
+            .sign_encoded(&self.claims)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
+        Ok(JobAssignment {
+            job_id: self.job_id,
+            request_id: self.request_id,
+            connection: self.connection,
+            class: self.class,
+            statement: self.statement,
+            token,
+            lease_ms: self.lease_ms,
+        })
+    }
+}
+
+/// Encodes the execution token's claims of a leased job, marks its request dispatched (for
+/// an execution) and appends the dispatch event, all in `tx`; the token is signed after the
+/// commit ([`UnsignedJob::sign`]).
 pub(crate) async fn sign(
     state: &AppState,
     tx: &mut AuditTx,
@@ -69,7 +111,7 @@ pub(crate) async fn sign(
     ctx: &Context,
     leased: Leased,
     now: i64,
-) -> Result<JobAssignment, ApiError> {
+) -> Result<UnsignedJob, ApiError> {
     let recorded = Recorded::load(tx, leased.request_id).await?;
     sign_recorded(
         state,
@@ -104,7 +146,7 @@ async fn sign_recorded(
     recorded: Recorded,
     now: i64,
     dispatched: Dispatched,
-) -> Result<JobAssignment, ApiError> {
+) -> Result<UnsignedJob, ApiError> {
     let Leased {
         job_id,
         request_id,
@@ -166,9 +208,9 @@ async fn sign_recorded(
         Some(text) => text.clone(),
         None => recorded.statement,
     };
-    let token = signing
+    let encoded = signing
         .signer
-        .sign(&claims)
+        .encode(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
     if executes && dispatched == Dispatched::Update {
         sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
@@ -193,13 +235,14 @@ async fn sign_recorded(
         details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
     };
     tx.append_at(ctx, event, now).await?;
-    Ok(JobAssignment {
+    Ok(UnsignedJob {
+        keys: signing,
+        claims: encoded,
         job_id,
         request_id,
         connection: claims.connection,
         class: claims.class,
         statement,
-        token,
         lease_ms: ex.lease_secs.saturating_mul(1000),
     })
 }
@@ -223,9 +266,9 @@ impl HandOff {
         }
     }
 
-    /// Signs the token of the job `job_id` recorded with this lease in `tx` and appends the
-    /// dispatch event. `recorded` is the request as the caller wrote it (not read back), with
-    /// the state it was approved in.
+    /// Encodes the token of the job `job_id` recorded with this lease in `tx` and appends
+    /// the dispatch event; the token is signed after the commit. `recorded` is the request as
+    /// the caller wrote it (not read back), with the state it was approved in.
     pub(crate) async fn sign(
         self,
         state: &AppState,
@@ -234,7 +277,7 @@ impl HandOff {
         request_id: Uuid,
         recorded: Recorded,
         now: i64,
-    ) -> Result<(IdleClaim, JobAssignment), ApiError> {
+    ) -> Result<(IdleClaim, UnsignedJob), ApiError> {
         let leased = Leased {
             job_id,
             request_id,

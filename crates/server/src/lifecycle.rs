@@ -410,7 +410,9 @@ pub async fn create_request(
         let state = state.clone();
         let collected = !body.stream;
         tokio::spawn(async move {
-            tx.commit().await?;
+            tx.commit_here().await?;
+            // Signed after the commit, outside the writer, and before the job leaves.
+            let job = job.sign()?;
             // Before the job leaves: its result upload may arrive at once.
             if let (true, Some(lease_until_ms)) = (collected, handed_until) {
                 state.dispatch.note_handed(
@@ -567,7 +569,7 @@ async fn try_claim(
     };
     let job = crate::lease::sign(state, &mut tx, &agent.name, ctx, leased, now).await?;
     tx.commit().await?;
-    Ok(Some(job))
+    Ok(Some(job.sign()?))
 }
 
 /// Extends the lease of a running job; the first heartbeat marks the request running.

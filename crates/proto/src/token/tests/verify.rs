@@ -232,11 +232,28 @@ fn ex1_signer_refuses_bad_claims() {
         let mut claims = f.claims.clone();
         edit(&mut claims);
         assert_eq!(f.signer.sign(&claims), Err(expect.clone()));
+        // The checks come with the encoding, before any signature.
+        assert_eq!(f.signer.encode(&claims), Err(expect.clone()));
     }
     let mut longest = f.claims.clone();
     longest.agent = "a".repeat(MAX_AGENT_NAME_BYTES);
     longest.expires_at_ms = longest.issued_at_ms + MAX_TOKEN_TTL_MS;
     assert!(f.signer.sign(&longest).is_ok());
+    assert!(f.signer.encode(&longest).is_ok());
+}
+
+/// EX-1: claims encoded first and signed later make the very token signed at once, which
+/// verifies; claims encoded for one key are never signed by another.
+#[test]
+fn ex1_claims_encoded_then_signed_are_the_same_token() {
+    let f = fixture();
+    let encoded = f.signer.encode(&f.claims).expect("encode");
+    let later = f.signer.sign_encoded(&encoded).expect("sign encoded");
+    assert_eq!(later, f.signer.sign(&f.claims).expect("sign"));
+    let verified = verify_once(&f, &later, &expected(&f.claims)).expect("verifies");
+    assert_eq!(verified, f.claims);
+    let other = TokenSigner::new(fresh_key());
+    assert_eq!(other.sign_encoded(&encoded), Err(TokenError::KeyIdMismatch));
 }
 
 /// EX-1: a token signed by a key that is not pinned is refused as unknown, whatever key the
