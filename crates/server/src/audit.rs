@@ -23,7 +23,7 @@ mod checkpoint;
 mod group;
 mod verify;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointFile, run_checkpointer};
-use group::{GROUP_BACKSTOP, Group, GroupConn, Writer, settle};
+use group::{GROUP_BACKSTOP, Group, GroupConn, GroupOutcome, Writer, settle};
 pub use verify::{VerifyReport, verify, verify_data_dir};
 
 const HASH_DOMAIN: &[u8] = b"portcullis/audit-event/v1\0";
@@ -589,68 +589,83 @@ impl AuditTx {
     /// Releases this transaction into its commit group and waits until the group is
     /// durably committed. An error means nothing of this transaction was committed.
     ///
-    /// Runs to its end even when the caller is dropped (a client that went away mid-request):
+    /// The release lets go of the writer at once, in the caller, with no await in between:
+    /// the next transaction waiting for it starts without waiting for a task to be
+    /// scheduled. When the group is due to commit here, the commit runs in a task of its
+    /// own, to its end even when the caller is dropped (a client that went away mid-request):
     /// a commit cut short between SQLite's COMMIT and the in-memory head would leave the
-    /// server failing every later transaction closed.
-    pub async fn commit(self) -> Result<(), AuditError> {
-        match tokio::spawn(self.finish()).await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(AuditError::GroupFailed(Arc::from(format!(
-                "the commit task failed: {e}"
-            )))),
-        }
+    /// server failing every later transaction closed. A caller dropped while it only waits
+    /// for another member's commit cuts nothing short.
+    pub async fn commit(mut self) -> Result<(), AuditError> {
+        let audit = Arc::clone(&self.audit);
+        let (w, done) = self.release()?;
+        audit.hand_over(w).await;
+        wait_for_group(&audit, done).await
     }
 
     /// [`commit`](Self::commit) for a caller that is itself a spawned task, which nothing
-    /// drops before its end: the same commit, without a task of its own.
-    pub(crate) async fn commit_here(self) -> Result<(), AuditError> {
-        self.finish().await
+    /// drops before its end: a commit due here runs without a task of its own.
+    pub(crate) async fn commit_here(mut self) -> Result<(), AuditError> {
+        let audit = Arc::clone(&self.audit);
+        let (w, done) = self.release()?;
+        audit.hand_over_here(w).await;
+        wait_for_group(&audit, done).await
     }
 
-    async fn finish(mut self) -> Result<(), AuditError> {
+    /// Puts this transaction's rows, events and head into its group and returns the writer
+    /// with the group's outcome to wait for. Synchronous: nothing can cut it short.
+    fn release(
+        &mut self,
+    ) -> Result<(OwnedMutexGuard<Writer>, watch::Receiver<GroupOutcome>), AuditError> {
         let Some(mut w) = self.writer.take() else {
             return Err(AuditError::GroupFailed(Arc::from(
                 "the transaction already ended",
             )));
         };
-        let audit = Arc::clone(&self.audit);
-        if w.group.is_none() {
-            audit.hand_over_here(w).await;
-            return Err(AuditError::GroupFailed(Arc::from(
-                "the transaction's commit group was rolled back",
-            )));
-        }
         if let Savepoint::Opened(name) = self.savepoint {
             // Released by the next member's first batch, or committed with the group: no
             // trip of its own. Its first batch ran, so its predecessor's is released.
             w.release_pending = Some(name);
             w.releasing = None;
         }
-        let group = w
-            .group
-            .as_mut()
-            .expect("the group is open: checked above, under the same lock");
+        let Some(group) = w.group.as_mut() else {
+            // Dropping the writer lets go of it: with no group there is nothing to commit.
+            return Err(AuditError::GroupFailed(Arc::from(
+                "the transaction's commit group was rolled back",
+            )));
+        };
         group.members += 1;
         group.live.append(&mut self.live);
         group.rows.append(&mut self.rows);
         group.alerts.append(&mut self.alerts);
-        let mut done = group.done.subscribe();
+        let done = group.done.subscribe();
         w.head = self.head;
-        audit.hand_over_here(w).await;
-        loop {
-            if let Some(outcome) = done.borrow_and_update().clone() {
-                return outcome.map_err(AuditError::GroupFailed);
+        Ok((w, done))
+    }
+}
+
+/// Waits for the outcome of a commit group this caller was released into. A group nobody
+/// committed within [`GROUP_BACKSTOP`] is committed from here, in a task of its own.
+async fn wait_for_group(
+    audit: &Arc<Audit>,
+    mut done: watch::Receiver<GroupOutcome>,
+) -> Result<(), AuditError> {
+    loop {
+        if let Some(outcome) = done.borrow_and_update().clone() {
+            return outcome.map_err(AuditError::GroupFailed);
+        }
+        match tokio::time::timeout(GROUP_BACKSTOP, done.changed()).await {
+            Ok(Ok(())) => {}
+            // The group ended without an outcome: nothing was committed.
+            Ok(Err(_)) => {
+                return Err(AuditError::GroupFailed(Arc::from(
+                    "the commit group ended without an outcome",
+                )));
             }
-            match tokio::time::timeout(GROUP_BACKSTOP, done.changed()).await {
-                Ok(Ok(())) => {}
-                // The group ended without an outcome: nothing was committed.
-                Ok(Err(_)) => {
-                    return Err(AuditError::GroupFailed(Arc::from(
-                        "the commit group ended without an outcome",
-                    )));
-                }
-                // Nobody committed the group yet: do it.
-                Err(_) => audit.flush().await,
+            // Nobody committed the group yet: do it.
+            Err(_) => {
+                let audit = Arc::clone(audit);
+                let _ = tokio::spawn(async move { audit.flush().await }).await;
             }
         }
     }

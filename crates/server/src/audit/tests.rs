@@ -160,6 +160,48 @@ async fn a_lone_transaction_commits_at_once_and_a_dropped_one_leaves_nothing() {
     assert_eq!(actors, ["b"]);
 }
 
+/// AUD-2: a commit runs to its end even when its caller goes away at once (a client that
+/// disconnected): the transaction, released and due to commit, is committed with its event,
+/// the chain verifies, and the next transaction continues it.
+#[tokio::test]
+async fn a_commit_whose_caller_is_dropped_at_its_first_poll_still_commits() {
+    let (_dir, store, audit) = fresh().await;
+    let mut tx = AuditTx::begin(&store, &audit).await.unwrap();
+    tx.append(&Context::system("test"), event("gone".into(), "1".into()))
+        .await
+        .unwrap();
+    let mut commit = Box::pin(tx.commit());
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(commit.as_mut(), cx))
+    })
+    .await;
+    assert!(
+        first.is_pending(),
+        "a durable commit cannot be done in one poll"
+    );
+    drop(commit);
+    let mut head = audit.subscribe();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        head.wait_for(|h| h.seq == 1),
+    )
+    .await
+    .expect("the dropped caller's transaction is committed")
+    .unwrap();
+    let mut next = AuditTx::begin(&store, &audit).await.unwrap();
+    next.append(&Context::system("test"), event("next".into(), "2".into()))
+        .await
+        .unwrap();
+    next.commit().await.unwrap();
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM audit_events ORDER BY seq")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(actors, ["gone", "next"]);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (2, None));
+}
+
 /// AUD-2: a group's audit rows are written with its COMMIT; when the store refuses them,
 /// the whole group rolls back and no member is acknowledged: neither the member whose event
 /// was refused nor the one that shared its commit keeps its change, and the next
