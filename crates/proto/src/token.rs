@@ -32,7 +32,7 @@ mod rotation;
 
 pub use rotation::KeyAnnouncement;
 
-use codec::{assemble, decode, encode_claims, signed_message};
+use codec::{assemble, decode, encode_claims, signed_message, token_len};
 
 /// The only token layout this build signs and accepts.
 pub const TOKEN_VERSION: u8 = 1;
@@ -256,7 +256,7 @@ impl TokenSigner {
         }
         check_ttl(claims.issued_at_ms, claims.expires_at_ms)?;
         let bytes = encode_claims(claims)?;
-        if 1 + 4 + bytes.len() + Signature::BYTE_SIZE > MAX_TOKEN_BYTES {
+        if token_len(bytes.len()) > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed("token too large"));
         }
         Ok(EncodedClaims {

@@ -73,7 +73,7 @@ pub(crate) struct UnsignedJob {
     /// the next token with the new key, never this one.
     keys: std::sync::Arc<crate::keys::KeyPair>,
     claims: EncodedClaims,
-    pub(crate) job_id: Uuid,
+    job_id: Uuid,
     request_id: Uuid,
     connection: ConnectionName,
     class: OperationClass,

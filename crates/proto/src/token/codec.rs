@@ -59,11 +59,16 @@ pub(super) fn signed_message(version: u8, claims: &[u8]) -> Vec<u8> {
     message
 }
 
+/// The length of a token carrying `claims_len` bytes of claims.
+pub(super) fn token_len(claims_len: usize) -> usize {
+    1 + 4 + claims_len + Signature::BYTE_SIZE
+}
+
 /// `version || claims_len (u32 BE) || claims || signature`.
 pub(super) fn assemble(claims: &[u8], signature: &Signature) -> Result<ExecutionToken, TokenError> {
     let claims_len =
         u32::try_from(claims.len()).map_err(|_| TokenError::Malformed("token too large"))?;
-    let mut out = Vec::with_capacity(1 + 4 + claims.len() + Signature::BYTE_SIZE);
+    let mut out = Vec::with_capacity(token_len(claims.len()));
     out.push(TOKEN_VERSION);
     out.extend_from_slice(&claims_len.to_be_bytes());
     out.extend_from_slice(claims);
