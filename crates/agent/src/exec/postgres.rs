@@ -1,5 +1,6 @@
 //! PostgreSQL targets. Reads run as `BEGIN READ ONLY`, then a statement timeout set locally in
-//! the same transaction, then the statement, then `ROLLBACK`; writes and DDL as `BEGIN`, the
+//! the same transaction, then the statement, then `ROLLBACK` (sent as the connection goes back
+//! to its pool, not waited for by the result); writes and DDL as `BEGIN`, the
 //! timeout, the statement, `COMMIT`. The statement goes through the extended protocol as one
 //! unnamed prepared statement, which PostgreSQL refuses to hold more than one command (a second
 //! layer behind the gate's parser, EX-2). TLS follows the URL's `sslmode`. Pooled connections
@@ -253,7 +254,13 @@ async fn run_on(
         );
     }
     if read {
-        tx.rollback().await?;
+        // A read changed nothing, so its result needs no answer from the ROLLBACK: dropping
+        // the transaction queues it, and the pool's test of the connection on release (its
+        // spawned return to the pool) sends it and waits for it, in the same round trip,
+        // while the result goes to the server. A connection is handed out again only after
+        // that test succeeded, so the next job never runs inside this transaction; one whose
+        // ROLLBACK fails is closed, which ends the transaction too (EX-3).
+        drop(tx);
     } else if limits.dry_run {
         // A preview: nothing it did survives.
         tx.rollback().await?;

@@ -70,7 +70,9 @@ pub(crate) fn failed(result: Result<ExecResult, ExecError>) -> ExecError {
 }
 
 /// Runs `cleanup` when dropped, on its own runtime, so a failing test still drops its schema,
-/// database or keys.
+/// database or keys. The test's runtime waits for it, so nothing of that runtime runs
+/// meanwhile: a connection on its way back to its pool (which is when a read's transaction
+/// ends) stays where it is, and a cleanup ends the sessions that would block it.
 pub(crate) struct Scratch {
     pub(crate) cleanup: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -270,6 +272,18 @@ impl Pg {
             admin,
             _scratch: Scratch::new(async move {
                 if let Ok(mut c) = sqlx::PgConnection::connect(PG_ADMIN).await {
+                    // A read's transaction ends when its connection goes back to its pool, in
+                    // a task of the test's runtime, which is blocked while this runs: end the
+                    // sessions still holding locks in the schema first, or the DROP waits.
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(l.pid, 5000) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                    )
+                    .bind(&drop_schema)
+                    .execute(&mut c)
+                    .await;
                     let sql = format!("DROP SCHEMA {drop_schema} CASCADE");
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                         .execute(&mut c)

@@ -33,6 +33,25 @@ impl My {
             admin,
             _scratch: Scratch::new(async move {
                 if let Ok(mut c) = sqlx::MySqlConnection::connect(MYSQL_ADMIN).await {
+                    // Sessions still in the database (a read's transaction ends as its
+                    // connection goes back to its pool, in the test's runtime, blocked while
+                    // this runs) would keep the DROP waiting for their metadata locks.
+                    let ids: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+                         WHERE DB = ? AND ID <> CONNECTION_ID()",
+                    )
+                    .bind(&drop_database)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_else(|e| {
+                        eprintln!("cleanup of {drop_database}: listing its sessions: {e}");
+                        Vec::new()
+                    });
+                    for id in ids {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                            .execute(&mut c)
+                            .await;
+                    }
                     let sql = format!("DROP DATABASE {drop_database}");
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                         .execute(&mut c)
@@ -292,6 +311,42 @@ pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_an
         }
     }
     assert_eq!(my.count("items").await, 1, "the write ran exactly once");
+    t.close().await;
+}
+
+/// EX-3: a read's transaction has ended before its connection serves another job: the read
+/// does not wait for its `ROLLBACK`, which the pool's test on release sends, so once the
+/// connection is back in its pool InnoDB holds no transaction for its session.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_a_read_ends_its_transaction_before_its_connection_is_reused() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int PRIMARY KEY) ENGINE=InnoDB")
+        .await;
+    let t = MySqlTarget::open(&my.target(&[Read])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    // Reading an InnoDB table starts the transaction's read view, which lists it in
+    // `innodb_trx` for as long as it is open.
+    let job = "SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM items)";
+    let first = t.run_unchecked(Read, job, lim).await.expect("first read");
+    let id = first.rows[0][0].as_u64().expect("a connection id");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?",
+    )
+    .bind(id)
+    .fetch_one(&my.admin)
+    .await
+    .expect("innodb_trx");
+    assert_eq!(
+        open, 0,
+        "the read's transaction is still open on its pooled connection"
+    );
+    let next = t.run_unchecked(Read, job, lim).await.expect("second read");
+    assert_eq!(
+        next.rows[0][0].as_u64(),
+        Some(id),
+        "not the pooled connection"
+    );
     t.close().await;
 }
 

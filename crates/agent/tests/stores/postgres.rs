@@ -339,6 +339,48 @@ pub(crate) async fn ex3_pg_a_connection_that_died_in_the_pool_costs_no_job_and_n
     t.close().await;
 }
 
+/// EX-3: a read's transaction has ended before its connection serves another job. The read
+/// does not wait for its `ROLLBACK` (nothing it did needs undoing for its result to stand); the
+/// pool's test on release sends it. So once the connection is back in its pool its session is
+/// idle, not idle in a transaction, and the next job on it runs in a transaction of its own,
+/// with its own timeout.
+#[tokio::test]
+pub(crate) async fn ex3_pg_a_read_ends_its_transaction_before_its_connection_is_reused() {
+    let pg = Pg::new().await;
+    let t = PgTarget::open(&pg.target(&[Read])).expect("target");
+    let job = "SELECT pg_backend_pid(), current_setting('statement_timeout'), \
+               current_setting('transaction_read_only')";
+    let first = t
+        .run_unchecked(Read, job, limits(10, 1 << 20, 3_000))
+        .await
+        .expect("first read");
+    let pid = first.rows[0][0].as_i64().expect("a backend pid");
+    assert_eq!(first.rows[0][1..], [json!("3s"), json!("on")]);
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let (state, in_transaction): (Option<String>, bool) =
+        sqlx::query_as("SELECT state, xact_start IS NOT NULL FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid as i32)
+            .fetch_one(&pg.admin)
+            .await
+            .expect("pg_stat_activity");
+    assert_eq!(
+        (state.as_deref(), in_transaction),
+        (Some("idle"), false),
+        "the read's transaction is still open on its pooled connection"
+    );
+    let next = t
+        .run_unchecked(Read, job, limits(10, 1 << 20, 5_000))
+        .await
+        .expect("second read");
+    assert_eq!(
+        next.rows[0][0].as_i64(),
+        Some(pid),
+        "not the pooled connection"
+    );
+    assert_eq!(next.rows[0][1..], [json!("5s"), json!("on")]);
+    t.close().await;
+}
+
 /// Waits (bounded) until the `class` connection is back in its pool, tested on release, then
 /// ends its session (backend `pid`) and waits until it is gone.
 async fn end_session_while_idle(pg: &Pg, t: &PgTarget, class: OperationClass, pid: i64) {
