@@ -104,7 +104,7 @@ impl UnsignedJob {
 /// Encodes the execution token's claims of a leased job, marks its request dispatched (for
 /// an execution) and appends the dispatch event, all in `tx`; the token is signed after the
 /// commit ([`UnsignedJob::sign`]).
-pub(crate) async fn sign(
+pub(crate) async fn encode(
     state: &AppState,
     tx: &mut AuditTx,
     agent: &str,
@@ -113,7 +113,7 @@ pub(crate) async fn sign(
     now: i64,
 ) -> Result<UnsignedJob, ApiError> {
     let recorded = Recorded::load(tx, leased.request_id).await?;
-    sign_recorded(
+    encode_recorded(
         state,
         tx,
         agent,
@@ -135,9 +135,9 @@ enum Dispatched {
     Recorded,
 }
 
-/// [`sign`] from the request's fields the caller wrote in this same transaction.
+/// [`encode`] from the request's fields the caller wrote in this same transaction.
 #[allow(clippy::too_many_arguments)]
-async fn sign_recorded(
+async fn encode_recorded(
     state: &AppState,
     tx: &mut AuditTx,
     agent: &str,
@@ -269,7 +269,7 @@ impl HandOff {
     /// Encodes the token of the job `job_id` recorded with this lease in `tx` and appends
     /// the dispatch event; the token is signed after the commit. `recorded` is the request as
     /// the caller wrote it (not read back), with the state it was approved in.
-    pub(crate) async fn sign(
+    pub(crate) async fn encode(
         self,
         state: &AppState,
         tx: &mut AuditTx,
@@ -286,7 +286,7 @@ impl HandOff {
             nonce: self.nonce,
         };
         let idle = self.idle;
-        let job = sign_recorded(
+        let job = encode_recorded(
             state,
             tx,
             &idle.agent,

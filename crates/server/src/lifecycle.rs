@@ -399,7 +399,7 @@ pub async fn create_request(
             };
             handed_job = Some(
                 handed
-                    .sign(state, &mut tx, job_id, id, recorded, now)
+                    .encode(state, &mut tx, job_id, id, recorded, now)
                     .await?,
             );
         }
@@ -567,7 +567,7 @@ async fn try_claim(
         explain_text: claimed.try_get(3)?,
         nonce,
     };
-    let job = crate::lease::sign(state, &mut tx, &agent.name, ctx, leased, now).await?;
+    let job = crate::lease::encode(state, &mut tx, &agent.name, ctx, leased, now).await?;
     tx.commit().await?;
     Ok(Some(job.sign()?))
 }
