@@ -21,9 +21,12 @@ use crate::store::Store;
 
 mod checkpoint;
 mod group;
+mod thread;
 mod verify;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointFile, run_checkpointer};
 use group::{GROUP_BACKSTOP, Group, GroupConn, GroupOutcome, Writer, settle};
+pub use thread::Member;
+use thread::WriterThread;
 pub use verify::{VerifyReport, verify, verify_data_dir};
 
 const HASH_DOMAIN: &[u8] = b"portcullis/audit-event/v1\0";
@@ -257,6 +260,8 @@ pub struct Audit {
     sinks: Vec<Box<dyn crate::alerts::AlertSink>>,
     /// Committed events, in commit order, for live subscribers (WEB-8).
     live: broadcast::Sender<Arc<LiveEvent>>,
+    /// The writer thread's queue ([`Audit::transact`]).
+    thread: WriterThread,
 }
 
 impl Default for Head {
@@ -286,18 +291,29 @@ impl Audit {
             }
         }
         let (committed, _) = watch::channel(head);
-        Ok(Arc::new(Audit {
-            head: Mutex::new(head),
-            committed,
-            writer: Arc::new(tokio::sync::Mutex::new(Writer {
-                head,
-                ..Writer::default()
-            })),
-            waiting: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            sinks: vec![Box::new(crate::alerts::LogSink)],
-            live: broadcast::channel(LIVE_CAPACITY).0,
-        }))
+        let mut started = Ok(());
+        let audit = Arc::new_cyclic(|weak| {
+            let thread = WriterThread::start(weak.clone(), store.clone());
+            let thread = thread.unwrap_or_else(|e| {
+                started = Err(e);
+                WriterThread::stopped()
+            });
+            Audit {
+                head: Mutex::new(head),
+                committed,
+                writer: Arc::new(tokio::sync::Mutex::new(Writer {
+                    head,
+                    ..Writer::default()
+                })),
+                waiting: AtomicUsize::new(0),
+                commits: AtomicU64::new(0),
+                sinks: vec![Box::new(crate::alerts::LogSink)],
+                live: broadcast::channel(LIVE_CAPACITY).0,
+                thread,
+            }
+        });
+        started.map_err(|e| anyhow::anyhow!("starting the audit writer thread failed: {e}"))?;
+        Ok(audit)
     }
 
     pub fn head(&self) -> Head {
@@ -410,6 +426,79 @@ pub(crate) struct PendingRow {
     pub(crate) details: String,
     pub(crate) prev_hash: [u8; 32],
     pub(crate) hash: [u8; 32],
+}
+
+/// The INSERT of an alert raised by an event (AUD-5): six parameters.
+macro_rules! insert_alert {
+    () => {
+        "INSERT INTO alerts (at_ms, severity, kind, actor, target, details) VALUES (?, ?, ?, ?, ?, ?)"
+    };
+}
+use insert_alert;
+
+/// One event made into its audit row after `head`: the row with its hash, the event for live
+/// subscribers and the alert it raises, if any. The same for both writers ([`AuditTx`] and
+/// the writer thread), so both chain alike.
+pub(crate) struct Appended {
+    pub(crate) row: PendingRow,
+    pub(crate) live: Arc<LiveEvent>,
+    pub(crate) alert: Option<crate::alerts::Alert>,
+}
+
+impl Appended {
+    pub(crate) fn make(head: Head, ctx: &Context, event: Event, now_ms: i64) -> Appended {
+        let seq = head.seq + 1;
+        let at = clock::format_ms(now_ms);
+        let details = event.details.to_string();
+        let prev = head.hash;
+        let fields = RowFields {
+            seq,
+            prev_hash: &prev,
+            at: &at,
+            actor: &event.actor,
+            action: event.action.as_str(),
+            target: &event.target,
+            outcome: event.outcome.as_str(),
+            correlation_id: &ctx.correlation_id,
+            client_addr: &ctx.client_addr,
+            details: &details,
+        };
+        let hash = hash_row(&fields);
+        let live = Arc::new(LiveEvent::committed(&fields, &event.details));
+        let alert = crate::alerts::severity_of(&event).map(|severity| crate::alerts::Alert {
+            at: at.clone(),
+            severity,
+            kind: event.action.as_str().to_owned(),
+            actor: event.actor.clone(),
+            target: event.target.clone(),
+            details: event.details,
+        });
+        Appended {
+            row: PendingRow {
+                seq,
+                at,
+                actor: event.actor,
+                action: event.action.as_str(),
+                target: event.target,
+                outcome: event.outcome.as_str(),
+                correlation_id: ctx.correlation_id.clone(),
+                client_addr: ctx.client_addr.clone(),
+                details,
+                prev_hash: prev,
+                hash,
+            },
+            live,
+            alert,
+        }
+    }
+
+    /// The chain head once this row is appended.
+    pub(crate) fn head(&self) -> Head {
+        Head {
+            seq: self.row.seq,
+            hash: self.row.hash,
+        }
+    }
 }
 
 impl AuditTx {
@@ -526,63 +615,26 @@ impl AuditTx {
         event: Event,
         now_ms: i64,
     ) -> Result<i64, AuditError> {
-        let seq = self.head.seq + 1;
-        let at = clock::format_ms(now_ms);
-        let details = event.details.to_string();
-        let prev = self.head.hash;
-        let fields = RowFields {
-            seq,
-            prev_hash: &prev,
-            at: &at,
-            actor: &event.actor,
-            action: event.action.as_str(),
-            target: &event.target,
-            outcome: event.outcome.as_str(),
-            correlation_id: &ctx.correlation_id,
-            client_addr: &ctx.client_addr,
-            details: &details,
-        };
-        let hash = hash_row(&fields);
-        self.live
-            .push(Arc::new(LiveEvent::committed(&fields, &event.details)));
-        if let Some(severity) = crate::alerts::severity_of(&event) {
-            sqlx::query(
-                "INSERT INTO alerts (at_ms, severity, kind, actor, target, details) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(now_ms)
-            .bind(severity.as_str())
-            .bind(event.action.as_str())
-            .bind(&event.actor)
-            .bind(&event.target)
-            .bind(&details)
-            .execute(self.conn().await?)
-            .await?;
-            self.alerts.push(crate::alerts::Alert {
-                at: at.clone(),
-                severity,
-                kind: event.action.as_str().to_owned(),
-                actor: event.actor.clone(),
-                target: event.target.clone(),
-                details: event.details,
-            });
+        let made = Appended::make(self.head, ctx, event, now_ms);
+        if let Some(alert) = &made.alert {
+            sqlx::query(insert_alert!())
+                .bind(now_ms)
+                .bind(alert.severity.as_str())
+                .bind(made.row.action)
+                .bind(&made.row.actor)
+                .bind(&made.row.target)
+                .bind(&made.row.details)
+                .execute(self.conn().await?)
+                .await?;
         }
+        let seq = made.row.seq;
+        self.head = made.head();
+        self.live.push(made.live);
+        self.alerts.extend(made.alert);
         // Written with the rest of its commit group, in one statement just before the
         // group's COMMIT (`group::insert_rows`): never committed without the change it
         // records, and never acknowledged before that commit (AUD-2).
-        self.rows.push(PendingRow {
-            seq,
-            at,
-            actor: event.actor,
-            action: event.action.as_str(),
-            target: event.target,
-            outcome: event.outcome.as_str(),
-            correlation_id: ctx.correlation_id.clone(),
-            client_addr: ctx.client_addr.clone(),
-            details,
-            prev_hash: prev,
-            hash,
-        });
-        self.head = Head { seq, hash };
+        self.rows.push(made.row);
         Ok(seq)
     }
 
@@ -600,15 +652,6 @@ impl AuditTx {
         let audit = Arc::clone(&self.audit);
         let (w, done) = self.release()?;
         audit.hand_over(w).await;
-        wait_for_group(&audit, done).await
-    }
-
-    /// [`commit`](Self::commit) for a caller that is itself a spawned task, which nothing
-    /// drops before its end: a commit due here runs without a task of its own.
-    pub(crate) async fn commit_here(mut self) -> Result<(), AuditError> {
-        let audit = Arc::clone(&self.audit);
-        let (w, done) = self.release()?;
-        audit.hand_over_here(w).await;
         wait_for_group(&audit, done).await
     }
 

@@ -90,6 +90,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::Unavailable(e.into())
+    }
+}
+
 impl From<crate::audit::AuditError> for ApiError {
     fn from(e: crate::audit::AuditError) -> Self {
         // AUD-2: an action whose audit record cannot be written fails.

@@ -113,40 +113,32 @@ pub(crate) async fn encode(
     now: i64,
 ) -> Result<UnsignedJob, ApiError> {
     let recorded = Recorded::load(tx, leased.request_id).await?;
-    encode_recorded(
-        state,
-        tx,
-        agent,
-        ctx,
-        leased,
-        recorded,
-        now,
-        Dispatched::Update,
-    )
-    .await
+    let request_id = leased.request_id;
+    let (job, event, executes) = encode_claims(state, agent, leased, recorded, now)?;
+    if executes {
+        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
+            .bind(agent)
+            .bind(now)
+            .bind(now)
+            .bind(request_id.to_string())
+            .execute(tx.conn().await?)
+            .await?;
+    }
+    tx.append_at(ctx, event, now).await?;
+    Ok(job)
 }
 
-/// Whether signing an execution's token still has to mark its request dispatched.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dispatched {
-    /// The request is `approved` in the store: mark it dispatched to the agent.
-    Update,
-    /// The request was inserted already dispatched to the agent ([`HandOff`]).
-    Recorded,
-}
-
-/// [`encode`] from the request's fields the caller wrote in this same transaction.
-#[allow(clippy::too_many_arguments)]
-async fn encode_recorded(
+/// The token's claims of a leased job, encoded (signed after the commit), with the dispatch
+/// event to append in the transaction that records the lease, and whether the job is the
+/// request's execution (which dispatches it). No store access: it runs before the
+/// transaction or inside it alike.
+fn encode_claims(
     state: &AppState,
-    tx: &mut AuditTx,
     agent: &str,
-    ctx: &Context,
     leased: Leased,
     recorded: Recorded,
     now: i64,
-    dispatched: Dispatched,
-) -> Result<UnsignedJob, ApiError> {
+) -> Result<(UnsignedJob, Event, bool), ApiError> {
     let Leased {
         job_id,
         request_id,
@@ -212,15 +204,6 @@ async fn encode_recorded(
         .signer
         .encode(&claims)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing failed: {e}")))?;
-    if executes && dispatched == Dispatched::Update {
-        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
-            .bind(agent)
-            .bind(now)
-            .bind(now)
-            .bind(request_id.to_string())
-            .execute(tx.conn().await?)
-            .await?;
-    }
     let event = Event {
         actor: format!("agent:{agent}"),
         action: if explain.is_some() {
@@ -234,8 +217,7 @@ async fn encode_recorded(
         outcome: Outcome::Success,
         details: json!({ "job": job_id.to_string(), "key_id": claims.key_id.to_hex(), "expires_at": clock::format_ms(claims.expires_at_ms) }),
     };
-    tx.append_at(ctx, event, now).await?;
-    Ok(UnsignedJob {
+    let job = UnsignedJob {
         keys: signing,
         claims: encoded,
         job_id,
@@ -244,7 +226,8 @@ async fn encode_recorded(
         class: claims.class,
         statement,
         lease_ms: ex.lease_secs.saturating_mul(1000),
-    })
+    };
+    Ok((job, event, executes))
 }
 
 /// An execution job leased, in the very statements that create it, to an agent already
@@ -266,18 +249,18 @@ impl HandOff {
         }
     }
 
-    /// Encodes the token of the job `job_id` recorded with this lease in `tx` and appends
-    /// the dispatch event; the token is signed after the commit. `recorded` is the request as
-    /// the caller wrote it (not read back), with the state it was approved in.
-    pub(crate) async fn encode(
-        self,
+    /// Encodes the token of the job `job_id` to be recorded with this lease, with the
+    /// dispatch event to append in the same transaction (as the agent's claim, in its
+    /// context); the token is signed after the commit. `recorded` is the request as the
+    /// caller writes it (not read back), with the state it was approved in.
+    pub(crate) fn encode(
+        &self,
         state: &AppState,
-        tx: &mut AuditTx,
         job_id: Uuid,
         request_id: Uuid,
         recorded: Recorded,
         now: i64,
-    ) -> Result<(IdleClaim, UnsignedJob), ApiError> {
+    ) -> Result<(UnsignedJob, Event), ApiError> {
         let leased = Leased {
             job_id,
             request_id,
@@ -285,19 +268,8 @@ impl HandOff {
             explain_text: None,
             nonce: self.nonce,
         };
-        let idle = self.idle;
-        let job = encode_recorded(
-            state,
-            tx,
-            &idle.agent,
-            &idle.ctx,
-            leased,
-            recorded,
-            now,
-            Dispatched::Recorded,
-        )
-        .await?;
-        Ok((idle, job))
+        let (job, event, _) = encode_claims(state, &self.idle.agent, leased, recorded, now)?;
+        Ok((job, event))
     }
 }
 

@@ -15,7 +15,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::audit::{Action, AuditTx, Context, Event, Member, Outcome};
 use crate::auth::{AgentPrincipal, UserPrincipal};
 use crate::clock;
 use crate::dispatch::Finished;
@@ -265,7 +265,6 @@ pub async fn create_request(
     } else {
         RequestState::PendingApproval
     };
-    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
     // An auto-approved execution goes straight to an agent already waiting in its claim for
     // this connection, in this same commit: the request is inserted dispatched and its job
     // leased. A failure below drops the hand-off, which frees the agent, and the request
@@ -279,147 +278,140 @@ pub async fn create_request(
         Some(_) => RequestState::Dispatched,
         None => initial,
     };
-    // The request and its execution job in one statement batch (with this transaction's
-    // savepoint when it joined a commit group): one trip to the writer connection.
-    let (sql, conn) = if auto {
-        tx.first_batch(concat!(insert_request!(), ";", insert_execution_job!()))
-    } else {
-        tx.first_batch(insert_request!())
-    };
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.to_string())
-        .bind(who.display())
-        .bind(&who.user_id)
-        .bind(&who.token_id)
-        .bind(decl.name.as_str())
-        .bind(decl.kind.as_str())
-        .bind(decl.environment.as_str())
-        .bind(class.as_str())
-        .bind(&body.statement)
-        .bind(&statement_hash[..])
-        .bind(reason)
-        .bind(recorded_state.as_str())
-        .bind(decision.as_str())
-        .bind(rule)
-        .bind(approval.as_ref().map(|a| &a[..]))
-        .bind(now)
-        .bind(now)
-        .bind(auto.then_some(now))
-        .bind(if body.stream { "stream" } else { "buffered" })
-        .bind(&steps)
-        .bind(&rule_name)
-        .bind(&glass)
-        .bind(handed.as_ref().map(|h| h.idle.agent.as_str()))
-        .bind(handed.as_ref().map(|_| now));
-    if let Some(job_id) = job_id {
-        insert = insert
-            .bind(job_id.to_string())
-            .bind(id.to_string())
-            .bind(decl.name.as_str())
-            .bind(if handed.is_some() { "leased" } else { "queued" })
-            .bind(handed.as_ref().map(|h| h.idle.agent.as_str()))
-            .bind(handed.as_ref().map(|h| &h.nonce[..]))
-            .bind(handed.as_ref().map(|_| now))
-            .bind(handed.as_ref().map(|h| h.lease_until_ms))
-            .bind(now);
-    }
-    insert.execute(conn).await?;
     let request_target = format!("request:{id}");
-    let created = Event {
-        actor: who.display(),
-        action: Action::RequestCreated,
-        target: request_target.clone(),
-        outcome: Outcome::Success,
-        details: json!({
-            "connection": decl.name.as_str(),
-            "environment": decl.environment.as_str(),
-            "class": class.as_str(),
-            "statement_sha256": hex::encode(statement_hash),
-            "decision": decision.as_str(),
-            "rule": rule_name,
-            "tables": operation.tables,
-            "steps": evaluation.steps,
-        }),
-    };
-    tx.append_at(ctx, created, now).await?;
-    if let Some(grant) = &glass {
-        let used = Event {
+    // The audit events, in chain order, each with the context it happened in.
+    let mut events = vec![(
+        ctx.clone(),
+        Event {
             actor: who.display(),
-            action: Action::BreakGlassUsed,
+            action: Action::RequestCreated,
             target: request_target.clone(),
             outcome: Outcome::Success,
-            details: json!({ "grant": grant, "class": class.as_str(), "connection": decl.name.as_str() }),
-        };
-        tx.append_at(ctx, used, now).await?;
+            details: json!({
+                "connection": decl.name.as_str(),
+                "environment": decl.environment.as_str(),
+                "class": class.as_str(),
+                "statement_sha256": hex::encode(statement_hash),
+                "decision": decision.as_str(),
+                "rule": rule_name,
+                "tables": operation.tables,
+                "steps": evaluation.steps,
+            }),
+        },
+    )];
+    if let Some(grant) = &glass {
+        events.push((
+            ctx.clone(),
+            Event {
+                actor: who.display(),
+                action: Action::BreakGlassUsed,
+                target: request_target.clone(),
+                outcome: Outcome::Success,
+                details: json!({ "grant": grant, "class": class.as_str(), "connection": decl.name.as_str() }),
+            },
+        ));
     }
     let explain = (!auto)
         .then(|| crate::explain::explain_statement(decl.kind, class, &body.statement))
         .flatten();
     let preview = !auto && crate::explain::preview_eligible(decl.kind, class, &body.statement);
-    let context_jobs = [
-        explain.as_deref().map(|text| ("explain", Some(text))),
+    let context_jobs: Vec<(&'static str, Option<String>)> = [
+        explain.clone().map(|text| ("explain", Some(text))),
         preview.then_some(("preview", None)),
-    ];
-    for (purpose, text) in context_jobs.into_iter().flatten() {
-        sqlx::query("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?)")
-            .bind(Uuid::new_v4().to_string())
-            .bind(id.to_string())
-            .bind(purpose)
-            .bind(text)
-            .bind(decl.name.as_str())
-            .bind(now)
-            .execute(tx.conn().await?)
-            .await?;
-    }
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut handed_job = None;
-    let handed_until = handed.as_ref().map(|h| h.lease_until_ms);
-    if let Some(job_id) = job_id {
-        let approved = Event {
-            actor: if glass.is_some() {
-                "break-glass"
-            } else {
-                "policy"
-            }
-            .into(),
-            action: Action::RequestApproved,
-            target: request_target,
-            outcome: Outcome::Success,
-            details: json!({ "auto": true, "rule": rule, "break_glass": glass }),
-        };
-        tx.append_at(ctx, approved, now).await?;
-        if let Some(handed) = handed {
-            let recorded = crate::lease::Recorded {
-                connection: decl.name.clone(),
-                environment: decl.environment,
-                class,
-                statement: body.statement.clone(),
-                statement_sha256: statement_hash,
-                approval_sha256: approval,
-                state: initial,
-            };
-            handed_job = Some(
-                handed
-                    .encode(state, &mut tx, job_id, id, recorded, now)
-                    .await?,
-            );
-        }
+    if job_id.is_some() {
+        events.push((
+            ctx.clone(),
+            Event {
+                actor: if glass.is_some() {
+                    "break-glass"
+                } else {
+                    "policy"
+                }
+                .into(),
+                action: Action::RequestApproved,
+                target: request_target,
+                outcome: Outcome::Success,
+                details: json!({ "auto": true, "rule": rule, "break_glass": glass }),
+            },
+        ));
     }
-    if let Some((idle, job)) = handed_job {
+    if let (Some(job_id), Some(handed)) = (job_id, &handed) {
+        let recorded = crate::lease::Recorded {
+            connection: decl.name.clone(),
+            environment: decl.environment,
+            class,
+            statement: body.statement.clone(),
+            statement_sha256: statement_hash,
+            approval_sha256: approval,
+            state: initial,
+        };
+        let (job, dispatched) = handed.encode(state, job_id, id, recorded, now)?;
+        // The dispatch is the agent's claim's doing, in its context.
+        events.push((handed.idle.ctx.clone(), dispatched));
+        handed_job = Some(job);
+    }
+    let row = NewRequest {
+        id: id.to_string(),
+        requester: who.display(),
+        requester_user_id: who.user_id.clone(),
+        token_id: who.token_id.clone(),
+        connection: decl.name.to_string(),
+        kind: decl.kind.as_str(),
+        environment: decl.environment.as_str(),
+        class: class.as_str(),
+        statement: body.statement,
+        statement_sha256: statement_hash,
+        reason: reason.to_owned(),
+        state: recorded_state.as_str(),
+        decision: decision.as_str(),
+        rule,
+        approval_sha256: approval,
+        now,
+        approved_at_ms: auto.then_some(now),
+        result_mode: if body.stream { "stream" } else { "buffered" },
+        steps,
+        rule_name,
+        break_glass_id: glass,
+        job: job_id.map(|job_id| NewJob {
+            id: job_id.to_string(),
+            state: if handed.is_some() { "leased" } else { "queued" },
+            agent: handed.as_ref().map(|h| h.idle.agent.clone()),
+            nonce: handed.as_ref().map(|h| h.nonce),
+            lease_until_ms: handed.as_ref().map(|h| h.lease_until_ms),
+        }),
+        context_jobs,
+    };
+    // The request, its jobs and its events in one transaction on the writer thread.
+    let record = move |m: &mut Member<'_>| -> Result<(), ApiError> {
+        row.insert(m.conn())?;
+        for (ctx, event) in events {
+            m.append_at(&ctx, event, now)?;
+        }
+        Ok(())
+    };
+    if let (Some(handed), Some(job)) = (handed, handed_job) {
         // Commit and delivery run to their end even if this request is dropped: a committed
         // hand-off must reach its agent or go back to the queue.
         let state = state.clone();
         let collected = !body.stream;
         tokio::spawn(async move {
-            tx.commit_here().await?;
+            let handed_until = handed.lease_until_ms;
+            state.audit.transact(record).await?;
             // Signed after the commit, outside the writer, and before the job leaves.
             let job = job.sign()?;
+            let idle = handed.idle;
             // Before the job leaves: its result upload may arrive at once.
-            if let (true, Some(lease_until_ms)) = (collected, handed_until) {
+            if collected {
                 state.dispatch.note_handed(
                     job.job_id,
                     crate::dispatch::HandedJob {
                         agent: idle.agent.clone(),
-                        lease_until_ms,
+                        lease_until_ms: handed_until,
                     },
                 );
             }
@@ -433,7 +425,7 @@ pub async fn create_request(
             executing: true,
         });
     }
-    tx.commit().await?;
+    state.audit.transact(record).await?;
     if auto || explain.is_some() || preview {
         state.dispatch.job_queued(&decl.name);
     }
@@ -441,6 +433,108 @@ pub async fn create_request(
         id,
         executing: auto,
     })
+}
+
+/// A new request's row, with its execution job (auto-approved) or the jobs that explain or
+/// preview it (awaiting approval), as the writer thread inserts them.
+struct NewRequest {
+    id: String,
+    requester: String,
+    requester_user_id: String,
+    token_id: String,
+    connection: String,
+    kind: &'static str,
+    environment: &'static str,
+    class: &'static str,
+    statement: String,
+    statement_sha256: [u8; 32],
+    reason: String,
+    state: &'static str,
+    decision: &'static str,
+    rule: Option<i64>,
+    approval_sha256: Option<[u8; 32]>,
+    now: i64,
+    approved_at_ms: Option<i64>,
+    result_mode: &'static str,
+    steps: Option<String>,
+    rule_name: Option<String>,
+    break_glass_id: Option<String>,
+    job: Option<NewJob>,
+    /// `explain` (with the plan statement) or `preview` jobs.
+    context_jobs: Vec<(&'static str, Option<String>)>,
+}
+
+/// An auto-approved request's execution job: queued, or leased to an agent already waiting.
+struct NewJob {
+    id: String,
+    state: &'static str,
+    agent: Option<String>,
+    nonce: Option<[u8; 16]>,
+    lease_until_ms: Option<i64>,
+}
+
+impl NewRequest {
+    fn insert(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        let leased_at_ms = self
+            .job
+            .as_ref()
+            .and_then(|j| j.agent.as_ref())
+            .map(|_| self.now);
+        let agent = self.job.as_ref().and_then(|j| j.agent.as_deref());
+        conn.prepare_cached(insert_request!())?
+            .execute(rusqlite::params![
+                self.id,
+                self.requester,
+                self.requester_user_id,
+                self.token_id,
+                self.connection,
+                self.kind,
+                self.environment,
+                self.class,
+                self.statement,
+                &self.statement_sha256[..],
+                self.reason,
+                self.state,
+                self.decision,
+                self.rule,
+                self.approval_sha256.as_ref().map(|a| &a[..]),
+                self.now,
+                self.now,
+                self.approved_at_ms,
+                self.result_mode,
+                self.steps,
+                self.rule_name,
+                self.break_glass_id,
+                agent,
+                leased_at_ms,
+            ])?;
+        if let Some(job) = &self.job {
+            conn.prepare_cached(insert_execution_job!())?
+                .execute(rusqlite::params![
+                    job.id,
+                    self.id,
+                    self.connection,
+                    job.state,
+                    job.agent,
+                    job.nonce.as_ref().map(|n| &n[..]),
+                    leased_at_ms,
+                    job.lease_until_ms,
+                    self.now,
+                ])?;
+        }
+        for (purpose, text) in &self.context_jobs {
+            conn.prepare_cached("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?)")?
+                .execute(rusqlite::params![
+                    Uuid::new_v4().to_string(),
+                    self.id,
+                    purpose,
+                    text,
+                    self.connection,
+                    self.now,
+                ])?;
+        }
+        Ok(())
+    }
 }
 
 /// Long-polls for a job on the connections the agent serves, and leases it atomically.

@@ -28,6 +28,8 @@ const WRITER_AUTOCHECKPOINT_FRAMES: u32 = 4_000;
 const WAL_SIZE_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
 /// The least time between two background WAL checkpoints: commits in between are copied by
 /// the next one, each page once.
+/// How long a connection waits for another's write lock before its statement fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 portcullis_core::names::closed_enum! {
@@ -111,6 +113,7 @@ pub struct Store {
     /// How many background WAL checkpoints ran (including ones that failed).
     wal_checkpoints: std::sync::Arc<watch::Sender<u64>>,
     path: PathBuf,
+    durability: Durability,
 }
 
 pub type Tx = Transaction<'static, Sqlite>;
@@ -136,7 +139,7 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         // No ping before each acquire (sqlx's default): an embedded connection cannot have
         // lost its peer, and the ping is one more round trip to the connection's thread on
         // every query and transaction.
@@ -185,6 +188,7 @@ impl Store {
             wal_checkpointer,
             wal_checkpoints: std::sync::Arc::new(watch::channel(0).0),
             path,
+            durability,
         };
         store.migrate().await?;
         Ok(store)
@@ -236,6 +240,33 @@ impl Store {
     /// back), never return it to the pool with the transaction open.
     pub(crate) async fn writer_connection(&self) -> sqlx::Result<PoolConnection<Sqlite>> {
         self.writer.acquire().await
+    }
+
+    /// A second writer connection, for the audit writer thread (`audit/thread.rs`), which
+    /// runs whole transactions on it without a hand-off per statement. Opened like the sqlx
+    /// writer (WAL, the store's durability, foreign keys, the same busy timeout and WAL
+    /// limits); the two never write at the same time, as both write only while holding the
+    /// audit writer lock, except the few plain transactions of [`Store::begin`], which the
+    /// busy timeout serializes.
+    pub(crate) fn open_thread_writer(&self) -> rusqlite::Result<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_EXRESCODE,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let synchronous = match self.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
+        ))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
     }
 
     pub fn reader(&self) -> &SqlitePool {

@@ -62,37 +62,143 @@ pub async fn load_view(
 }
 
 pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError> {
-    let ts = |i: usize| -> Result<Option<String>, ApiError> {
-        Ok(r.try_get::<Option<i64>, _>(i)?.map(clock::format_ms))
-    };
-    let error_code: Option<String> = r.try_get(17)?;
-    let error_message: Option<String> = r.try_get(18)?;
+    view_of(r)
+}
+
+/// A row of `requests` read with [`view_columns!`] (or a list query's fewer columns), from
+/// either of the store's drivers.
+pub(crate) trait ViewRow {
+    /// The text in column `i`, `None` for NULL.
+    fn text(&self, i: usize) -> Result<Option<String>, ApiError>;
+    /// The integer in column `i`, `None` for NULL.
+    fn int(&self, i: usize) -> Result<Option<i64>, ApiError>;
+    /// The index of the column `name`, `None` when the query left it out.
+    fn index_of(&self, name: &str) -> Option<usize>;
+
+    /// The text in column `i`, which is never NULL.
+    fn required_text(&self, i: usize) -> Result<String, ApiError> {
+        self.text(i)?.ok_or_else(|| null_column(i))
+    }
+
+    /// The integer in column `i`, which is never NULL.
+    fn required_int(&self, i: usize) -> Result<i64, ApiError> {
+        self.int(i)?.ok_or_else(|| null_column(i))
+    }
+
+    /// The text in the column `name`, `None` when it is NULL, left out or unreadable.
+    fn named_text(&self, name: &str) -> Option<String> {
+        self.index_of(name)
+            .and_then(|i| self.text(i).ok().flatten())
+    }
+
+    /// The integer in the column `name`, `None` when it is NULL, left out or unreadable.
+    fn named_int(&self, name: &str) -> Option<i64> {
+        self.index_of(name).and_then(|i| self.int(i).ok().flatten())
+    }
+}
+
+fn null_column(i: usize) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!(
+        "the state store has NULL in a request's column {i}, which is never NULL"
+    ))
+}
+
+impl ViewRow for sqlx::sqlite::SqliteRow {
+    fn text(&self, i: usize) -> Result<Option<String>, ApiError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn int(&self, i: usize) -> Result<Option<i64>, ApiError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        use sqlx::Column;
+        self.columns()
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.ordinal())
+    }
+}
+
+/// A request's [`view_columns!`] as the writer thread read them, every column present.
+pub(crate) struct ViewValues(pub(crate) Vec<rusqlite::types::Value>);
+
+impl ViewValues {
+    /// Reads the view's columns of `row` (a query of [`view_columns!`]).
+    pub(crate) fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<ViewValues> {
+        let count = row.as_ref().column_count();
+        (0..count)
+            .map(|i| row.get::<_, rusqlite::types::Value>(i))
+            .collect::<rusqlite::Result<_>>()
+            .map(ViewValues)
+    }
+}
+
+impl ViewRow for ViewValues {
+    fn text(&self, i: usize) -> Result<Option<String>, ApiError> {
+        use rusqlite::types::Value;
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            Some(Value::Text(t)) => Ok(Some(t.clone())),
+            _ => Err(wrong_type(i, "text")),
+        }
+    }
+
+    fn int(&self, i: usize) -> Result<Option<i64>, ApiError> {
+        use rusqlite::types::Value;
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            Some(Value::Integer(n)) => Ok(Some(*n)),
+            _ => Err(wrong_type(i, "an integer")),
+        }
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        view_columns!()
+            .split(',')
+            .map(str::trim)
+            .position(|c| c == name)
+    }
+}
+
+fn wrong_type(i: usize, expected: &str) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!(
+        "the state store has a request whose column {i} is not {expected}"
+    ))
+}
+
+/// A request's view from its row (without its approval decisions).
+pub(crate) fn view_of(r: &impl ViewRow) -> Result<RequestView, ApiError> {
+    let ts = |i: usize| -> Result<Option<String>, ApiError> { Ok(r.int(i)?.map(clock::format_ms)) };
+    let error_code = r.text(17)?;
+    let error_message = r.text(18)?;
     // List queries leave the plan out; a missing column means none.
-    let explain: Option<String> = r.try_get("explain").ok().flatten();
-    let steps: Option<String> = r.try_get("steps").ok().flatten();
-    let steps = steps
+    let explain = r.named_text("explain");
+    let steps = r
+        .named_text("steps")
         .map(|s| serde_json::from_str(&s))
         .transpose()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("corrupt steps in the state store: {e}")))?
         .unwrap_or_default();
     Ok(RequestView {
-        id: parse_uuid(r.try_get(0)?)?,
-        connection: parse(r.try_get::<String, _>(1)?)?,
-        kind: parse(r.try_get::<String, _>(2)?)?,
-        environment: parse(r.try_get::<String, _>(3)?)?,
-        class: parse(r.try_get::<String, _>(4)?)?,
-        state: parse(r.try_get::<String, _>(5)?)?,
-        decision: parse(r.try_get::<String, _>(6)?)?,
-        requester: r.try_get(7)?,
-        reason: r.try_get(8)?,
-        statement: r.try_get(9)?,
-        created_at: clock::format_ms(r.try_get(10)?),
-        updated_at: clock::format_ms(r.try_get(11)?),
+        id: parse_uuid(r.required_text(0)?)?,
+        connection: parse(r.required_text(1)?)?,
+        kind: parse(r.required_text(2)?)?,
+        environment: parse(r.required_text(3)?)?,
+        class: parse(r.required_text(4)?)?,
+        state: parse(r.required_text(5)?)?,
+        decision: parse(r.required_text(6)?)?,
+        requester: r.required_text(7)?,
+        reason: r.required_text(8)?,
+        statement: r.required_text(9)?,
+        created_at: clock::format_ms(r.required_int(10)?),
+        updated_at: clock::format_ms(r.required_int(11)?),
         approved_at: ts(12)?,
         dispatched_at: ts(13)?,
         started_at: ts(14)?,
         finished_at: ts(15)?,
-        agent: r.try_get(16)?,
+        agent: r.text(16)?,
         error: error_code.map(|code| ExecError {
             code,
             message: error_message.unwrap_or_default(),
@@ -100,23 +206,16 @@ pub fn row_to_view(r: &sqlx::sqlite::SqliteRow) -> Result<RequestView, ApiError>
         explain: explain.and_then(|e| serde_json::from_str(&e).ok()),
         steps,
         current_step: r
-            .try_get::<i64, _>("current_step")
-            .ok()
+            .named_int("current_step")
             .and_then(|s| u32::try_from(s).ok())
             .unwrap_or(0),
         approvals: Vec::new(),
-        policy_rule: r.try_get("policy_rule_name").ok().flatten(),
+        policy_rule: r.named_text("policy_rule_name"),
         preview: r
-            .try_get::<Option<String>, _>("preview")
-            .ok()
-            .flatten()
+            .named_text("preview")
             .and_then(|p| serde_json::from_str(&p).ok()),
-        break_glass: r.try_get("break_glass_id").ok().flatten(),
-        reviewed_by: r.try_get("reviewed_by").ok().flatten(),
-        reviewed_at: r
-            .try_get::<Option<i64>, _>("reviewed_at_ms")
-            .ok()
-            .flatten()
-            .map(clock::format_ms),
+        break_glass: r.named_text("break_glass_id"),
+        reviewed_by: r.named_text("reviewed_by"),
+        reviewed_at: r.named_int("reviewed_at_ms").map(clock::format_ms),
     })
 }

@@ -553,3 +553,167 @@ async fn verify_in_ranges_reports_what_one_pass_reports() {
         damaged.close().await;
     }
 }
+
+/// A `marks` table for the writer thread's tests.
+async fn marks_table(store: &Store, extra: &str) {
+    let mut setup = store.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE marks (who TEXT NOT NULL); {extra}"
+    )))
+    .execute(&mut *setup)
+    .await
+    .unwrap();
+    setup.commit().await.unwrap();
+}
+
+/// A writer-thread transaction that marks `who` and appends an event by `who`; it fails
+/// after both when `fail`.
+fn marking(
+    who: String,
+    fail: bool,
+) -> impl FnOnce(&mut Member<'_>) -> Result<i64, crate::error::ApiError> + Send + 'static {
+    move |m| {
+        m.conn()
+            .prepare_cached("INSERT INTO marks (who) VALUES (?)")?
+            .execute([&who])?;
+        let seq = m.append_at(&Context::system("test"), event(who, "t".into()), 1)?;
+        if fail {
+            return Err(crate::error::ApiError::bad_request("failing on purpose"));
+        }
+        Ok(seq)
+    }
+}
+
+async fn marks(store: &Store) -> Vec<String> {
+    sqlx::query_scalar("SELECT who FROM marks ORDER BY who")
+        .fetch_all(store.reader())
+        .await
+        .unwrap()
+}
+
+/// AUD-2 on the writer thread: transactions queued while the writer is busy run as one
+/// group with one commit; one that fails rolls back alone (its change and its event), the
+/// others commit with a dense chain, and each is acknowledged only once its commit is
+/// visible to other connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_thread_groups_share_a_commit_and_members_fail_alone() {
+    let (_dir, store, audit) = fresh().await;
+    marks_table(&store, "").await;
+    // The writer held: the thread takes the first transaction and waits; the others queue.
+    let held = Arc::clone(&audit.writer).lock_owned().await;
+    let mut pending = Vec::new();
+    for (who, fail) in [("a", false), ("b", true), ("c", false)] {
+        let mut answer = Box::pin(audit.transact(marking(who.into(), fail)));
+        assert!(futures_util::poll!(&mut answer).is_pending());
+        pending.push(answer);
+    }
+    drop(held);
+    let a = pending.remove(0).await.expect("a commits");
+    let b = pending.remove(0).await.expect_err("b fails alone");
+    let c = pending.remove(0).await.expect("c commits");
+    assert!(b.to_string().contains("failing on purpose"), "{b}");
+    assert_eq!((a, c), (1, 2), "the failed member's event left a gap");
+    assert_eq!(
+        audit.commits(),
+        1,
+        "the queued transactions did not share one commit"
+    );
+    assert_eq!(marks(&store).await, ["a", "c"]);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (2, None));
+}
+
+/// AUD-2 on the writer thread: when the store refuses the group's audit rows, no member is
+/// acknowledged and none keeps its change; the next transaction continues from the last
+/// committed head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_thread_group_whose_audit_rows_are_refused_commits_nothing() {
+    let (_dir, store, audit) = fresh().await;
+    marks_table(
+        &store,
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.actor = 'refused'
+         BEGIN SELECT RAISE(ABORT, 'audit row refused'); END;",
+    )
+    .await;
+    let held = Arc::clone(&audit.writer).lock_owned().await;
+    let mut first = Box::pin(audit.transact(marking("first".into(), false)));
+    let mut refused = Box::pin(audit.transact(marking("refused".into(), false)));
+    assert!(futures_util::poll!(&mut first).is_pending());
+    assert!(futures_util::poll!(&mut refused).is_pending());
+    drop(held);
+    let err = first
+        .await
+        .expect_err("acknowledged although its audit rows were refused");
+    assert!(format!("{err:?}").contains("audit row refused"), "{err:?}");
+    refused
+        .await
+        .expect_err("the refused member was acknowledged");
+    assert_eq!(audit.head().seq, 0);
+    assert!(
+        marks(&store).await.is_empty(),
+        "a change committed without its audit rows"
+    );
+    assert_eq!(
+        audit.transact(marking("next".into(), false)).await.unwrap(),
+        1
+    );
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (1, None));
+}
+
+/// AUD-2 with both writers at once: `AuditTx`s and writer-thread transactions from several
+/// tasks, some failing, extend one dense chain; every acknowledged change and event is
+/// committed, no failed one is, and the in-memory head never disagrees with the store's
+/// (a mismatch fails every transaction closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_writer_thread_and_audit_txs_extend_one_chain() {
+    let (_dir, store, audit) = fresh().await;
+    marks_table(&store, "").await;
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let (store, audit) = (store.clone(), Arc::clone(&audit));
+        tasks.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for i in 0..40 {
+                let who = format!("t{t}-{i:02}");
+                let fail = i % 5 == 4;
+                if i % 3 == 0 {
+                    let mut tx = AuditTx::begin(&store, &audit).await.unwrap();
+                    sqlx::query("INSERT INTO marks (who) VALUES (?)")
+                        .bind(&who)
+                        .execute(tx.conn().await.unwrap())
+                        .await
+                        .unwrap();
+                    tx.append(&Context::system("test"), event(who.clone(), "t".into()))
+                        .await
+                        .unwrap();
+                    if fail {
+                        drop(tx);
+                        continue;
+                    }
+                    tx.commit().await.unwrap();
+                } else {
+                    let done = audit.transact(marking(who.clone(), fail)).await;
+                    assert_eq!(done.is_ok(), !fail, "{who}: {done:?}");
+                    if fail {
+                        continue;
+                    }
+                }
+                kept.push(who);
+            }
+            kept
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        kept.extend(task.await.unwrap());
+    }
+    kept.sort();
+    assert_eq!(marks(&store).await, kept);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!(
+        (report.events, report.first_bad_seq),
+        (kept.len() as u64, None)
+    );
+    assert_eq!(audit.head().seq, kept.len() as i64);
+}

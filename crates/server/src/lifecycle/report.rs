@@ -12,28 +12,25 @@ use uuid::Uuid;
 
 use super::parse_uuid;
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::audit::{Action, AuditTx, Context, Event, Member, Outcome};
 use crate::auth::AgentPrincipal;
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
-use crate::views::{row_to_view, view_columns};
+use crate::views::{ViewValues, view_columns, view_of};
+use rusqlite::OptionalExtension;
 
-/// Ends an execution job leased to the reporting agent and its request (10 parameters), then
-/// reads the request as its view for the waiters: no rows when the job is not such a job;
-/// otherwise the request's id (`RETURNING`), then its view.
-macro_rules! finish_execution {
-    () => {
-        concat!(
-            "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? ",
-            "WHERE id = (SELECT request_id FROM jobs WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute') ",
-            "AND state IN ('dispatched', 'running');",
-            "UPDATE jobs SET state = 'done' WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute' RETURNING request_id;",
-            // `changes()` counts the rows of the statement just before: only the job it ended.
-            "SELECT ", view_columns!(), " FROM requests WHERE id = (SELECT request_id FROM jobs WHERE id = ?) AND changes() > 0",
-        )
-    };
-}
+/// Ends the request of an execution job leased to the reporting agent (7 parameters); no
+/// row changes when the job is not such a job.
+const FINISH_REQUEST: &str = concat!(
+    "UPDATE requests SET state = ?, finished_at_ms = ?, updated_at_ms = ?, error_code = ?, error_message = ? ",
+    "WHERE id = (SELECT request_id FROM jobs WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute') ",
+    "AND state IN ('dispatched', 'running')",
+);
+/// Marks that job done and returns its request's id; no row when it is not such a job.
+const FINISH_JOB: &str = "UPDATE jobs SET state = 'done' WHERE id = ? AND agent = ? AND state = 'leased' AND purpose = 'execute' RETURNING request_id";
+/// The finished request as its view, for the waiters.
+const READ_VIEW: &str = concat!("SELECT ", view_columns!(), " FROM requests WHERE id = ?");
 
 /// Records an agent's report. Only the agent holding the lease can report, once. When
 /// `streamed`, the result's rows already went to the requester and only its counts are kept.
@@ -53,34 +50,8 @@ pub async fn report_job(
         JobReport::Failed { error } => (failed_state(error), Some(sanitize(error.clone()))),
         JobReport::Refused { error } => (RequestState::Failed, Some(sanitize(error.clone()))),
     };
-    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    // The common case in one statement batch: an execution job leased to this agent ends
-    // its request and is marked done. Anything else finds no row and is sorted out below.
-    let (sql, conn) = tx.first_batch(finish_execution!());
-    let job = job_id.to_string();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(next.as_str())
-        .bind(now)
-        .bind(now)
-        .bind(error.as_ref().map(|e| e.code.as_str()))
-        .bind(error.as_ref().map(|e| e.message.as_str()))
-        .bind(&job)
-        .bind(&agent.name)
-        .bind(&job)
-        .bind(&agent.name)
-        .bind(&job)
-        .fetch_all(conn)
-        .await?;
-    let request_id = match rows.first() {
-        Some(row) => parse_uuid(row.try_get(0)?)?,
-        None => return report_other(tx, agent, ctx, job_id, report, now).await,
-    };
-    let result = match report {
-        JobReport::Succeeded { result } => Some(Arc::new(result)),
-        JobReport::Failed { .. } | JobReport::Refused { .. } => None,
-    };
-    let details = match (&result, &error) {
-        (Some(r), _) => {
+    let details = match (&report, &error) {
+        (JobReport::Succeeded { result: r }, _) => {
             json!({ "state": next.as_str(), "rows": r.row_count, "truncated": r.truncated, "affected_rows": r.affected_rows })
         }
         (_, Some(e)) => json!({ "state": next.as_str(), "error": e.code }),
@@ -91,21 +62,63 @@ pub async fn report_job(
     } else {
         Outcome::Failure
     };
-    let event = Event {
-        actor: format!("agent:{}", agent.name),
-        action: Action::RequestFinished,
-        target: format!("request:{request_id}"),
-        outcome,
-        details,
+    let job = job_id.to_string();
+    let holder = agent.name.clone();
+    let (code, message) = match &error {
+        Some(e) => (Some(e.code.clone()), Some(e.message.clone())),
+        None => (None, None),
     };
-    tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
+    let event_ctx = ctx.clone();
+    // The common case in one transaction on the writer thread: an execution job leased to
+    // this agent ends its request and is marked done, and the request is read back as its
+    // view for the waiters. Anything else changes nothing and is sorted out below.
+    let finish = move |m: &mut Member<'_>| -> Result<Option<(Uuid, Option<ViewValues>)>, ApiError> {
+        let conn = m.conn();
+        conn.prepare_cached(FINISH_REQUEST)?
+            .execute(rusqlite::params![
+                next.as_str(),
+                now,
+                now,
+                code,
+                message,
+                job,
+                holder,
+            ])?;
+        let finished: Option<String> = conn
+            .prepare_cached(FINISH_JOB)?
+            .query_row(rusqlite::params![job, holder], |row| row.get(0))
+            .optional()?;
+        let Some(request_id) = finished else {
+            return Ok(None);
+        };
+        let view = conn
+            .prepare_cached(READ_VIEW)?
+            .query_row([&request_id], ViewValues::read)
+            .optional()?;
+        let request_id = parse_uuid(request_id)?;
+        let event = Event {
+            actor: format!("agent:{holder}"),
+            action: Action::RequestFinished,
+            target: format!("request:{request_id}"),
+            outcome,
+            details,
+        };
+        m.append_at(&event_ctx, event, now)?;
+        Ok(Some((request_id, view)))
+    };
+    let Some((request_id, view)) = state.audit.transact(finish).await? else {
+        let tx = AuditTx::begin(&state.store, &state.audit).await?;
+        return report_other(tx, agent, ctx, job_id, report, now).await;
+    };
+    let result = match report {
+        JobReport::Succeeded { result } => Some(Arc::new(result)),
+        JobReport::Failed { .. } | JobReport::Refused { .. } => None,
+    };
     // Parsed after the commit, off the writer. Handed to the waiters, who then need not read
     // it again; only a view without approval steps is whole as read here (load_view adds the
     // decisions), and one that does not parse is left to them to read and report.
-    let view = rows
-        .get(1)
-        .and_then(|row| row_to_view(row).ok())
+    let view = view
+        .and_then(|v| view_of(&v).ok())
         .filter(|v| v.id == request_id && v.steps.is_empty())
         .map(Box::new);
     state.dispatch.complete(
