@@ -717,3 +717,28 @@ async fn the_writer_thread_and_audit_txs_extend_one_chain() {
     );
     assert_eq!(audit.head().seq, kept.len() as i64);
 }
+
+/// A writer-thread transaction whose caller stops waiting (a client that went away) still
+/// runs and commits with its event: what the caller asked for is recorded whole or not at
+/// all, never left half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_thread_transaction_commits_after_its_caller_went_away() {
+    let (_dir, store, audit) = fresh().await;
+    marks_table(&store, "").await;
+    let mut committed = audit.subscribe();
+    let held = Arc::clone(&audit.writer).lock_owned().await;
+    let mut gone = Box::pin(audit.transact(marking("gone".into(), false)));
+    assert!(futures_util::poll!(&mut gone).is_pending());
+    drop(gone);
+    drop(held);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        committed.wait_for(|head| head.seq == 1),
+    )
+    .await
+    .expect("the transaction was dropped with its caller")
+    .unwrap();
+    assert_eq!(marks(&store).await, ["gone"]);
+    let report = verify(store.reader(), None).await.unwrap();
+    assert_eq!((report.events, report.first_bad_seq), (1, None));
+}
