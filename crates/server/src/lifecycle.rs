@@ -79,21 +79,15 @@ async fn deny(
     }
 }
 
-/// The INSERT of a new request (24 parameters), a literal so that it can be batched with
-/// [`insert_execution_job!`] in one statement string.
-macro_rules! insert_request {
-    () => {
-        "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name, break_glass_id, agent, dispatched_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    };
-}
+/// The INSERT of a new request (24 parameters).
+const INSERT_REQUEST: &str = "INSERT INTO requests (id, requester, requester_user_id, token_id, connection, kind, environment, class, statement, statement_sha256, reason, state, decision, policy_rule, approval_sha256, created_at_ms, updated_at_ms, approved_at_ms, result_mode, steps, policy_rule_name, break_glass_id, agent, dispatched_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The INSERT of an auto-approved request's execution job, queued or already leased
 /// (9 parameters).
-macro_rules! insert_execution_job {
-    () => {
-        "INSERT INTO jobs (id, request_id, connection, state, agent, nonce, leased_at_ms, lease_until_ms, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    };
-}
+const INSERT_EXECUTION_JOB: &str = "INSERT INTO jobs (id, request_id, connection, state, agent, nonce, leased_at_ms, lease_until_ms, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// The INSERT of a job that explains or previews a request awaiting approval (6 parameters).
+const INSERT_CONTEXT_JOB: &str = "INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?)";
 
 /// Queues the one execution job of an approved request.
 pub(crate) async fn queue_execution(
@@ -315,8 +309,9 @@ pub async fn create_request(
         .then(|| crate::explain::explain_statement(decl.kind, class, &body.statement))
         .flatten();
     let preview = !auto && crate::explain::preview_eligible(decl.kind, class, &body.statement);
+    let explains = explain.is_some();
     let context_jobs: Vec<(&'static str, Option<String>)> = [
-        explain.clone().map(|text| ("explain", Some(text))),
+        explain.map(|text| ("explain", Some(text))),
         preview.then_some(("preview", None)),
     ]
     .into_iter()
@@ -379,10 +374,11 @@ pub async fn create_request(
         break_glass_id: glass,
         job: job_id.map(|job_id| NewJob {
             id: job_id.to_string(),
-            state: if handed.is_some() { "leased" } else { "queued" },
-            agent: handed.as_ref().map(|h| h.idle.agent.clone()),
-            nonce: handed.as_ref().map(|h| h.nonce),
-            lease_until_ms: handed.as_ref().map(|h| h.lease_until_ms),
+            lease: handed.as_ref().map(|h| JobLease {
+                agent: h.idle.agent.clone(),
+                nonce: h.nonce,
+                until_ms: h.lease_until_ms,
+            }),
         }),
         context_jobs,
     };
@@ -426,7 +422,7 @@ pub async fn create_request(
         });
     }
     state.audit.transact(record).await?;
-    if auto || explain.is_some() || preview {
+    if auto || explains || preview {
         state.dispatch.job_queued(&decl.name);
     }
     Ok(Created {
@@ -464,24 +460,26 @@ struct NewRequest {
     context_jobs: Vec<(&'static str, Option<String>)>,
 }
 
-/// An auto-approved request's execution job: queued, or leased to an agent already waiting.
+/// An auto-approved request's execution job: queued, or leased to an agent already waiting
+/// (which dispatches the request).
 struct NewJob {
     id: String,
-    state: &'static str,
-    agent: Option<String>,
-    nonce: Option<[u8; 16]>,
-    lease_until_ms: Option<i64>,
+    lease: Option<JobLease>,
+}
+
+/// The lease of a job handed to an agent as it is created.
+struct JobLease {
+    agent: String,
+    nonce: [u8; 16],
+    until_ms: i64,
 }
 
 impl NewRequest {
     fn insert(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-        let leased_at_ms = self
-            .job
-            .as_ref()
-            .and_then(|j| j.agent.as_ref())
-            .map(|_| self.now);
-        let agent = self.job.as_ref().and_then(|j| j.agent.as_deref());
-        conn.prepare_cached(insert_request!())?
+        let lease = self.job.as_ref().and_then(|j| j.lease.as_ref());
+        let agent = lease.map(|l| l.agent.as_str());
+        let leased_at_ms = lease.map(|_| self.now);
+        conn.prepare_cached(INSERT_REQUEST)?
             .execute(rusqlite::params![
                 self.id,
                 self.requester,
@@ -509,21 +507,21 @@ impl NewRequest {
                 leased_at_ms,
             ])?;
         if let Some(job) = &self.job {
-            conn.prepare_cached(insert_execution_job!())?
+            conn.prepare_cached(INSERT_EXECUTION_JOB)?
                 .execute(rusqlite::params![
                     job.id,
                     self.id,
                     self.connection,
-                    job.state,
-                    job.agent,
-                    job.nonce.as_ref().map(|n| &n[..]),
+                    if lease.is_some() { "leased" } else { "queued" },
+                    agent,
+                    lease.map(|l| &l.nonce[..]),
                     leased_at_ms,
-                    job.lease_until_ms,
+                    lease.map(|l| l.until_ms),
                     self.now,
                 ])?;
         }
         for (purpose, text) in &self.context_jobs {
-            conn.prepare_cached("INSERT INTO jobs (id, request_id, purpose, statement, connection, state, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?)")?
+            conn.prepare_cached(INSERT_CONTEXT_JOB)?
                 .execute(rusqlite::params![
                     Uuid::new_v4().to_string(),
                     self.id,

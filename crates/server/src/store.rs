@@ -26,10 +26,10 @@ const WRITER_AUTOCHECKPOINT_FRAMES: u32 = 4_000;
 /// The WAL is cut back to this size when it restarts after having grown past it (a burst, or
 /// readers that kept old frames in use).
 const WAL_SIZE_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
-/// The least time between two background WAL checkpoints: commits in between are copied by
-/// the next one, each page once.
 /// How long a connection waits for another's write lock before its statement fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time between two background WAL checkpoints: commits in between are copied by
+/// the next one, each page once.
 const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 portcullis_core::names::closed_enum! {

@@ -271,14 +271,8 @@ impl Audit {
         let written = conn.commit(&rows).await;
         match written {
             Ok(()) => {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                *self.head.lock().unwrap_or_else(|e| e.into_inner()) = w.head;
-                self.committed.send_replace(w.head);
-                // After the commit, never before; under the writer lock, so in chain
-                // order (WEB-8).
-                for event in live {
-                    let _ = self.live.send(event);
-                }
+                let head = w.head;
+                self.publish_commit(w, head, live);
                 done.send_replace(Some(Ok(())));
                 alerts
             }
@@ -288,6 +282,19 @@ impl Audit {
                 done.send_replace(Some(Err(Arc::from(e.to_string()))));
                 Vec::new()
             }
+        }
+    }
+
+    /// After a group's COMMIT, and only then, with the writer held: the group's head
+    /// becomes the in-memory head, and its events go to live subscribers, under the writer
+    /// lock and so in chain order (WEB-8). Both writers end their groups with it.
+    pub(super) fn publish_commit(&self, w: &mut Writer, head: Head, live: Vec<Arc<LiveEvent>>) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        w.head = head;
+        self.committed.send_replace(head);
+        for event in live {
+            let _ = self.live.send(event);
         }
     }
 
@@ -303,7 +310,7 @@ impl Audit {
         w.releasing = None;
     }
 
-    fn deliver(&self, alerts: &[crate::alerts::Alert]) {
+    pub(super) fn deliver(&self, alerts: &[crate::alerts::Alert]) {
         for alert in alerts {
             for sink in &self.sinks {
                 sink.deliver(alert);
@@ -326,11 +333,10 @@ async fn insert_rows(
     chunk: &[PendingRow],
     commit: bool,
 ) -> sqlx::Result<()> {
-    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-    let sql = format!(
-        "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}{}",
-        if commit { ";COMMIT" } else { "" }
-    );
+    let mut sql = insert_rows_sql(chunk.len());
+    if commit {
+        sql.push_str(";COMMIT");
+    }
     // Built from the row count only: every value is a bound parameter.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= CACHED_ROWS);
     for row in chunk {
@@ -349,6 +355,15 @@ async fn insert_rows(
     }
     query.execute(conn).await?;
     Ok(())
+}
+
+/// The INSERT of `rows` audit rows (11 parameters each, in [`PendingRow`]'s order), for
+/// both writers.
+pub(super) fn insert_rows_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}"
+    )
 }
 
 /// Undoes the savepoint a dropped member left open, and releases its predecessor's if the

@@ -244,21 +244,19 @@ fn commit_group(
     first: Box<dyn Job>,
     runtime: &tokio::runtime::Handle,
 ) {
-    let mut writer = loop {
-        let writer = audit.writer.blocking_lock();
-        if writer.group.is_none() {
-            break writer;
-        }
-        // An `AuditTx` group left open for more members to join: commit it (its members
-        // wait for that), then take the writer again.
-        drop(writer);
-        runtime.block_on(audit.flush());
-        let mut writer = audit.writer.blocking_lock();
-        if writer.group.as_ref().is_some_and(|g| g.members == 0) {
+    let mut writer = audit.writer.blocking_lock();
+    // An `AuditTx` group left open for more members to join: commit it (its members wait for
+    // that), then take the writer again.
+    while let Some(members) = writer.group.as_ref().map(|g| g.members) {
+        if members == 0 {
             // Nobody holds it and nobody was released into it: nothing to keep.
             audit.abandon_group(&mut writer, "an empty audit group was left open");
+            break;
         }
-    };
+        drop(writer);
+        runtime.block_on(audit.flush());
+        writer = audit.writer.blocking_lock();
+    }
     let expected = audit.head();
     let begun = begin(conn).and_then(|found| {
         if found == expected {
@@ -337,26 +335,12 @@ fn commit_group(
     } = group;
     match insert_rows_and_commit(conn, &rows) {
         Ok(()) => {
-            audit
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            *audit.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
-            writer.head = head;
-            audit.committed.send_replace(head);
-            // After the commit, never before; under the writer lock, so in chain order
-            // (WEB-8).
-            for event in live {
-                let _ = audit.live.send(event);
-            }
+            audit.publish_commit(&mut writer, head, live);
             drop(writer);
             for member in members {
                 member.finish(Ok(()));
             }
-            for alert in &alerts {
-                for sink in &audit.sinks {
-                    sink.deliver(alert);
-                }
-            }
+            audit.deliver(&alerts);
         }
         Err(why) => {
             tracing::error!(error = %why, "committing an audit group failed; its actions fail");
@@ -424,10 +408,7 @@ fn rollback(conn: &rusqlite::Connection) {
 /// durable together or not at all (AUD-2).
 fn insert_rows_and_commit(conn: &rusqlite::Connection, rows: &[PendingRow]) -> Result<(), String> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash) VALUES {values}"
-        );
+        let sql = super::group::insert_rows_sql(chunk.len());
         let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
         let mut index = 1;
         for row in chunk {
