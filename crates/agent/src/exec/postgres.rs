@@ -2,8 +2,12 @@
 //! the same transaction, then the statement, then `ROLLBACK` (sent as the connection goes back
 //! to its pool, not waited for by the result); writes and DDL as `BEGIN`, the
 //! timeout, the statement, `COMMIT`. The statement goes through the extended protocol as one
-//! unnamed prepared statement, which PostgreSQL refuses to hold more than one command (a second
-//! layer behind the gate's parser, EX-2). TLS follows the URL's `sslmode`. Pooled connections
+//! prepared statement, which PostgreSQL refuses to hold more than one command (a second layer
+//! behind the gate's parser, EX-2). Each connection keeps the statements it prepared (sqlx's
+//! bounded cache, keyed by exact text), so a statement it has run before is bound and executed
+//! in one round trip, without its parse and describe; one whose cached form went stale (its
+//! result's columns changed, a session deallocated it) is prepared again, before anything ran.
+//! TLS follows the URL's `sslmode`. Pooled connections
 //! are not pinged before each job (one round trip less); one that died while idle fails at its
 //! `BEGIN` and the job moves to another connection, never after the `BEGIN` (EX-3).
 
@@ -16,7 +20,7 @@ use portcullis_core::{ConnectionName, OperationClass};
 use portcullis_proto::api::{Column, ExecError};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgRow};
 use sqlx::{
     AssertSqlSafe, Column as _, Connection, Executor, PgConnection, Postgres, Row, SqlSafeStr,
     Statement as _, TypeInfo, ValueRef,
@@ -35,8 +39,11 @@ const GRACE: Duration = Duration::from_secs(2);
 
 /// SQLSTATE `query_canceled`: raised when `statement_timeout` fires.
 const QUERY_CANCELED: &str = "57014";
-/// SQLSTATE `invalid_sql_statement_name`.
+/// SQLSTATE `invalid_sql_statement_name`: the named prepared statement does not exist.
 const INVALID_STATEMENT_NAME: &str = "26000";
+/// SQLSTATE `feature_not_supported`; with "cached plan must not change result type", a
+/// prepared statement whose result's columns changed since it was prepared.
+const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// SQLSTATE `read_only_sql_transaction`: the read-only transaction blocked a change.
 const READ_ONLY_TRANSACTION: &str = "25006";
 
@@ -123,13 +130,14 @@ impl PgTarget {
             let mut begun = false;
             let attempt = async {
                 match run_on(&mut conn, class, statement, limits, sink, &mut begun).await {
-                    // sqlx resolves a result column's custom type (enum, domain, composite)
-                    // with catalog queries between parsing and binding the unnamed statement,
-                    // which destroys it; the bind then fails before anything executed, and the
-                    // types are cached on this connection now, so the one retry binds. Not a
-                    // re-run: the first attempt never reached Execute and its transaction
-                    // rolled back.
-                    Err(e) if lost_unnamed_statement(&e) => {
+                    // The connection's prepared form of the statement no longer serves: the
+                    // bind failed before anything executed, and the transaction rolled back.
+                    // Prepared again from the text, once. Not a re-run: the first attempt
+                    // never reached Execute.
+                    Err(e) if stale_statement(&e) => {
+                        (&mut *conn as &mut PgConnection)
+                            .clear_cached_statements()
+                            .await?;
                         run_on(&mut conn, class, statement, limits, sink, &mut begun).await
                     }
                     other => other,
@@ -169,10 +177,32 @@ impl PgTarget {
     }
 }
 
-fn lost_unnamed_statement(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db)
-        if db.code().as_deref() == Some(INVALID_STATEMENT_NAME)
-            && db.message().contains("unnamed prepared statement"))
+/// Whether `e` says the connection's prepared form of a statement is gone or out of date, at
+/// its bind, before it executed: a session deallocated it (`DEALLOCATE ALL`, `DISCARD ALL`),
+/// or a change to a table it reads changed its result's columns, which PostgreSQL does not
+/// re-plan a prepared statement across. The same errors raised inside a function's body (its
+/// own plans, after some of it may have run) carry a context and are not this.
+fn stale_statement(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return false;
+    };
+    if pg.r#where().is_some() {
+        return false;
+    }
+    match pg.code() {
+        // sqlx names the statements it keeps `sqlx_s_<n>`.
+        INVALID_STATEMENT_NAME => {
+            pg.message().contains("\"sqlx_s_")
+                || pg.message().contains("unnamed prepared statement")
+        }
+        FEATURE_NOT_SUPPORTED => pg
+            .message()
+            .contains("cached plan must not change result type"),
+        _ => false,
+    }
 }
 
 fn database_error(db: &dyn sqlx::error::DatabaseError) -> FailureCode {
@@ -215,9 +245,10 @@ async fn run_on(
     let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {
-        // One prepared statement, not cached: a write's RETURNING rows and its affected count
-        // both come back on this stream.
-        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(false);
+        // One prepared statement, kept on this connection for the next job with the same text
+        // (one round trip less). A write's RETURNING rows and its affected count both come
+        // back on this stream.
+        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(true);
         let mut stream = (&mut *tx).fetch_many(query);
         while let Some(item) = stream.try_next().await? {
             match item {
