@@ -463,6 +463,46 @@ pub(crate) async fn pg_a_kept_statement_is_reused_and_prepared_again_when_stale(
     t.close().await;
 }
 
+/// EX-3: only a kept statement gone stale at its bind is prepared again and retried. The same
+/// errors raised from inside a function's body, after some of it ran, fail the job and are
+/// never retried: the sequence the function advances moves once per job.
+#[tokio::test]
+pub(crate) async fn ex3_pg_stale_statement_errors_raised_inside_a_function_are_not_retried() {
+    let pg = Pg::new().await;
+    pg.exec("CREATE SEQUENCE $s.runs").await;
+    pg.exec(
+        "CREATE FUNCTION $s.fails(code text, msg text) RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('$s.runs'); RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg; \
+         END $$",
+    )
+    .await;
+    let t = PgTarget::open(&pg.target(&[WriteClass])).expect("target");
+    let raised = [
+        ("0A000", "cached plan must not change result type"),
+        ("26000", "prepared statement \"sqlx_s_1\" does not exist"),
+    ];
+    for (code, message) in raised {
+        let e = failed(
+            t.run_unchecked(
+                WriteClass,
+                &pg.sql(&format!("SELECT $s.fails('{code}', '{message}')")),
+                limits(10, 1 << 20, 5_000),
+            )
+            .await,
+        );
+        assert_eq!(e.code, "store_error", "{code}: {e:?}");
+        assert!(e.message.contains(message), "{code}: {e:?}");
+    }
+    let runs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(
+        pg.sql("SELECT last_value FROM $s.runs"),
+    ))
+    .fetch_one(&pg.admin)
+    .await
+    .expect("last_value");
+    assert_eq!(runs, raised.len() as i64, "a job was run again");
+    t.close().await;
+}
+
 /// Waits (bounded) until the `class` connection is back in its pool, tested on release, then
 /// ends its session (backend `pid`) and waits until it is gone.
 async fn end_session_while_idle(pg: &Pg, t: &PgTarget, class: OperationClass, pid: i64) {
