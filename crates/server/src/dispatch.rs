@@ -73,9 +73,18 @@ pub enum Reader {
     Delivered,
 }
 
+/// How long a look at the queue that found nothing stands in for the next ones: a claim
+/// within this time, with no job queued on its connections since, skips the store read.
+/// Every transaction that leaves a job queued announces it ([`Dispatch::job_queued`]) after
+/// its commit, so the bound only limits how long a job queued some other way could wait.
+pub const QUEUE_VIEW_TTL: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub struct Dispatch {
     ready: Mutex<HashMap<ConnectionName, Arc<Notify>>>,
+    /// Per connection: how many jobs have been announced queued on it, and the count as of
+    /// the latest look at the queue that found none (with when that look began).
+    queue_views: Mutex<HashMap<ConnectionName, QueueView>>,
     slots: Mutex<HashMap<Uuid, Slot>>,
     /// Agent workers idle in their claim, per connection they serve, most recent last.
     idle: Mutex<Idle>,
@@ -86,6 +95,23 @@ pub struct Dispatch {
     /// before the revocation are refused from then on, and no job is handed to them. Agent
     /// names are never reused, so an entry never needs removing once its revocation commits.
     revoked: Mutex<HashSet<String>>,
+}
+
+/// What the claims know of one connection's queue without reading the store.
+#[derive(Debug, Default, Clone, Copy)]
+struct QueueView {
+    /// Jobs announced queued so far (each [`Dispatch::job_queued`]).
+    announced: u64,
+    /// `announced` as it was when a look at the queue that found nothing began, and when.
+    empty_as_of: Option<(u64, std::time::Instant)>,
+}
+
+/// Where each of a claim's connections stood before it looked at the queue
+/// ([`Dispatch::queue_mark`]); handed back to [`Dispatch::queue_found_empty`].
+#[derive(Debug)]
+pub struct QueueMark {
+    at: std::time::Instant,
+    announced: Vec<(ConnectionName, u64)>,
 }
 
 /// An execution job handed to an agent worker as its request was created, and committed so.
@@ -265,7 +291,54 @@ impl Dispatch {
     /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
     /// is kept for the next one; workers also look at the queue before every wait.
     pub fn job_queued(&self, connection: &ConnectionName) {
+        self.queue_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(connection.clone())
+            .or_default()
+            .announced += 1;
         self.notify(connection).notify_one();
+    }
+
+    /// Whether the queue of every one of `connections` is known to be empty without reading
+    /// the store: a look at it found nothing less than [`QUEUE_VIEW_TTL`] ago, and no job has
+    /// been announced queued on it since that look began. Unknown (a connection never looked
+    /// at, as after a restart) counts as not empty.
+    pub fn queue_known_empty(&self, connections: &[ConnectionName]) -> bool {
+        let views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        connections.iter().all(|c| {
+            views.get(c).is_some_and(|v| {
+                v.empty_as_of.is_some_and(|(announced, at)| {
+                    announced == v.announced && at.elapsed() < QUEUE_VIEW_TTL
+                })
+            })
+        })
+    }
+
+    /// Takes note of where `connections` stand before a look at the queue. A job committed
+    /// before the mark is announced before it, so the look sees it; one announced after it
+    /// moves the count past the mark.
+    pub fn queue_mark(&self, connections: &[ConnectionName]) -> QueueMark {
+        let views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        QueueMark {
+            at: std::time::Instant::now(),
+            announced: connections
+                .iter()
+                .map(|c| (c.clone(), views.get(c).map_or(0, |v| v.announced)))
+                .collect(),
+        }
+    }
+
+    /// Records that the look begun at `mark` found no queued job on its connections. A
+    /// connection with a job announced since the mark stays unknown.
+    pub fn queue_found_empty(&self, mark: QueueMark) {
+        let mut views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, announced) in mark.announced {
+            let view = views.entry(c).or_default();
+            if view.announced == announced {
+                view.empty_as_of = Some((announced, mark.at));
+            }
+        }
     }
 
     /// Futures that complete when a job is queued on one of `connections`. Create (and
@@ -449,6 +522,54 @@ mod tests {
 
     fn conn(name: &str) -> ConnectionName {
         name.parse().unwrap()
+    }
+
+    /// A claim skips the store's queue only while no job was announced on any of its
+    /// connections since a look that found the queue empty, and never on a connection that
+    /// was not looked at; a job announced while a look runs keeps the connection unknown.
+    #[test]
+    fn the_queue_is_known_empty_only_until_a_job_is_announced() {
+        let d = Dispatch::default();
+        let (a, b) = (conn("a"), conn("b"));
+        let both = [a.clone(), b.clone()];
+        assert!(
+            !d.queue_known_empty(std::slice::from_ref(&a)),
+            "never looked at"
+        );
+
+        let mark = d.queue_mark(&both);
+        d.queue_found_empty(mark);
+        assert!(d.queue_known_empty(&both));
+        assert!(d.queue_known_empty(std::slice::from_ref(&b)));
+
+        d.job_queued(&a);
+        assert!(!d.queue_known_empty(std::slice::from_ref(&a)));
+        assert!(
+            !d.queue_known_empty(&both),
+            "one unknown connection is enough"
+        );
+        assert!(d.queue_known_empty(std::slice::from_ref(&b)));
+
+        // Announced while the look ran: the look's "empty" does not count for it.
+        let mark = d.queue_mark(&both);
+        d.job_queued(&a);
+        d.queue_found_empty(mark);
+        assert!(!d.queue_known_empty(std::slice::from_ref(&a)));
+        assert!(d.queue_known_empty(std::slice::from_ref(&b)));
+
+        // A connection no look has covered is unknown even beside known ones.
+        assert!(!d.queue_known_empty(&[b.clone(), conn("c")]));
+    }
+
+    /// The skip is bounded in time: a look older than `QUEUE_VIEW_TTL` is not trusted.
+    #[test]
+    fn an_old_look_at_the_queue_is_not_trusted() {
+        let d = Dispatch::default();
+        let a = conn("a");
+        let mut mark = d.queue_mark(std::slice::from_ref(&a));
+        mark.at = mark.at.checked_sub(QUEUE_VIEW_TTL).unwrap();
+        d.queue_found_empty(mark);
+        assert!(!d.queue_known_empty(std::slice::from_ref(&a)));
     }
 
     /// IR-5: revoking an agent withdraws its idle workers and ends their claims; the others

@@ -576,7 +576,7 @@ pub async fn claim_job(
         if state.dispatch.is_revoked(&agent.name) {
             return Err(ApiError::Unauthenticated);
         }
-        if let Some(job) = try_claim(state, agent, ctx, &served_json).await? {
+        if let Some(job) = try_claim(state, agent, ctx, &served, &served_json).await? {
             return Ok(Some(job));
         }
         // Idle: a newly approved job may be handed straight to this worker (`lease.rs`);
@@ -616,9 +616,16 @@ async fn try_claim(
     state: &AppState,
     agent: &AgentPrincipal,
     ctx: &Context,
+    served: &[ConnectionName],
     served_json: &str,
 ) -> Result<Option<JobAssignment>, ApiError> {
+    // Nothing queued since a look that found the queue empty: no store read at all (the
+    // usual case for a worker back from a job that was handed to it).
+    if state.dispatch.queue_known_empty(served) {
+        return Ok(None);
+    }
     // Look with a reader first, so idle agents woken together do not queue on the writer.
+    let mark = state.dispatch.queue_mark(served);
     let queued: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) LIMIT 1",
     )
@@ -626,6 +633,7 @@ async fn try_claim(
     .fetch_optional(state.store.reader())
     .await?;
     if queued.is_none() {
+        state.dispatch.queue_found_empty(mark);
         return Ok(None);
     }
     let now = clock::now_ms();

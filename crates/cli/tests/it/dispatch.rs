@@ -718,3 +718,53 @@ async fn heartbeats_keep_a_long_job_leased() {
     assert_eq!(running, 1, "a heartbeat marked the request running");
     app.stop().await;
 }
+
+/// A claim skips the store's queue only while it is known empty: a look that found nothing
+/// is trusted until a job is announced queued on the connection, and a job queued while no
+/// worker waits (so not handed to one) is announced by the transaction that queued it, so
+/// the very next claim looks and takes it.
+#[tokio::test]
+async fn a_claim_skips_the_queue_only_until_a_job_is_announced() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let agent = claim_and_vanish(&app, "looker").await;
+    let demo: portcullis_core::ConnectionName = "demo".parse().expect("name");
+    let dispatch = &app.stack.server.state.dispatch;
+    let request = ClaimRequest {
+        connections: served(),
+        wait_ms: 0,
+    };
+    let claim = || agent.claim(&request);
+    assert!(
+        !dispatch.queue_known_empty(std::slice::from_ref(&demo)),
+        "nothing is known of a queue before the first look"
+    );
+    assert!(
+        claim().await.expect("claim").is_none(),
+        "nothing queued yet"
+    );
+    assert!(
+        dispatch.queue_known_empty(std::slice::from_ref(&demo)),
+        "the look that found nothing is kept"
+    );
+
+    let created = app
+        .admin
+        .create_request(&demo_read("SELECT 3", "queued"), Duration::ZERO)
+        .await
+        .expect("request");
+    assert!(
+        !dispatch.queue_known_empty(std::slice::from_ref(&demo)),
+        "the job queued with no idle worker was announced"
+    );
+    let job = claim()
+        .await
+        .expect("claim")
+        .expect("the next claim looks at the queue and takes the job");
+    assert_eq!(job.request_id, created.request.id);
+    assert!(
+        claim().await.expect("claim").is_none(),
+        "the queue is empty again"
+    );
+    assert!(dispatch.queue_known_empty(std::slice::from_ref(&demo)));
+    app.stop().await;
+}
