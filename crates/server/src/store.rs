@@ -98,6 +98,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "preview",
         sql: include_str!("migrations/0009_preview.sql"),
     },
+    Migration {
+        version: 10,
+        name: "request_list",
+        sql: include_str!("migrations/0010_request_list.sql"),
+    },
 ];
 
 pub fn latest_migration() -> i64 {

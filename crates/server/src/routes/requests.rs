@@ -24,6 +24,9 @@ use crate::dispatch::Finished;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::lifecycle;
 
+mod list_query;
+use list_query::list_sql;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -353,22 +356,15 @@ pub(super) async fn list(
         });
     }
     let limit = i64::from(p.limit.unwrap_or(50).clamp(1, 500));
-    let rows = sqlx::query(
-        "SELECT id, connection, kind, environment, class, state, decision, requester, reason, statement, created_at_ms, updated_at_ms,
-                approved_at_ms, dispatched_at_ms, started_at_ms, finished_at_ms, agent, error_code, error_message,
-                steps, current_step, policy_rule_name, break_glass_id, reviewed_by, reviewed_at_ms
-         FROM requests WHERE (? OR requester_user_id = ?) AND (? IS NULL OR state = ?)
-           AND (NOT ? OR (break_glass_id IS NOT NULL AND reviewed_at_ms IS NULL))
-         ORDER BY created_at_ms DESC LIMIT ?",
-    )
-    .bind(p.all)
-    .bind(&who.user_id)
-    .bind(p.state.map(|s| s.as_str()))
-    .bind(p.state.map(|s| s.as_str()))
-    .bind(p.unreviewed)
-    .bind(limit)
-    .fetch_all(state.store.reader())
-    .await?;
+    let sql = list_sql(!p.all, p.state, p.unreviewed);
+    let mut query = sqlx::query(sql);
+    if !p.all {
+        query = query.bind(&who.user_id);
+    }
+    if let Some(s) = p.state {
+        query = query.bind(s.as_str());
+    }
+    let rows = query.bind(limit).fetch_all(state.store.reader()).await?;
     let views = rows
         .iter()
         .map(lifecycle::row_to_view)
