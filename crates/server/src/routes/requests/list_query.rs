@@ -6,7 +6,7 @@ use portcullis_core::RequestState;
 /// when `own`, the state when given, the limit). Every variant walks an index from its
 /// newest end and stops at the limit, over a set no larger than the filter that picks the
 /// index; the other filters (written `+column`, which keeps the planner off that column's
-/// index) only sort out what it yields. The filter that picks the index:
+/// index) only filter what it yields. The filter that picks the index:
 /// - `unreviewed`: `requests_unreviewed`, the break-glass requests awaiting review;
 /// - a state, in everyone's list or, for an open state (only work in flight), in the
 ///   caller's: `requests_by_state`, that state's requests by creation time;
