@@ -81,10 +81,8 @@ pub const QUEUE_VIEW_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Dispatch {
-    ready: Mutex<HashMap<ConnectionName, Arc<Notify>>>,
-    /// Per connection: how many jobs have been announced queued on it, and the count as of
-    /// the latest look at the queue that found none (with when that look began).
-    queue_views: Mutex<HashMap<ConnectionName, QueueView>>,
+    /// Per connection: the wake-up of its waiting workers, and what is known of its queue.
+    queues: Mutex<HashMap<ConnectionName, Queue>>,
     slots: Mutex<HashMap<Uuid, Slot>>,
     /// Agent workers idle in their claim, per connection they serve, most recent last.
     idle: Mutex<Idle>,
@@ -97,9 +95,11 @@ pub struct Dispatch {
     revoked: Mutex<HashSet<String>>,
 }
 
-/// What the claims know of one connection's queue without reading the store.
-#[derive(Debug, Default, Clone, Copy)]
-struct QueueView {
+/// One connection's queue as the dispatcher sees it: its workers' wake-up, and what the
+/// claims know of it without reading the store.
+#[derive(Debug, Default)]
+struct Queue {
+    ready: Arc<Notify>,
     /// Jobs announced queued so far (each [`Dispatch::job_queued`]).
     announced: u64,
     /// `announced` as it was when a look at the queue that found nothing began, and when.
@@ -199,8 +199,8 @@ impl std::fmt::Debug for Dispatch {
 
 impl Dispatch {
     fn notify(&self, connection: &ConnectionName) -> Arc<Notify> {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.entry(connection.clone()).or_default().clone()
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.entry(connection.clone()).or_default().ready.clone()
     }
 
     /// Agent workers idle in their claim on `connection`, ready for a hand-off.
@@ -291,13 +291,10 @@ impl Dispatch {
     /// Wakes one worker waiting for work on `connection`. When none is waiting, the wake-up
     /// is kept for the next one; workers also look at the queue before every wait.
     pub fn job_queued(&self, connection: &ConnectionName) {
-        self.queue_views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(connection.clone())
-            .or_default()
-            .announced += 1;
-        self.notify(connection).notify_one();
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = queues.entry(connection.clone()).or_default();
+        queue.announced += 1;
+        queue.ready.notify_one();
     }
 
     /// Whether the queue of every one of `connections` is known to be empty without reading
@@ -305,9 +302,9 @@ impl Dispatch {
     /// been announced queued on it since that look began. Unknown (a connection never looked
     /// at, as after a restart) counts as not empty.
     pub fn queue_known_empty(&self, connections: &[ConnectionName]) -> bool {
-        let views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         connections.iter().all(|c| {
-            views.get(c).is_some_and(|v| {
+            queues.get(c).is_some_and(|v| {
                 v.empty_as_of.is_some_and(|(announced, at)| {
                     announced == v.announced && at.elapsed() < QUEUE_VIEW_TTL
                 })
@@ -319,12 +316,12 @@ impl Dispatch {
     /// before the mark is announced before it, so the look sees it; one announced after it
     /// moves the count past the mark.
     pub fn queue_mark(&self, connections: &[ConnectionName]) -> QueueMark {
-        let views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         QueueMark {
             at: std::time::Instant::now(),
             announced: connections
                 .iter()
-                .map(|c| (c.clone(), views.get(c).map_or(0, |v| v.announced)))
+                .map(|c| (c.clone(), queues.get(c).map_or(0, |q| q.announced)))
                 .collect(),
         }
     }
@@ -332,11 +329,11 @@ impl Dispatch {
     /// Records that the look begun at `mark` found no queued job on its connections. A
     /// connection with a job announced since the mark stays unknown.
     pub fn queue_found_empty(&self, mark: QueueMark) {
-        let mut views = self.queue_views.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         for (c, announced) in mark.announced {
-            let view = views.entry(c).or_default();
-            if view.announced == announced {
-                view.empty_as_of = Some((announced, mark.at));
+            let queue = queues.entry(c).or_default();
+            if queue.announced == announced {
+                queue.empty_as_of = Some((announced, mark.at));
             }
         }
     }
