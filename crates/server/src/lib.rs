@@ -37,8 +37,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use portcullis_core::Policy;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub use config::ServerConfig;
@@ -212,9 +213,10 @@ impl Server {
             Some(live) => {
                 let handle = axum_server::Handle::<SocketAddr>::new();
                 let server = axum_server::Server::<SocketAddr>::from_listener(listener)
-                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
-                        live.rustls_config(),
-                    ))
+                    .acceptor(
+                        axum_server::tls_rustls::RustlsAcceptor::new(live.rustls_config())
+                            .acceptor(no_delay_acceptor()),
+                    )
                     .handle(handle.clone());
                 tasks.push(tokio::spawn(async move {
                     tokio::spawn(async move {
@@ -230,7 +232,7 @@ impl Server {
                 let graceful = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, service)
+                if let Err(e) = axum::serve(plain_listener(listener), service)
                     .with_graceful_shutdown(graceful)
                     .await
                 {
@@ -299,5 +301,66 @@ impl Server {
             t.abort();
         }
         state.store.close().await;
+    }
+}
+
+/// The plain-HTTP listener: every accepted connection sends each write at once
+/// (`TCP_NODELAY`). Without it, a response written in more than one piece — a streamed result's
+/// lines relayed as they arrive, a TLS record after the one before it — waits for the peer to
+/// acknowledge the previous piece, which a peer delaying its acknowledgements holds back for up
+/// to 40 ms.
+fn plain_listener(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(no_delay)
+}
+
+fn no_delay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY could not be set on an accepted connection");
+    }
+}
+
+/// [`no_delay`] for the HTTPS listener, under its TLS.
+fn no_delay_acceptor() -> axum_server::accept::TcpConfigAcceptor {
+    axum_server::accept::TcpConfigAcceptor::new(
+        axum_server::accept::TcpSocketConfig::new().nodelay(true),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum_server::accept::Accept;
+
+    use super::*;
+
+    async fn connected(listener: &TcpListener) -> TcpStream {
+        TcpStream::connect(listener.local_addr().expect("bound"))
+            .await
+            .expect("connect")
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_send_each_write_at_once() {
+        // The kernel's default, which the listeners must change.
+        let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = connected(&bare).await;
+        let (accepted, _) = bare.accept().await.expect("accept");
+        assert!(!accepted.nodelay().expect("nodelay"));
+
+        // Plain HTTP.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = connected(&listener).await;
+        let mut plain = plain_listener(listener);
+        let (accepted, _) = axum::serve::Listener::accept(&mut plain).await;
+        assert!(accepted.nodelay().expect("nodelay"));
+
+        // HTTPS: the acceptor under the TLS handshake.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = connected(&listener).await;
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (accepted, ()) = no_delay_acceptor()
+            .accept(stream, ())
+            .await
+            .expect("accepted");
+        assert!(accepted.nodelay().expect("nodelay"));
     }
 }
