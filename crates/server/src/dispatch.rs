@@ -86,8 +86,9 @@ pub struct Dispatch {
     slots: Mutex<HashMap<Uuid, Slot>>,
     /// Agent workers idle in their claim, per connection they serve, most recent last.
     idle: Mutex<Idle>,
-    /// Execution jobs handed to an idle worker as they were created, with a collected result,
-    /// until their report: the result upload finds its job here without a store read.
+    /// Jobs leased with a collected result — an execution handed to an idle worker as it was
+    /// created, or any job taken from the queue by a claim — until their report or the end of
+    /// their lease: the result upload finds its job here without a store read.
     handed: Mutex<HashMap<Uuid, HandedJob>>,
     /// Agents revoked while this server runs (IR-5). Their claims that were authenticated
     /// before the revocation are refused from then on, and no job is handed to them. Agent
@@ -114,7 +115,8 @@ pub struct QueueMark {
     announced: Vec<(ConnectionName, u64)>,
 }
 
-/// An execution job handed to an agent worker as its request was created, and committed so.
+/// A job leased to an agent worker (handed over as its request was created, or claimed from
+/// the queue), and committed so.
 #[derive(Debug, Clone)]
 pub struct HandedJob {
     pub agent: String,
@@ -218,8 +220,8 @@ impl Dispatch {
         })
     }
 
-    /// Notes a committed hand-off of an execution job whose result is collected (not
-    /// streamed), for [`Dispatch::handed_to`].
+    /// Notes a committed lease of a job whose result is collected (not streamed), for
+    /// [`Dispatch::handed_to`].
     pub fn note_handed(&self, job_id: Uuid, job: HandedJob) {
         self.handed
             .lock()

@@ -13,15 +13,19 @@ use portcullis_core::{ConnectionName, Environment, OperationClass, RequestState}
 use portcullis_proto::agent::JobAssignment;
 use portcullis_proto::token::{EncodedClaims, TokenClaims, statement_sha256};
 use serde_json::json;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit::{Action, AuditTx, Context, Event, Outcome};
+use crate::audit::{Action, AuditTx, Context, Event, Member, Outcome};
 use crate::clock;
 use crate::dispatch::IdleClaim;
 use crate::error::ApiError;
 use crate::lifecycle::parse;
+
+/// The fields of a request its execution token is signed from (1 parameter: its id).
+const READ_RECORDED: &str = "SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?";
+/// Marks an approved request dispatched to the agent leasing its execution (4 parameters).
+const DISPATCH_REQUEST: &str = "UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'";
 
 /// A job row just leased (`state = 'leased'`) in the current transaction.
 #[derive(Debug)]
@@ -47,20 +51,30 @@ pub(crate) struct Recorded {
 }
 
 impl Recorded {
-    /// Reads them back from the store, in `tx`.
-    async fn load(tx: &mut AuditTx, request_id: Uuid) -> Result<Recorded, ApiError> {
-        let row = sqlx::query("SELECT connection, environment, class, statement, statement_sha256, approval_sha256, state FROM requests WHERE id = ?")
-            .bind(request_id.to_string())
-            .fetch_one(tx.conn().await?)
-            .await?;
+    /// Reads them back from the store, in the transaction of `conn`.
+    fn read(conn: &rusqlite::Connection, request_id: Uuid) -> Result<Recorded, ApiError> {
+        let row =
+            conn.prepare_cached(READ_RECORDED)?
+                .query_row([request_id.to_string()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
+                        row.get::<_, Option<Vec<u8>>>(5)?,
+                        row.get::<_, String>(6)?,
+                    ))
+                })?;
+        let (connection, environment, class, statement, statement_sha256, approval, state) = row;
         Ok(Recorded {
-            connection: parse(row.try_get::<String, _>(0)?)?,
-            environment: parse(row.try_get::<String, _>(1)?)?,
-            class: parse(row.try_get::<String, _>(2)?)?,
-            statement: row.try_get(3)?,
-            statement_sha256: to_hash(row.try_get(4)?),
-            approval_sha256: row.try_get::<Option<Vec<u8>>, _>(5)?.map(to_hash),
-            state: parse(row.try_get::<String, _>(6)?)?,
+            connection: parse(connection)?,
+            environment: parse(environment)?,
+            class: parse(class)?,
+            statement,
+            statement_sha256: to_hash(statement_sha256),
+            approval_sha256: approval.map(to_hash),
+            state: parse(state)?,
         })
     }
 }
@@ -102,29 +116,26 @@ impl UnsignedJob {
 }
 
 /// Encodes the execution token's claims of a leased job, marks its request dispatched (for
-/// an execution) and appends the dispatch event, all in `tx`; the token is signed after the
-/// commit ([`UnsignedJob::sign`]).
-pub(crate) async fn encode(
+/// an execution) and appends the dispatch event, all in the writer thread's transaction of
+/// `member`; the token is signed after the commit ([`UnsignedJob::sign`]).
+pub(crate) fn encode(
     state: &AppState,
-    tx: &mut AuditTx,
+    member: &mut Member<'_>,
     agent: &str,
     ctx: &Context,
     leased: Leased,
     now: i64,
 ) -> Result<UnsignedJob, ApiError> {
-    let recorded = Recorded::load(tx, leased.request_id).await?;
+    let recorded = Recorded::read(member.conn(), leased.request_id)?;
     let request_id = leased.request_id;
     let (job, event, executes) = encode_claims(state, agent, leased, recorded, now)?;
     if executes {
-        sqlx::query("UPDATE requests SET state = 'dispatched', agent = ?, dispatched_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state = 'approved'")
-            .bind(agent)
-            .bind(now)
-            .bind(now)
-            .bind(request_id.to_string())
-            .execute(tx.conn().await?)
-            .await?;
+        member
+            .conn()
+            .prepare_cached(DISPATCH_REQUEST)?
+            .execute(rusqlite::params![agent, now, now, request_id.to_string()])?;
     }
-    tx.append_at(ctx, event, now).await?;
+    member.append_at(ctx, event, now)?;
     Ok(job)
 }
 

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use portcullis_core::policy::{Decision, Facts, Source};
 use portcullis_core::{ConnectionName, RequestState, authorize};
-use portcullis_proto::agent::{ClaimRequest, JobAssignment};
 use portcullis_proto::api::CreateRequest;
 use portcullis_proto::token::statement_sha256;
 use serde_json::json;
@@ -21,8 +19,10 @@ use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
 
+mod claim;
 mod report;
 pub use crate::views::{load_view, row_to_view};
+pub use claim::claim_job;
 pub use report::report_job;
 pub(crate) use report::{failed_state, sanitize};
 
@@ -533,143 +533,6 @@ impl NewRequest {
         }
         Ok(())
     }
-}
-
-/// Long-polls for a job on the connections the agent serves, and leases it atomically.
-pub async fn claim_job(
-    state: &AppState,
-    agent: &AgentPrincipal,
-    ctx: &Context,
-    claim: ClaimRequest,
-) -> Result<Option<JobAssignment>, ApiError> {
-    let mut served = Vec::new();
-    for c in &claim.connections {
-        match state.config.connection(&c.name) {
-            Some(decl) if decl.kind == c.kind && decl.environment == c.environment => {
-                served.push(c.name.clone())
-            }
-            Some(_) => {
-                tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection whose kind or environment differs from the server's; ignoring it")
-            }
-            None => {
-                tracing::warn!(agent = %agent.name, connection = %c.name, "agent declares a connection the server does not know; ignoring it")
-            }
-        }
-    }
-    if served.is_empty() {
-        return Err(ApiError::bad_request(
-            "none of the agent's connections is declared on the server with the same kind and environment",
-        ));
-    }
-    let now = clock::now_ms();
-    state
-        .presence
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .agents
-        .insert(agent.name.clone(), (now, served.clone()));
-    let served_json = serde_json::to_string(&served).map_err(|e| ApiError::Internal(e.into()))?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(claim.wait_ms.min(CLAIM_WAIT_MAX_MS));
-    loop {
-        let ready = state.dispatch.waiters(&served);
-        if state.dispatch.is_revoked(&agent.name) {
-            return Err(ApiError::Unauthenticated);
-        }
-        if let Some(job) = try_claim(state, agent, ctx, &served, &served_json).await? {
-            return Ok(Some(job));
-        }
-        // Idle: a newly approved job may be handed straight to this worker (`lease.rs`);
-        // one queued any other way wakes it to look at the queue.
-        let mut idle = state.dispatch.register_idle(&served, &agent.name, ctx);
-        // IR-5: a claim authenticated before its agent was revoked ends here, refused. The
-        // revocation is marked before it withdraws idle workers, so a worker registered
-        // after that withdrawal sees the mark now.
-        if state.dispatch.is_revoked(&agent.name) {
-            return Err(ApiError::Unauthenticated);
-        }
-        let (woken, handed) = tokio::select! {
-            handed = &mut idle.receiver => match handed {
-                Ok(job) => return Ok(Some(job)),
-                // A hand-off that failed before its commit: free again.
-                Err(_) => (false, None),
-            },
-            _ = futures_util::future::select_all(ready) => (true, idle.finish().await),
-            _ = tokio::time::sleep_until(deadline) => (false, idle.finish().await),
-        };
-        if let Some(job) = handed {
-            if woken {
-                // The wake-up was for another job: pass it on.
-                for c in &served {
-                    state.dispatch.job_queued(c);
-                }
-            }
-            return Ok(Some(job));
-        }
-        if !woken && tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-    }
-}
-
-async fn try_claim(
-    state: &AppState,
-    agent: &AgentPrincipal,
-    ctx: &Context,
-    served: &[ConnectionName],
-    served_json: &str,
-) -> Result<Option<JobAssignment>, ApiError> {
-    // Nothing queued since a look that found the queue empty: no store read at all (the
-    // usual case for a worker back from a job that was handed to it).
-    if state.dispatch.queue_known_empty(served) {
-        return Ok(None);
-    }
-    // Look with a reader first, so idle agents woken together do not queue on the writer.
-    let mark = state.dispatch.queue_mark(served);
-    let queued: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) LIMIT 1",
-    )
-    .bind(served_json)
-    .fetch_optional(state.store.reader())
-    .await?;
-    if queued.is_none() {
-        state.dispatch.queue_found_empty(mark);
-        return Ok(None);
-    }
-    let now = clock::now_ms();
-    let ex = &state.config.execution;
-    let lease_ms = ex.lease_secs.saturating_mul(1000);
-    let nonce: [u8; 16] = rand::random();
-    let mut tx = AuditTx::begin(&state.store, &state.audit).await?;
-    let claimed = sqlx::query(
-        "UPDATE jobs SET state = 'leased', agent = ?, nonce = ?, leased_at_ms = ?, lease_until_ms = ?
-         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND connection IN (SELECT value FROM json_each(?)) ORDER BY created_at_ms LIMIT 1)
-           AND NOT EXISTS (SELECT 1 FROM agents WHERE name = ? AND revoked_at_ms IS NOT NULL)
-         RETURNING id, request_id, purpose, statement",
-    )
-    .bind(&agent.name)
-    .bind(&nonce[..])
-    .bind(now)
-    .bind(now + lease_ms as i64)
-    .bind(served_json)
-    // IR-5: the store has the last word; a revocation committed since this claim was
-    // authenticated leases nothing.
-    .bind(&agent.name)
-    .fetch_optional(tx.conn().await?)
-    .await?;
-    let Some(claimed) = claimed else {
-        return Ok(None);
-    };
-    let leased = crate::lease::Leased {
-        job_id: parse_uuid(claimed.try_get(0)?)?,
-        request_id: parse_uuid(claimed.try_get(1)?)?,
-        purpose: claimed.try_get(2)?,
-        explain_text: claimed.try_get(3)?,
-        nonce,
-    };
-    let job = crate::lease::encode(state, &mut tx, &agent.name, ctx, leased, now).await?;
-    tx.commit().await?;
-    Ok(Some(job.sign()?))
 }
 
 /// Extends the lease of a running job; the first heartbeat marks the request running.

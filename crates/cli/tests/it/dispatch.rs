@@ -409,10 +409,22 @@ async fn upload(agent: &Client, job: uuid::Uuid, lines: &str) -> Result<bool, Cl
 /// holder and only once, and the requester gets what the holder sent.
 #[tokio::test]
 async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its_holder() {
+    upload_taken_only_from_its_holder(true).await;
+}
+
+/// EX-3: the same for a job that waited in the queue and was taken by a claim (leased on the
+/// audit writer thread): found without a store read, taken only from its holder, once.
+#[tokio::test]
+async fn ex3_a_result_upload_for_a_job_claimed_from_the_queue_is_taken_only_from_its_holder() {
+    upload_taken_only_from_its_holder(false).await;
+}
+
+async fn upload_taken_only_from_its_holder(handed_at_creation: bool) {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let holder = claim_and_vanish(&app, "holder").await;
     let intruder = claim_and_vanish(&app, "intruder").await;
-    let claiming = tokio::spawn(async move {
+    let read = demo_read("SELECT 5 AS n", "handed or claimed");
+    let claim = |holder: Client| async move {
         let job = holder
             .claim(&ClaimRequest {
                 connections: served(),
@@ -420,22 +432,26 @@ async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its
             })
             .await;
         (holder, job)
-    });
-    // The holder's worker is idle in its claim before the request exists: a hand-off.
+    };
     let dispatch = &app.stack.server.state.dispatch;
-    until_idle(&app).await;
-    let created = app
-        .admin
-        .create_request(&demo_read("SELECT 5 AS n", "handed"), Duration::ZERO)
-        .await
-        .expect("request");
-    let (holder, job) = claiming.await.expect("task");
-    let job = job.expect("claim").expect("the handed job");
+    let (created, (holder, job)) = if handed_at_creation {
+        let claiming = tokio::spawn(claim(holder));
+        // The holder's worker is idle in its claim before the request exists: a hand-off.
+        until_idle(&app).await;
+        let created = app.admin.create_request(&read, Duration::ZERO).await;
+        (created, claiming.await.expect("task"))
+    } else {
+        // Nobody waits: the job is queued, and the holder's claim takes it from there.
+        let created = app.admin.create_request(&read, Duration::ZERO).await;
+        (created, claim(holder).await)
+    };
+    let created = created.expect("request");
+    let job = job.expect("claim").expect("the job");
     assert_eq!(job.request_id, created.request.id);
     let now = portcullis_server::clock::now_ms();
     assert!(
         dispatch.handed_to(job.job_id, "holder", now),
-        "the hand-off is known to the upload"
+        "the lease is known to the upload"
     );
     assert!(!dispatch.handed_to(job.job_id, "intruder", now));
 
@@ -451,7 +467,7 @@ async fn ex3_a_result_upload_for_a_job_handed_at_creation_is_taken_only_from_its
     );
     assert!(
         dispatch.handed_to(job.job_id, "holder", now),
-        "a refused upload forgot the holder's hand-off"
+        "a refused upload forgot the holder's lease"
     );
 
     assert!(upload(&holder, job.job_id, lines).await.expect("upload"));

@@ -8,7 +8,8 @@
 //! group (`BEGIN IMMEDIATE` and the chain-head check), runs each closure inside a savepoint of
 //! its own (one that fails rolls back alone), appends the members' audit rows, commits with
 //! one fsync, and only then answers each member (AUD-2). The hot paths use it: a request's
-//! creation and an agent's report; everything else still uses an [`AuditTx`].
+//! creation, a claim's lease of a queued job and an agent's report; everything else still
+//! uses an [`AuditTx`].
 //!
 //! The two writers share one chain and never write at the same time: the thread holds the
 //! audit writer lock for each of its groups, and commits an [`AuditTx`] group left open first.
