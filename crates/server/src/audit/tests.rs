@@ -510,15 +510,28 @@ async fn verify_in_ranges_reports_what_one_pass_reports() {
     // With 40 rows, ranges start at 1, 11, 21, 31 (4 parts), 1, 21 (2 parts), 1, 15, 29
     // (3 parts) and every 6th row (7 parts): damage lands on joints and inside ranges.
     let state = Store::state_file(dir.path());
-    let damage: [&[&str]; 6] = [
-        &["UPDATE audit_events SET details = '{\"x\":1}' WHERE seq = 21"],
-        &["UPDATE audit_events SET prev_hash = zeroblob(32) WHERE seq = 11"],
-        &["DELETE FROM audit_events WHERE seq = 15"],
-        &["DELETE FROM audit_events WHERE seq IN (20, 21, 22)"],
-        &["DELETE FROM audit_events WHERE seq = 10"],
-        &["DELETE FROM audit_events WHERE seq >= 30"],
+    // Each with the first bad sequence number it must be reported at.
+    let damage: [(&[&str], i64); 8] = [
+        (
+            &["UPDATE audit_events SET details = '{\"x\":1}' WHERE seq = 21"],
+            21,
+        ),
+        (
+            &["UPDATE audit_events SET prev_hash = zeroblob(32) WHERE seq = 11"],
+            11,
+        ),
+        (&["DELETE FROM audit_events WHERE seq = 15"], 15),
+        (&["DELETE FROM audit_events WHERE seq IN (20, 21, 22)"], 20),
+        (&["DELETE FROM audit_events WHERE seq = 10"], 10),
+        (&["DELETE FROM audit_events WHERE seq >= 30"], 30),
+        // A value of another type where the writer stored bytes: altered, not an error.
+        (
+            &["UPDATE audit_events SET prev_hash = 42 WHERE seq = 21"],
+            21,
+        ),
+        (&["UPDATE audit_events SET hash = 7.5 WHERE seq = 11"], 11),
     ];
-    for statements in damage {
+    for (statements, first_bad) in damage {
         let copy = tempfile::tempdir().unwrap();
         let copied = Store::state_file(copy.path());
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", state.display()))
@@ -547,6 +560,7 @@ async fn verify_in_ranges_reports_what_one_pass_reports() {
             .unwrap();
         let found = reports(damaged.clone()).await;
         assert!(!found[0].ok(), "{statements:?} went unnoticed");
+        assert_eq!(found[0].first_bad_seq, Some(first_bad), "{statements:?}");
         for report in &found[1..] {
             assert_eq!(report, &found[0], "{statements:?}");
         }

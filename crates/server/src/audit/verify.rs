@@ -10,9 +10,10 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
 use ed25519_dalek::VerifyingKey;
-use futures_util::TryStreamExt;
-use sqlx::{Row, SqlitePool};
+use rusqlite::types::ValueRef;
+use sqlx::SqlitePool;
 
 use super::{Checkpoint, CheckpointFile, Head, hash_columns};
 use crate::store::Store;
@@ -208,12 +209,15 @@ async fn check_ranges(
 ) -> anyhow::Result<Vec<Part>> {
     let parts = i64::try_from(parts.max(1)).unwrap_or(1).min(max.max(1));
     let size = (max + parts - 1) / parts;
-    // Each range is a task of its own, so the ranges are hashed on different threads.
+    // Each range is read on a thread of its own through a connection of its own, straight
+    // from SQLite's row: no copy of each column value and no hand-off per row to a task.
+    let file = pool.connect_options().get_filename().to_owned();
     let checks: Vec<_> = (0..parts)
         .map(|i| {
             let lo = i * size + 1;
             let hi = ((i + 1) * size).min(max);
-            tokio::spawn(check_range(pool.clone(), lo, hi, checkpoint_seq))
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || check_range(&file, lo, hi, checkpoint_seq))
         })
         .collect();
     let mut found = Vec::with_capacity(checks.len());
@@ -223,15 +227,14 @@ async fn check_ranges(
     Ok(found)
 }
 
-/// Checks the rows `lo..=hi`: dense, each linked to the one before (within the range), each
-/// hash recomputed. Stops at the first problem; a gap at the end is reported with an empty
-/// description, which the caller completes with the next row's number.
-async fn check_range(
-    pool: SqlitePool,
-    lo: i64,
-    hi: i64,
-    checkpoint_seq: Option<i64>,
-) -> anyhow::Result<Part> {
+/// The rows of one range, in order, with every column the hash covers.
+const RANGE_ROWS: &str = "SELECT seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash FROM audit_events WHERE seq >= ? AND seq <= ? ORDER BY seq";
+
+/// Checks the rows `lo..=hi` of the state file `file`, read-only: dense, each linked to the
+/// one before (within the range), each hash recomputed. Stops at the first problem; a gap
+/// at the end is reported with an empty description, which the caller completes with the
+/// next row's number.
+fn check_range(file: &Path, lo: i64, hi: i64, checkpoint_seq: Option<i64>) -> anyhow::Result<Part> {
     let mut part = Part {
         lo,
         hi,
@@ -241,14 +244,19 @@ async fn check_range(
         checkpoint_hash: None,
         problem: None,
     };
-    let mut rows = sqlx::query(
-        "SELECT seq, at, actor, action, target, outcome, correlation_id, client_addr, details, prev_hash, hash FROM audit_events WHERE seq >= ? AND seq <= ? ORDER BY seq",
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .bind(lo)
-    .bind(hi)
-    .fetch(&pool);
-    while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.try_get(0)?;
+    .with_context(|| format!("opening {} to verify the audit chain", file.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Memory-mapped reads: the pages are hashed straight from the page cache, without a
+    // copy per page into SQLite's own cache (read-only, so a mapping cannot be written).
+    conn.execute_batch(&format!("PRAGMA mmap_size = {VERIFY_MMAP_BYTES}"))?;
+    let mut statement = conn.prepare(RANGE_ROWS)?;
+    let mut rows = statement.query([lo, hi])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
         let expected = part.last.as_ref().map_or(lo, |h| h.seq + 1);
         if seq != expected {
             part.problem = Some((
@@ -257,8 +265,25 @@ async fn check_range(
             ));
             return Ok(part);
         }
-        let prev_hash: &[u8] = row.try_get(9)?;
-        let stored: &[u8] = row.try_get(10)?;
+        // Text columns are hashed as their bytes, so they are read as bytes (no UTF-8
+        // pass). A value of any other type is not what was written: altered.
+        let mut columns: [&[u8]; 11] = [&[]; 11];
+        for (i, column) in columns.iter_mut().enumerate().skip(1) {
+            match row.get_ref(i)? {
+                ValueRef::Text(bytes) | ValueRef::Blob(bytes) => *column = bytes,
+                other => {
+                    part.problem = Some((
+                        seq,
+                        format!(
+                            "sequence {seq} was altered (column {i} holds {:?}, not text or bytes)",
+                            other.data_type()
+                        ),
+                    ));
+                    return Ok(part);
+                }
+            }
+        }
+        let (prev_hash, stored) = (columns[9], columns[10]);
         match &part.last {
             None => part.first_prev = Some(prev_hash.to_vec()),
             Some(prev) if prev_hash != prev.hash => {
@@ -270,22 +295,9 @@ async fn check_range(
             }
             Some(_) => {}
         }
-        // Text columns are hashed as their bytes, so they are read as bytes (no UTF-8 pass).
-        let column = |i: usize| row.try_get::<&[u8], _>(i);
-        let hash = hash_columns(
-            seq,
-            [
-                prev_hash,
-                column(1)?,
-                column(2)?,
-                column(3)?,
-                column(4)?,
-                column(5)?,
-                column(6)?,
-                column(7)?,
-                column(8)?,
-            ],
-        );
+        // The stored `prev_hash`, then `at` through `details`.
+        let hashed: [&[u8]; 9] = std::array::from_fn(|k| columns[if k == 0 { 9 } else { k }]);
+        let hash = hash_columns(seq, hashed);
         if stored != hash {
             part.problem = Some((seq, format!("sequence {seq} was altered (hash mismatch)")));
             return Ok(part);
@@ -314,12 +326,9 @@ pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyReport> {
     }
     let checkpoint = CheckpointFile::in_dir(data_dir).read()?;
     let current = crate::keys::load_verifying_key(data_dir)?;
-    // Memory-mapped reads: the pages are hashed straight from the page cache, without a
-    // copy per page into SQLite's own cache (read-only, so a mapping cannot be written).
-    let options = SqliteConnectOptions::new()
-        .filename(&state)
-        .read_only(true)
-        .pragma("mmap_size", VERIFY_MMAP_BYTES.to_string());
+    // The ranges are read through connections of their own (`check_range`); this pool
+    // answers the rest (the chain's bounds, a rotated key).
+    let options = SqliteConnectOptions::new().filename(&state).read_only(true);
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(MAX_PARTS as u32)
         .connect_with(options)
