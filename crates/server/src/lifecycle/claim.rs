@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::audit::{Context, Member};
 use crate::auth::AgentPrincipal;
 use crate::clock;
-use crate::dispatch::HandedJob;
+use crate::dispatch::{HandedJob, IdleClaim};
 use crate::error::ApiError;
 use crate::lease::UnsignedJob;
 
@@ -122,7 +122,7 @@ async fn try_claim(
     let now = clock::now_ms();
     let lease_ms = state.config.execution.lease_secs.saturating_mul(1000);
     let nonce: [u8; 16] = rand::random();
-    let (claimer, agent_name, ctx) = (state.clone(), agent.name.clone(), ctx.clone());
+    let (claimer, agent_name, lease_ctx) = (state.clone(), agent.name.clone(), ctx.clone());
     let served_json = served_json.to_owned();
     let lease_until = now.saturating_add(lease_ms as i64);
     let lease = move |m: &mut Member<'_>| -> Result<Option<(UnsignedJob, bool)>, ApiError> {
@@ -167,24 +167,42 @@ async fn try_claim(
             explain_text,
             nonce,
         };
-        let job = crate::lease::encode(&claimer, m, &agent_name, &ctx, leased, now)?;
+        let job = crate::lease::encode(&claimer, m, &agent_name, &lease_ctx, leased, now)?;
         Ok(Some((job, collected)))
     };
-    let Some((job, collected)) = state.audit.transact(lease).await? else {
-        return Ok(None);
+    // The commit and the delivery run to their end even if this claim is dropped meanwhile
+    // (its agent went away): a committed lease reaches its agent or goes back to the queue,
+    // recorded, as a hand-off at creation does (`lease::deliver`).
+    let (deliver, delivered) = tokio::sync::oneshot::channel();
+    let idle = IdleClaim {
+        agent: agent.name.clone(),
+        ctx: ctx.clone(),
+        deliver,
     };
-    // Signed after the commit, outside the writer, and before the job leaves.
-    let job = job.sign()?;
-    if collected {
-        state.dispatch.note_handed(
-            job.job_id,
-            HandedJob {
-                agent: agent.name.clone(),
-                lease_until_ms: lease_until,
-            },
-        );
-    }
-    Ok(Some(job))
+    let committing = state.clone();
+    let leasing = tokio::spawn(async move {
+        let Some((job, collected)) = committing.audit.transact(lease).await? else {
+            return Ok(());
+        };
+        // Signed after the commit, outside the writer, and before the job leaves.
+        let job = job.sign()?;
+        if collected {
+            committing.dispatch.note_handed(
+                job.job_id,
+                HandedJob {
+                    agent: idle.agent.clone(),
+                    lease_until_ms: lease_until,
+                },
+            );
+        }
+        crate::lease::deliver(&committing, idle, job).await;
+        Ok::<(), ApiError>(())
+    });
+    leasing
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the lease task failed: {e}")))??;
+    // Nothing leased, or not given to this claim (its agent revoked meanwhile, IR-5): none.
+    Ok(delivered.await.ok())
 }
 
 /// How a request's result comes back (1 parameter: its id).
