@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::audit::{Action, AuditTx, Context, Event, Member, Outcome};
 use crate::clock;
-use crate::dispatch::IdleClaim;
+use crate::dispatch::{HandedJob, IdleClaim};
 use crate::error::ApiError;
 use crate::lifecycle::parse;
 
@@ -282,6 +282,31 @@ impl HandOff {
         let (job, event, _) = encode_claims(state, &self.idle.agent, leased, recorded, now)?;
         Ok((job, event))
     }
+}
+
+/// Signs the token of a committed lease (never before the commit, and outside the writer)
+/// and gives the job to the claim waiting for it ([`deliver`]). A job whose result comes back
+/// whole (`collected`) is first noted for its upload, which may arrive at once
+/// ([`Dispatch::note_handed`](crate::dispatch::Dispatch::note_handed)).
+pub(crate) async fn hand_over(
+    state: &AppState,
+    idle: IdleClaim,
+    job: UnsignedJob,
+    lease_until_ms: i64,
+    collected: bool,
+) -> Result<(), ApiError> {
+    let job = job.sign()?;
+    if collected {
+        state.dispatch.note_handed(
+            job.job_id,
+            HandedJob {
+                agent: idle.agent.clone(),
+                lease_until_ms,
+            },
+        );
+    }
+    deliver(state, idle, job).await;
+    Ok(())
 }
 
 /// Gives a committed hand-off to its agent. When the agent's claim ended in the meantime, or

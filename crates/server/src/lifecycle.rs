@@ -396,23 +396,9 @@ pub async fn create_request(
         let state = state.clone();
         let collected = !body.stream;
         tokio::spawn(async move {
-            let handed_until = handed.lease_until_ms;
             state.audit.transact(record).await?;
-            // Signed after the commit, outside the writer, and before the job leaves.
-            let job = job.sign()?;
-            let idle = handed.idle;
-            // Before the job leaves: its result upload may arrive at once.
-            if collected {
-                state.dispatch.note_handed(
-                    job.job_id,
-                    crate::dispatch::HandedJob {
-                        agent: idle.agent.clone(),
-                        lease_until_ms: handed_until,
-                    },
-                );
-            }
-            crate::lease::deliver(&state, idle, job).await;
-            Ok::<(), ApiError>(())
+            crate::lease::hand_over(&state, handed.idle, job, handed.lease_until_ms, collected)
+                .await
         })
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the commit task failed: {e}")))??;

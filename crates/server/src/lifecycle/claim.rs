@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::audit::{Context, Member};
 use crate::auth::AgentPrincipal;
 use crate::clock;
-use crate::dispatch::{HandedJob, IdleClaim};
+use crate::dispatch::IdleClaim;
 use crate::error::ApiError;
 use crate::lease::UnsignedJob;
 
@@ -184,19 +184,7 @@ async fn try_claim(
         let Some((job, collected)) = committing.audit.transact(lease).await? else {
             return Ok(());
         };
-        // Signed after the commit, outside the writer, and before the job leaves.
-        let job = job.sign()?;
-        if collected {
-            committing.dispatch.note_handed(
-                job.job_id,
-                HandedJob {
-                    agent: idle.agent.clone(),
-                    lease_until_ms: lease_until,
-                },
-            );
-        }
-        crate::lease::deliver(&committing, idle, job).await;
-        Ok::<(), ApiError>(())
+        crate::lease::hand_over(&committing, idle, job, lease_until, collected).await
     });
     leasing
         .await
