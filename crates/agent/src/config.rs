@@ -273,11 +273,13 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback server (NET-4). Off by default.
     pub allow_insecure: bool,
-    /// Workers, each claiming and running one job at a time. A worker stays busy from the
-    /// moment its job is handed over until the server has durably recorded the result, so
-    /// size this to the requests expected in flight at once: while every worker is busy,
-    /// new jobs wait in the queue, and taking a job from the queue costs a transaction of
-    /// its own that a direct hand-off to a waiting worker does not.
+    /// Workers, each claiming and running one job at a time: at most this many statements
+    /// run on the targets at once. A worker is busy from the moment its job is handed over
+    /// until its executor has finished; the wait for the server to record the result then
+    /// runs beside it (at most this many such waits at once), and the worker claims its
+    /// next job. Size this to the requests expected in flight at once: while every worker
+    /// is busy, new jobs wait in the queue, and taking a job from the queue costs a
+    /// transaction of its own that a direct hand-off to a waiting worker does not.
     pub max_concurrent_jobs: usize,
     /// Touched while the agent is connected to the server (liveness probe).
     pub liveness_file: Option<PathBuf>,

@@ -18,7 +18,7 @@ use portcullis_core::OperationClass;
 use portcullis_proto::agent::{ClaimRequest, JobAssignment, JobReport, ServedConnection};
 use portcullis_proto::api::{ExecError, ExecResult};
 use portcullis_proto::token::{ReplayCache, TrustedKeys};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 pub use config::AgentConfig;
 use exec::{RowSink, Summary, Targets};
@@ -160,12 +160,16 @@ impl Agent {
 
     /// Runs `max_concurrent_jobs` workers until `stop` turns true. Returns an error when the
     /// server refuses the agent's credential (revoked or unknown): retrying cannot help.
+    /// Before returning it waits for every result still on its way to the server.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let workers_n = self.config.max_concurrent_jobs;
+        let settling = Arc::new(Semaphore::new(workers_n));
         let mut workers = tokio::task::JoinSet::new();
-        for worker in 0..self.config.max_concurrent_jobs {
+        for worker in 0..workers_n {
             let agent = self.clone();
             let stop = stop.clone();
-            workers.spawn(async move { agent.work(worker, stop).await });
+            let settling = settling.clone();
+            workers.spawn(async move { agent.work(worker, stop, settling).await });
         }
         let mut outcome = Ok(());
         while let Some(done) = workers.join_next().await {
@@ -179,13 +183,21 @@ impl Agent {
                 Err(e) => outcome = Err(e.into()),
             }
         }
+        // A job whose executor finished is not done until the server has its result: wait
+        // for those settlements (each holds one permit) before reporting the agent stopped.
+        let _all = settling.acquire_many(workers_n as u32).await;
         if let Some(ready) = &self.config.ready_file {
             let _ = std::fs::remove_file(ready);
         }
         outcome
     }
 
-    async fn work(&self, worker: usize, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    async fn work(
+        self: Arc<Self>,
+        worker: usize,
+        mut stop: watch::Receiver<bool>,
+        settling: Arc<Semaphore>,
+    ) -> anyhow::Result<()> {
         // The first claim returns at once, so readiness reflects "connected and accepted"
         // without waiting out a long-poll; later claims wait for work.
         let mut claim = ClaimRequest {
@@ -207,7 +219,7 @@ impl Agent {
                     claim.wait_ms = CLAIM_WAIT_MS;
                     self.mark_alive(worker == 0);
                     if let Some(job) = job {
-                        self.run_job(job).await;
+                        self.run_job(job, &settling).await;
                     }
                 }
                 Err(e) if matches!(e.status(), Some(401 | 403)) => {
@@ -227,8 +239,15 @@ impl Agent {
         }
     }
 
-    async fn run_job(&self, job: JobAssignment) {
-        // Heartbeats extend the lease while a long statement runs.
+    /// Runs one job: the gate, the executor streaming into the upload, then the settlement
+    /// (the server's answer to the upload, or the fallback report). Returns as soon as the
+    /// executor has finished: when the upload is still waiting for the server to record
+    /// the result, that wait moves to a task of its own holding a permit of `settling`, so
+    /// the worker takes its next job meanwhile. A worker waits for a permit first, so at
+    /// most `max_concurrent_jobs` settlements run at once.
+    async fn run_job(self: &Arc<Self>, job: JobAssignment, settling: &Arc<Semaphore>) {
+        // Heartbeats extend the lease while a long statement runs, and until the server
+        // has the result.
         let beat_every = Duration::from_millis((job.lease_ms / 3).max(1_000));
         let client = self.client.clone();
         let job_id = job.job_id;
@@ -243,6 +262,8 @@ impl Agent {
         // The result streams to the server while the executor runs; the upload's backpressure
         // paces the executor, so a large result is never held whole.
         let (mut sink, chunks) = RowSink::stream();
+        let client = self.client.clone();
+        let mut upload = Box::pin(async move { client.upload_result(job_id, chunks).await });
         let work = async move {
             let processed = self.gate_and_run(&job, &mut sink).await;
             if let Processed::Ran(outcome) = &processed {
@@ -251,9 +272,43 @@ impl Agent {
             drop(sink);
             (job, processed)
         };
-        let (done, uploaded) = tokio::join!(work, self.client.upload_result(job_id, chunks));
-        heartbeat.abort();
-        let (job, processed) = done;
+        tokio::pin!(work);
+        let ((job, processed), uploaded) = tokio::select! {
+            done = &mut work => (done, None),
+            uploaded = &mut upload => (work.await, Some(uploaded)),
+        };
+        if let Some(uploaded) = uploaded {
+            heartbeat.abort();
+            self.settle(job, processed, uploaded).await;
+            return;
+        }
+        let agent = self.clone();
+        let settle = async move {
+            let uploaded = upload.await;
+            heartbeat.abort();
+            agent.settle(job, processed, uploaded).await;
+        };
+        match settling.clone().acquire_owned().await {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    settle.await;
+                    drop(permit);
+                });
+            }
+            // The semaphore is never closed; settle here should it ever be.
+            Err(_) => settle.await,
+        }
+    }
+
+    /// Settles a job once its upload has ended: nothing more when the server took the
+    /// result, otherwise the outcome through the report route.
+    async fn settle(
+        &self,
+        job: JobAssignment,
+        processed: Processed,
+        uploaded: Result<bool, ClientError>,
+    ) {
+        let job_id = job.job_id;
         let report = match (processed, uploaded) {
             (Processed::Ran(_), Ok(true)) => return,
             (Processed::Refused(error), _) => JobReport::Refused { error },

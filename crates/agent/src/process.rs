@@ -53,8 +53,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Loads the configuration at `path` and the token, opens every target, connects out and
-/// serves jobs until SIGTERM or Ctrl-C (then `Ok`), or until the server refuses the
-/// credential. Logging must already be set up ([`init_logging`]).
+/// serves jobs until SIGTERM or Ctrl-C, then finishes the jobs in flight (then `Ok`; a
+/// second signal stops at once), or until the server refuses the credential. Logging must
+/// already be set up ([`init_logging`]).
 pub async fn run(path: &Path) -> Result<(), RunError> {
     let config = AgentConfig::load(path).map_err(|e| RunError::Config(e.to_string()))?;
     let token = load_token(&config).map_err(|e| RunError::Config(e.to_string()))?;
@@ -62,17 +63,35 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     drop(token);
     tracing::info!(name = %agent.config().name, server = %agent.config().server_url, "agent started; connecting out");
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(agent.run(stop));
+    let mut run = tokio::spawn(agent.run(stop));
     tokio::select! {
-        done = run => return match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Refused(e)),
-            Err(e) => Err(RunError::Failed(e.into())),
-        },
+        done = &mut run => return ended(done),
         _ = shutdown_signal() => {}
     }
+    // Stop claiming, and let every job in flight finish and its result reach the server:
+    // an agent stopped by its orchestrator (a rolling restart) leaves no write it started
+    // without its recorded outcome. A second signal stops at once; so does the
+    // orchestrator's SIGKILL at the end of its grace period.
     stop_tx.send_replace(true);
-    Ok(())
+    tracing::info!(
+        "stopping: no new jobs; finishing the jobs in flight and recording their results (signal again to stop at once)"
+    );
+    tokio::select! {
+        done = &mut run => ended(done),
+        _ = shutdown_signal() => {
+            tracing::warn!("stopping at once: a job still in flight ends as its lease runs out (a write as outcome_unknown)");
+            Ok(())
+        }
+    }
+}
+
+/// What the run's ending means for the process.
+fn ended(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Result<(), RunError> {
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Refused(e)),
+        Err(e) => Err(RunError::Failed(e.into())),
+    }
 }
 
 /// Initializes logging on stderr. `PORTCULLIS_LOG` (or `RUST_LOG`) takes filter directives;

@@ -356,7 +356,11 @@ credentials.read.url = {pg_url}
     // The same agent run by the all-in-one binary (`portcullis agent`), as context: stopped
     // and started again on the same configuration, ready once its ready file is written anew.
     agent.terminate().await?;
-    std::fs::remove_file(&ready_file)?;
+    // A stopped agent removes its ready file; the new one writes it anew.
+    match std::fs::remove_file(&ready_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let spawned = Instant::now();
     let mut all_in_one = spawn(
         bin,

@@ -5,6 +5,7 @@
 //! every wait polls a real condition (the target's own `pg_stat_activity`, a request's state,
 //! a file) under a deadline.
 
+mod drain;
 mod rig;
 
 use std::time::{Duration, Instant};
@@ -17,8 +18,8 @@ use sqlx::{Connection, Executor};
 
 use crate::two_process::free_port;
 use rig::{
-    Immutable, Lock, PG, Relay, Schema, Stack, eventually, finished, insert, markers, request_id,
-    scalar, set_mode,
+    Immutable, Lock, PG, Relay, Schema, Stack, eventually, finished, held, held_write, insert,
+    markers, request_id, scalar, set_mode,
 };
 use uuid::Uuid;
 
@@ -28,33 +29,10 @@ use uuid::Uuid;
 /// oldest first, and the killed transaction never commits.
 #[tokio::test(flavor = "multi_thread")]
 async fn ex3_agent_killed_mid_write_is_outcome_unknown_and_never_rerun() {
-    let schema = Schema::create(
-        "CREATE TABLE {s}.ledger (id int PRIMARY KEY, v int NOT NULL); INSERT INTO {s}.ledger VALUES (1, 0)",
-    )
-    .await;
-    let ledger = schema.t("ledger");
-    let stack = Stack::start(&["pg"], "lease_secs = 2").await;
-    let mut first = stack.agent("first", 1, &[("pg", PG)]).await;
-    let lock = Lock::take(format!("SELECT v FROM {ledger} WHERE id = 1 FOR UPDATE")).await;
-    let write = format!("UPDATE {ledger} SET v = v + 1 WHERE id = 1");
-    let waiting = stack
-        .cli(&[
-            "exec",
-            "--connection",
-            "pg",
-            "--reason",
-            "fault",
-            "--json",
-            "--wait",
-            "60",
-            &write,
-        ])
-        .spawn()
-        .expect("exec");
-    eventually("the write to wait on the row lock", || async {
-        schema.agent_sessions("wait_event_type = 'Lock'").await > 0
-    })
-    .await;
+    let held = held_write().await;
+    let (schema, ledger, stack, lock) = (held.schema, held.table, held.stack, held.lock);
+    let mut first = held.agent;
+    let waiting = held.cli;
     first.kill();
 
     let (code, out, err) = finished(waiting).await;
@@ -94,32 +72,16 @@ async fn ex3_agent_killed_mid_write_is_outcome_unknown_and_never_rerun() {
 /// once (the policy for a lost read is to fail, not to retry), and the next read succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn ex3_agent_killed_mid_read_fails_cleanly() {
-    let schema =
-        Schema::create("CREATE TABLE {s}.items (id int); INSERT INTO {s}.items VALUES (1), (2)")
-            .await;
-    let items = schema.t("items");
-    let stack = Stack::start(&["pg"], "lease_secs = 2").await;
-    let mut first = stack.agent("first", 1, &[("pg", PG)]).await;
-    let lock = Lock::take(format!("LOCK TABLE {items} IN ACCESS EXCLUSIVE MODE")).await;
-    let read = format!("SELECT count(*) AS n FROM {items}");
-    let waiting = stack
-        .cli(&[
-            "exec",
-            "--connection",
-            "pg",
-            "--reason",
-            "fault",
-            "--json",
-            "--wait",
-            "60",
-            &read,
-        ])
-        .spawn()
-        .expect("exec");
-    eventually("the read to wait on the table lock", || async {
-        schema.agent_sessions("wait_event_type = 'Lock'").await > 0
-    })
+    let held = held(
+        "CREATE TABLE {s}.items (id int); INSERT INTO {s}.items VALUES (1), (2)",
+        "items",
+        |t| format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"),
+        |t| format!("SELECT count(*) AS n FROM {t}"),
+    )
     .await;
+    let (_schema, items, stack, lock) = (held.schema, held.table, held.stack, held.lock);
+    let mut first = held.agent;
+    let waiting = held.cli;
     first.kill();
     let (code, out, err) = finished(waiting).await;
     assert_eq!(code, 5, "exit code for a failed request: {out} {err}");
@@ -129,6 +91,7 @@ async fn ex3_agent_killed_mid_read_fails_cleanly() {
     lock.release().await;
 
     let _second = stack.agent("second", 1, &[("pg", PG)]).await;
+    let read = format!("SELECT count(*) AS n FROM {items}");
     let again = stack.submit("pg", &read, 30).await.expect("read");
     assert_eq!(again.request.state, RequestState::Succeeded);
     assert_eq!(

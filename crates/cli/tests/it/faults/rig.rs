@@ -127,6 +127,71 @@ impl Lock {
     }
 }
 
+/// A table made by `setup`, a server whose one agent `first` (one worker) serves it as
+/// `pg`, and a statement by the CLI (waiting up to 60 s for its outcome) held at the target
+/// on a lock the test holds, seen waiting in `pg_stat_activity`.
+pub(super) struct Held {
+    pub(super) schema: Schema,
+    /// The table, qualified.
+    pub(super) table: String,
+    pub(super) stack: Stack,
+    pub(super) agent: AgentProc,
+    pub(super) lock: Lock,
+    pub(super) cli: tokio::process::Child,
+}
+
+/// See [`Held`]: `lock` and `statement` are made from the qualified name of `table`.
+pub(super) async fn held(
+    setup: &str,
+    table: &str,
+    lock: impl Fn(&str) -> String,
+    statement: impl Fn(&str) -> String,
+) -> Held {
+    let schema = Schema::create(setup).await;
+    let table = schema.t(table);
+    let stack = Stack::start(&["pg"], "lease_secs = 2").await;
+    let agent = stack.agent("first", 1, &[("pg", PG)]).await;
+    let lock = Lock::take(lock(&table)).await;
+    let statement = statement(&table);
+    let cli = stack
+        .cli(&[
+            "exec",
+            "--connection",
+            "pg",
+            "--reason",
+            "fault",
+            "--json",
+            "--wait",
+            "60",
+            &statement,
+        ])
+        .spawn()
+        .expect("exec");
+    eventually("the statement to wait on the lock", || async {
+        schema.agent_sessions("wait_event_type = 'Lock'").await > 0
+    })
+    .await;
+    Held {
+        schema,
+        table,
+        stack,
+        agent,
+        lock,
+        cli,
+    }
+}
+
+/// A ledger of one row, and `UPDATE ledger SET v = v + 1` held on the row's lock.
+pub(super) async fn held_write() -> Held {
+    held(
+        "CREATE TABLE {s}.ledger (id int PRIMARY KEY, v int NOT NULL); INSERT INTO {s}.ledger VALUES (1, 0)",
+        "ledger",
+        |t| format!("SELECT v FROM {t} WHERE id = 1 FOR UPDATE"),
+        |t| format!("UPDATE {t} SET v = v + 1 WHERE id = 1"),
+    )
+    .await
+}
+
 /// A registered agent's process and the files it was started from.
 pub(super) struct AgentProc {
     pub(super) process: Option<Running>,
@@ -158,6 +223,39 @@ impl AgentProc {
             self.ready.exists()
         });
         self.process = Some(running);
+    }
+
+    /// SIGTERM: the agent's own orderly stop. The process is left to exit by itself.
+    pub(super) fn terminate(&self) {
+        let running = self.process.as_ref().expect("a running agent");
+        let pid = running.0.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "SIGTERM the agent");
+    }
+
+    /// Whether the process is still running.
+    pub(super) fn running(&mut self) -> bool {
+        let running = self.process.as_mut().expect("a started agent");
+        running.0.try_wait().expect("agent status").is_none()
+    }
+
+    /// Waits (bounded) for the process to exit by itself and returns its exit code.
+    pub(super) fn exit_code(&mut self) -> i32 {
+        let mut running = self.process.take().expect("a started agent");
+        let mut status = None;
+        wait_for("the agent to exit", || {
+            status = running.0.try_wait().expect("agent status");
+            status.is_some()
+        });
+        status.and_then(|s| s.code()).unwrap_or(-1)
+    }
+
+    /// The process's log (stderr) so far.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
     }
 
     /// SIGKILL: no clean-up, no last report.

@@ -1,0 +1,68 @@
+//! An agent stopped by its orchestrator (SIGTERM, as in a rolling restart) takes no new job
+//! and finishes the ones in flight, their results recorded, before it exits.
+
+use portcullis_core::RequestState;
+
+use super::rig::{PG, eventually, finished, held_write, request_id, scalar};
+
+/// EX-3: SIGTERM of the agent while its write waits at the target (on a row lock the test
+/// holds). The agent stops claiming but lets the write finish once the lock is released, and
+/// waits until the server has recorded its result: the waiting CLI gets `succeeded` (exit
+/// 0), the write ran once, and the agent exits 0. A read submitted meanwhile is not taken by
+/// the stopping agent; the next agent runs it. Without the drain the process exits at the
+/// signal, its transaction rolls back, and the write ends `outcome_unknown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_an_agent_stopped_by_sigterm_finishes_its_write_and_records_it_first() {
+    let held = held_write().await;
+    let (ledger, stack, lock) = (held.table, held.stack, held.lock);
+    let (mut first, waiting) = (held.agent, held.cli);
+
+    first.terminate();
+    eventually("the agent to announce its drain", || async {
+        first.log().contains("stopping: no new jobs")
+    })
+    .await;
+    // The write is held at the target, so a draining agent cannot have exited; a read
+    // submitted now waits in the queue, since the stopping agent claims nothing more.
+    assert!(first.running(), "the agent exited with a write in flight");
+    let read = stack
+        .submit("pg", &format!("SELECT v FROM {ledger} WHERE id = 1"), 0)
+        .await
+        .expect("read submitted");
+    let read_id = read.request.id;
+
+    lock.release().await;
+    let (code, out, err) = finished(waiting).await;
+    assert_eq!(code, 0, "the write's CLI: {out} {err}");
+    assert_eq!(out["state"], "succeeded", "{out}");
+    assert_eq!(out["affected_rows"], 1, "{out}");
+    let id = request_id(&out);
+    assert_eq!(first.exit_code(), 0, "the agent's exit after its drain");
+    assert!(
+        !first.ready.exists(),
+        "a stopped agent removes its ready file (readiness probe)"
+    );
+    assert!(
+        first.log().contains("stopping: no new jobs"),
+        "the drain is logged"
+    );
+
+    let view = stack.view(read_id).await;
+    assert!(
+        !view.state.is_terminal() && view.agent.is_none(),
+        "the stopping agent took no new job: {view:?}"
+    );
+    let _second = stack.agent("second", 1, &[("pg", PG)]).await;
+    let read = stack.settled(read_id).await;
+    assert_eq!(read.state, RequestState::Succeeded);
+    assert_eq!(read.agent.as_deref(), Some("second"));
+    assert_eq!(
+        scalar(format!("SELECT v::bigint FROM {ledger} WHERE id = 1")).await,
+        1,
+        "the write ran exactly once"
+    );
+    assert_eq!(stack.audited(id, "request.dispatched").await, 1);
+    assert_eq!(stack.audited(id, "request.finished").await, 1);
+    assert_eq!(stack.audited(id, "request.lost").await, 0);
+    stack.verify_audit();
+}
