@@ -180,17 +180,18 @@ pub async fn decide(
             details: json!({ "step": step_index + 1, "comment": comment }),
         };
         tx.append_at(ctx, event, now).await?;
-        tx.commit().await?;
-        state.dispatch.complete(
-            id,
-            Finished {
+        // Published once committed, even if the approver is gone by then.
+        let publish = state.clone();
+        tx.commit_then(move || {
+            let rejected = Finished {
                 state: RequestState::Rejected,
                 result: None,
                 error: None,
                 view: None,
-            },
-            now,
-        );
+            };
+            publish.dispatch.complete(id, rejected, now);
+        })
+        .await?;
         return Ok(false);
     }
     let step_done = u32::try_from(given).unwrap_or(0) >= step.approvals;
@@ -232,11 +233,16 @@ pub async fn decide(
         };
         tx.append_at(ctx, event, now).await?;
     }
-    tx.commit().await?;
-    state.dispatch.progress(id);
-    if approved {
-        state.dispatch.job_queued(&connection);
-    }
+    // Announced once committed, even if the approver is gone by then: an approved job to
+    // the claims waiting for one.
+    let announce = state.clone();
+    tx.commit_then(move || {
+        announce.dispatch.progress(id);
+        if approved {
+            announce.dispatch.job_queued(&connection);
+        }
+    })
+    .await?;
     Ok(approved)
 }
 

@@ -15,8 +15,20 @@ use crate::audit::{Action, AuditTx, Checkpoint, CheckpointFile, Context, Event, 
 use crate::clock;
 use crate::error::ApiError;
 use crate::store::Store;
+use crate::to_the_end::to_the_end;
 
+/// Rotates the signing key. Runs to its end even if the caller is dropped meanwhile: a
+/// recorded announcement is always followed by its key installed and in use.
 pub async fn rotate(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+) -> Result<KeyAnnouncement, ApiError> {
+    let (state, ctx, actor) = (state.clone(), ctx.clone(), actor.to_owned());
+    to_the_end(async move { rotate_in_full(&state, &ctx, &actor).await }).await
+}
+
+async fn rotate_in_full(
     state: &AppState,
     ctx: &Context,
     actor: &str,

@@ -31,6 +31,7 @@ pub mod results;
 pub mod routes;
 pub mod store;
 pub mod tls;
+mod to_the_end;
 pub mod views;
 
 use std::net::SocketAddr;

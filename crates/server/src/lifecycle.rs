@@ -18,6 +18,7 @@ use crate::auth::{AgentPrincipal, UserPrincipal};
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
+use crate::to_the_end::to_the_end;
 
 mod claim;
 mod report;
@@ -390,27 +391,23 @@ pub async fn create_request(
         }
         Ok(())
     };
-    if let (Some(handed), Some(job)) = (handed, handed_job) {
-        // Commit and delivery run to their end even if this request is dropped: a committed
-        // hand-off must reach its agent or go back to the queue.
-        let state = state.clone();
-        let collected = !body.stream;
-        tokio::spawn(async move {
-            state.audit.transact(record).await?;
+    // The commit and what follows it run to their end even if this request is dropped
+    // meanwhile (its client went away): a committed hand-off must reach its agent or go back
+    // to the queue, and a queued job must be announced to the claims waiting for one.
+    let state = state.clone();
+    let collected = !body.stream;
+    let announce = (auto || explains || preview).then(|| decl.name.clone());
+    to_the_end(async move {
+        state.audit.transact(record).await?;
+        if let (Some(handed), Some(job)) = (handed, handed_job) {
             crate::lease::hand_over(&state, handed.idle, job, handed.lease_until_ms, collected)
-                .await
-        })
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the commit task failed: {e}")))??;
-        return Ok(Created {
-            id,
-            executing: true,
-        });
-    }
-    state.audit.transact(record).await?;
-    if auto || explains || preview {
-        state.dispatch.job_queued(&decl.name);
-    }
+                .await?;
+        } else if let Some(connection) = announce {
+            state.dispatch.job_queued(&connection);
+        }
+        Ok::<_, ApiError>(())
+    })
+    .await?;
     Ok(Created {
         id,
         executing: auto,
@@ -592,17 +589,18 @@ pub async fn cancel(
         details: json!({ "from": current.as_str() }),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.dispatch.complete(
-        id,
-        Finished {
+    // Published once committed, even if the requester is gone by then.
+    let publish = state.clone();
+    tx.commit_then(move || {
+        let cancelled = Finished {
             state: RequestState::Cancelled,
             result: None,
             error: None,
             view: None,
-        },
-        now,
-    );
+        };
+        publish.dispatch.complete(id, cancelled, now);
+    })
+    .await?;
     Ok(())
 }
 

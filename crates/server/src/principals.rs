@@ -15,6 +15,7 @@ use crate::audit::{Action, AuditTx, Context, Event, Outcome};
 use crate::auth::{self, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX};
 use crate::clock;
 use crate::error::ApiError;
+use crate::to_the_end::to_the_end;
 
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -174,8 +175,10 @@ pub async fn revoke_token(
         details: json!({}),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget(id);
+    // AUTH-7: forgotten by the cache once committed, even if the caller is gone by then.
+    let auth = state.clone();
+    let id = id.to_owned();
+    tx.commit_then(move || auth.auth.forget(&id)).await?;
     Ok(())
 }
 
@@ -250,8 +253,25 @@ pub async fn list_agents(state: &AppState) -> Result<Vec<AgentView>, ApiError> {
         .collect()
 }
 
-/// Revokes an agent: its credential dies at once, so it can no longer claim (IR-5).
+/// Revokes an agent: its credential dies at once, so it can no longer claim (IR-5). Runs to
+/// its end even if the caller is dropped meanwhile: a committed revocation is always
+/// followed by its credential leaving the cache.
 pub async fn revoke_agent(
+    state: &AppState,
+    ctx: &Context,
+    actor: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let (state, ctx, actor, name) = (
+        state.clone(),
+        ctx.clone(),
+        actor.to_owned(),
+        name.to_owned(),
+    );
+    to_the_end(async move { revoke_agent_in_full(&state, &ctx, &actor, &name).await }).await
+}
+
+async fn revoke_agent_in_full(
     state: &AppState,
     ctx: &Context,
     actor: &str,

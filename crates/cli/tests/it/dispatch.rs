@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 use crate::harness::TestApp;
 
+mod dropped;
+
 async fn start_agent(
     app: &TestApp,
     name: &str,

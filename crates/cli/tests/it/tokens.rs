@@ -240,6 +240,73 @@ async fn auth_5_revocation_is_immediate() {
     app.stop().await;
 }
 
+/// AUTH-5, AUTH-7: a revocation whose caller is dropped once its commit has landed (an
+/// admin's client gone mid-request, so its handler future is dropped) still takes the token
+/// out of the authentication cache: it is refused from then on, instead of being served from
+/// the cache for as long as the server runs. The revocation is polled by hand and dropped
+/// the moment the store shows it committed, before it is polled again.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_5_a_revocation_dropped_after_its_commit_still_takes_effect() {
+    use std::future::Future;
+    use std::task::{Poll, Waker};
+
+    let app = TestApp::spawn().await;
+    let state = app.stack.server.state.clone();
+    let ctx = Context::system("test");
+    // A revocation can finish between the look at the store and the next poll; that try
+    // proves nothing, and the next one, with a new token, is made.
+    for attempt in 0..5 {
+        let (client, created) = create(
+            &app,
+            &new_token(&format!("dropped-{attempt}"), Role::Developer, 3_600, None),
+        )
+        .await;
+        client.whoami().await.expect("works, and is now cached");
+        let id = created.info.id.clone();
+        let mut revoking = Box::pin(principals::revoke_token(&state, &ctx, "test", &id));
+        let dropped_after_commit = loop {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            let committed: bool =
+                sqlx::query_scalar("SELECT revoked_at_ms IS NOT NULL FROM api_tokens WHERE id = ?")
+                    .bind(&id)
+                    .fetch_one(state.store.reader())
+                    .await
+                    .expect("the token's row");
+            if committed {
+                break true;
+            }
+            let poll = revoking
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(Waker::noop()));
+            if let Poll::Ready(done) = poll {
+                done.expect("revoked");
+                break false;
+            }
+        };
+        drop(revoking);
+        if !dropped_after_commit {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.whoami().await {
+                Err(e) => {
+                    assert_problem(&e, 401, ErrorCode::Unauthenticated);
+                    break;
+                }
+                Ok(_) => assert!(
+                    Instant::now() < deadline,
+                    "a committed revocation left its token usable from the cache"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        app.stop().await;
+        return;
+    }
+    panic!("no try dropped the revocation between its commit and its end");
+}
+
 /// AUTH-5: expiry is enforced: a token past its lifetime is refused and audited as `expired`.
 #[tokio::test]
 async fn auth_5_expired_token_is_refused() {

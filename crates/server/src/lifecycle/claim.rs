@@ -15,6 +15,7 @@ use crate::clock;
 use crate::dispatch::IdleClaim;
 use crate::error::ApiError;
 use crate::lease::UnsignedJob;
+use crate::to_the_end::to_the_end;
 
 /// Long-polls for a job on the connections the agent serves, and leases it atomically.
 pub async fn claim_job(
@@ -172,7 +173,7 @@ async fn try_claim(
     };
     // The commit and the delivery run to their end even if this claim is dropped meanwhile
     // (its agent went away): a committed lease reaches its agent or goes back to the queue,
-    // recorded, as a hand-off at creation does (`lease::deliver`).
+    // recorded, as a hand-off at creation does (`lease::deliver`, `to_the_end`).
     let (deliver, delivered) = tokio::sync::oneshot::channel();
     let idle = IdleClaim {
         agent: agent.name.clone(),
@@ -180,15 +181,13 @@ async fn try_claim(
         deliver,
     };
     let committing = state.clone();
-    let leasing = tokio::spawn(async move {
+    to_the_end(async move {
         let Some((job, collected)) = committing.audit.transact(lease).await? else {
             return Ok(());
         };
         crate::lease::hand_over(&committing, idle, job, lease_until, collected).await
-    });
-    leasing
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the lease task failed: {e}")))??;
+    })
+    .await?;
     // Nothing leased, or not given to this claim (its agent revoked meanwhile, IR-5): none.
     Ok(delivered.await.ok())
 }

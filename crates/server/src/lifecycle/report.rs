@@ -17,6 +17,7 @@ use crate::auth::AgentPrincipal;
 use crate::clock;
 use crate::dispatch::Finished;
 use crate::error::ApiError;
+use crate::to_the_end::to_the_end;
 use crate::views::{ViewValues, view_columns, view_of};
 use rusqlite::OptionalExtension;
 
@@ -106,31 +107,42 @@ pub async fn report_job(
         m.append_at(&event_ctx, event, now)?;
         Ok(Some((request_id, view)))
     };
-    let Some((request_id, view)) = state.audit.transact(finish).await? else {
+    // The commit and the publication of the outcome run to their end even if this upload
+    // is dropped meanwhile (its agent went away): the requester still gets what was recorded.
+    let publishing = state.clone();
+    let unsettled = to_the_end(async move {
+        let Some((request_id, view)) = publishing.audit.transact(finish).await? else {
+            return Ok(Some(report));
+        };
+        let result = match report {
+            JobReport::Succeeded { result } => Some(Arc::new(result)),
+            JobReport::Failed { .. } | JobReport::Refused { .. } => None,
+        };
+        // Parsed after the commit, off the writer. Handed to the waiters, who then need not
+        // read it again; only a view without approval steps is whole as read here (load_view
+        // adds the decisions), and one that does not parse is left to them to read and
+        // report.
+        let view = view
+            .and_then(|v| view_of(&v).ok())
+            .filter(|v| v.id == request_id && v.steps.is_empty())
+            .map(Box::new);
+        publishing.dispatch.complete(
+            request_id,
+            Finished {
+                state: next,
+                result: result.filter(|_| !streamed),
+                error,
+                view,
+            },
+            now,
+        );
+        Ok::<_, ApiError>(None)
+    })
+    .await?;
+    if let Some(report) = unsettled {
         let tx = AuditTx::begin(&state.store, &state.audit).await?;
         return report_other(tx, agent, ctx, job_id, report, now).await;
-    };
-    let result = match report {
-        JobReport::Succeeded { result } => Some(Arc::new(result)),
-        JobReport::Failed { .. } | JobReport::Refused { .. } => None,
-    };
-    // Parsed after the commit, off the writer. Handed to the waiters, who then need not read
-    // it again; only a view without approval steps is whole as read here (load_view adds the
-    // decisions), and one that does not parse is left to them to read and report.
-    let view = view
-        .and_then(|v| view_of(&v).ok())
-        .filter(|v| v.id == request_id && v.steps.is_empty())
-        .map(Box::new);
-    state.dispatch.complete(
-        request_id,
-        Finished {
-            state: next,
-            result: result.filter(|_| !streamed),
-            error,
-            view,
-        },
-        now,
-    );
+    }
     Ok(())
 }
 

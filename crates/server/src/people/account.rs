@@ -263,8 +263,9 @@ pub async fn step_up(
         details: json!({ "mfa": match factor { login::Factor::Recovery(_) => "recovery_code", _ => "totp" } }),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget(&who.token_id);
+    let auth = state.clone();
+    let token_id = who.token_id.clone();
+    tx.commit_then(move || auth.auth.forget(&token_id)).await?;
     let window = (state.config.people.step_up_secs as i64) * 1000;
     Ok(StepUpResponse {
         valid_until: clock::format_ms(now + window),
@@ -354,8 +355,12 @@ pub async fn change_password(
         }),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget_user(&account.id, Some(&who.token_id));
+    // AUTH-7: the other sessions and tokens leave the cache once committed, even if the
+    // caller is gone by then.
+    let auth = state.clone();
+    let (user_id, keep) = (account.id.clone(), who.token_id.clone());
+    tx.commit_then(move || auth.auth.forget_user(&user_id, Some(&keep)))
+        .await?;
     Ok(PasswordChanged {
         sessions_revoked: revoked.sessions,
         tokens_revoked: revoked.tokens,

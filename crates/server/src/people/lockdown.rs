@@ -110,12 +110,16 @@ pub async fn lockdown(
         }),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget_all();
-    for (id, cancelled) in suspended {
-        after_suspend(state, &id, cancelled, now);
-    }
-    announce_cancelled(state, cancelled, now);
+    // AUTH-7: every credential leaves the cache once committed, even if the caller is gone.
+    let after = state.clone();
+    tx.commit_then(move || {
+        after.auth.forget_all();
+        for (id, cancelled) in suspended {
+            after_suspend(&after, &id, cancelled, now);
+        }
+        announce_cancelled(&after, cancelled, now);
+    })
+    .await?;
     Ok(outcome)
 }
 

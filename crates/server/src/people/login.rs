@@ -608,7 +608,8 @@ pub async fn logout(
         details: json!({}),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget(session_id);
+    let auth = state.clone();
+    let session = session_id.to_owned();
+    tx.commit_then(move || auth.auth.forget(&session)).await?;
     Ok(())
 }

@@ -393,8 +393,11 @@ pub async fn suspend(
         });
     }
     let (outcome, cancelled) = suspend_in(&mut tx, ctx, actor, &t.id, name, reason, now).await?;
-    tx.commit().await?;
-    after_suspend(state, &t.id, cancelled, now);
+    // AUTH-7: forgotten by the cache once committed, even if the caller is gone by then.
+    let after = state.clone();
+    let user_id = t.id.clone();
+    tx.commit_then(move || after_suspend(&after, &user_id, cancelled, now))
+        .await?;
     tracing::info!(user = %name, by = %actor, "user suspended");
     Ok(outcome)
 }
@@ -444,8 +447,10 @@ pub async fn unsuspend(
         details: json!({ "source": t.source }),
     };
     tx.append_at(ctx, event, now).await?;
-    tx.commit().await?;
-    state.auth.forget_user(&t.id, None);
+    let auth = state.clone();
+    let user_id = t.id.clone();
+    tx.commit_then(move || auth.auth.forget_user(&user_id, None))
+        .await?;
     Ok(())
 }
 
@@ -495,8 +500,10 @@ pub async fn reset_mfa(
     };
     tx.append_at(ctx, event, now).await?;
     let invite = invite_in(state, &mut tx, ctx, actor, &t.id, name, now).await?;
-    tx.commit().await?;
-    state.auth.forget_user(&t.id, None);
+    let auth = state.clone();
+    let user_id = t.id.clone();
+    tx.commit_then(move || auth.auth.forget_user(&user_id, None))
+        .await?;
     Ok(invite)
 }
 
@@ -587,13 +594,16 @@ pub async fn apply_config(state: &AppState) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("[[users]] {}: {}", decl.name, api_message(&e)))?;
     }
-    tx.commit().await?;
-    for id in touched {
-        state.auth.forget_user(&id, None);
-    }
-    for (id, cancelled) in suspended {
-        after_suspend(state, &id, cancelled, now);
-    }
+    let after = state.clone();
+    tx.commit_then(move || {
+        for id in touched {
+            after.auth.forget_user(&id, None);
+        }
+        for (id, cancelled) in suspended {
+            after_suspend(&after, &id, cancelled, now);
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -226,7 +226,9 @@ async fn wait_outcome(
             }
         })
         .await;
-        if progress {
+        // Read again after a wait for progress, or one that ended with nothing published:
+        // the answer is the request as it is now, not as it was when the wait began.
+        if progress || outcome.borrow().is_none() {
             view = lifecycle::load_view(state, id)
                 .await?
                 .ok_or(ApiError::NotFound)?
