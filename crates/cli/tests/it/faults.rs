@@ -562,24 +562,7 @@ async fn ex3_a_write_cut_off_from_its_target_ends_outcome_unknown() {
     let _agent = stack.agent("cutter", 1, &[("cut", &relay.url())]).await;
     let lock = Lock::take(format!("SELECT v FROM {ledger} WHERE id = 1 FOR UPDATE")).await;
     let write = format!("UPDATE {ledger} SET v = v + 1 WHERE id = 1");
-    let waiting = stack
-        .cli(&[
-            "exec",
-            "--connection",
-            "cut",
-            "--reason",
-            "fault",
-            "--json",
-            "--wait",
-            "60",
-            &write,
-        ])
-        .spawn()
-        .expect("exec");
-    eventually("the write to wait on the row lock", || async {
-        schema.agent_sessions("wait_event_type = 'Lock'").await > 0
-    })
-    .await;
+    let waiting = stack.exec_on_the_lock(&schema, "cut", &write).await;
     relay.cut();
     let (code, out, err) = finished(waiting).await;
     lock.release().await;

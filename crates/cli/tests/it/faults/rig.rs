@@ -152,25 +152,9 @@ pub(super) async fn held(
     let stack = Stack::start(&["pg"], "lease_secs = 2").await;
     let agent = stack.agent("first", 1, &[("pg", PG)]).await;
     let lock = Lock::take(lock(&table)).await;
-    let statement = statement(&table);
     let cli = stack
-        .cli(&[
-            "exec",
-            "--connection",
-            "pg",
-            "--reason",
-            "fault",
-            "--json",
-            "--wait",
-            "60",
-            &statement,
-        ])
-        .spawn()
-        .expect("exec");
-    eventually("the statement to wait on the lock", || async {
-        schema.agent_sessions("wait_event_type = 'Lock'").await > 0
-    })
-    .await;
+        .exec_on_the_lock(&schema, "pg", &statement(&table))
+        .await;
     Held {
         schema,
         table,
@@ -533,6 +517,35 @@ impl Stack {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `portcullis exec --json --wait 60` of `statement` on `connection`, returned once the
+    /// statement waits at the target on a lock the test holds (seen in `pg_stat_activity`).
+    pub(super) async fn exec_on_the_lock(
+        &self,
+        schema: &Schema,
+        connection: &str,
+        statement: &str,
+    ) -> tokio::process::Child {
+        let cli = self
+            .cli(&[
+                "exec",
+                "--connection",
+                connection,
+                "--reason",
+                "fault",
+                "--json",
+                "--wait",
+                "60",
+                statement,
+            ])
+            .spawn()
+            .expect("exec");
+        eventually("the statement to wait on the lock", || async {
+            schema.agent_sessions("wait_event_type = 'Lock'").await > 0
+        })
+        .await;
+        cli
     }
 
     /// The CLI as a user runs it, with the admin token.
