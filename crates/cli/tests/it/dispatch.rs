@@ -112,6 +112,29 @@ async fn claim_and_vanish(app: &TestApp, name: &str) -> Client {
     Client::new(app.url(), Some(&created.token)).expect("client")
 }
 
+/// Creates `request` without waiting for it and has `agent` claim its job from the queue.
+async fn create_and_claim(
+    app: &TestApp,
+    agent: &Client,
+    request: &CreateRequest,
+) -> (uuid::Uuid, portcullis_proto::agent::JobAssignment) {
+    let created = app
+        .admin
+        .create_request(request, Duration::ZERO)
+        .await
+        .expect("request");
+    let job = agent
+        .claim(&ClaimRequest {
+            connections: served(),
+            wait_ms: 5_000,
+        })
+        .await
+        .expect("claim")
+        .expect("the queued job");
+    assert_eq!(job.request_id, created.request.id);
+    (created.request.id, job)
+}
+
 /// Waits until an agent worker is idle in its claim on `demo`, ready for a hand-off.
 async fn until_idle(app: &TestApp) {
     let demo = "demo".parse().expect("name");
@@ -188,25 +211,11 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
     })
     .await;
     let vanishing = claim_and_vanish(&app, "vanishing").await;
-    let write = app
-        .admin
-        .create_request(&insert(1), Duration::ZERO)
-        .await
-        .expect("request");
-    let claim = ClaimRequest {
-        connections: served(),
-        wait_ms: 5_000,
-    };
-    let job = vanishing
-        .claim(&claim)
-        .await
-        .expect("claim")
-        .expect("a job");
-    assert_eq!(job.request_id, write.request.id);
+    let (write, job) = create_and_claim(&app, &vanishing, &insert(1)).await;
 
     let outcome = app
         .admin
-        .wait_request(write.request.id, Duration::from_secs(20))
+        .wait_request(write, Duration::from_secs(20))
         .await
         .expect("wait");
     assert_eq!(outcome.request.state, RequestState::OutcomeUnknown);
@@ -239,11 +248,7 @@ async fn ex3_a_lost_write_is_outcome_unknown_and_never_rerun() {
         .expect_err("late report refused");
     assert_eq!(late.status(), Some(409));
     assert_eq!(
-        app.admin
-            .request_view(write.request.id)
-            .await
-            .expect("view")
-            .state,
+        app.admin.request_view(write).await.expect("view").state,
         RequestState::OutcomeUnknown
     );
 
@@ -282,21 +287,8 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let holder = claim_and_vanish(&app, "holder").await;
     let intruder = claim_and_vanish(&app, "intruder").await;
-    let read = demo_read("SELECT 1", "lease holder");
-    let created = app
-        .admin
-        .create_request(&read, Duration::ZERO)
-        .await
-        .expect("request");
-    let job = holder
-        .claim(&ClaimRequest {
-            connections: served(),
-            wait_ms: 5_000,
-        })
-        .await
-        .expect("claim")
-        .expect("a job");
-    assert_eq!(job.request_id, created.request.id);
+    let (created, job) =
+        create_and_claim(&app, &holder, &demo_read("SELECT 1", "lease holder")).await;
     let done = portcullis_proto::agent::JobReport::Succeeded {
         result: Default::default(),
     };
@@ -312,17 +304,13 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
         .expect_err("a report of no job is refused");
     assert_eq!(unknown.status(), Some(404), "{unknown}");
     assert_eq!(
-        state_of(&app, created.request.id).await,
+        state_of(&app, created).await,
         RequestState::Dispatched,
         "a refused report changed the request"
     );
 
     holder.report(job.job_id, &done).await.expect("report");
-    let finished = app
-        .admin
-        .request_view(created.request.id)
-        .await
-        .expect("view");
+    let finished = app.admin.request_view(created).await.expect("view");
     assert_eq!(finished.state, RequestState::Succeeded);
     assert_eq!(finished.agent.as_deref(), Some("holder"));
     let again = holder
@@ -330,11 +318,7 @@ async fn ex3_only_the_lease_holder_reports_a_job_and_only_once() {
         .await
         .expect_err("a second report is refused");
     assert_eq!(again.status(), Some(409), "{again}");
-    assert_eq!(
-        finishes(&app, created.request.id).await,
-        1,
-        "one finish recorded"
-    );
+    assert_eq!(finishes(&app, created).await, 1, "one finish recorded");
     app.stop().await;
 }
 

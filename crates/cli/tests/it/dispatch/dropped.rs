@@ -7,11 +7,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use portcullis_core::RequestState;
-use portcullis_proto::agent::{ClaimRequest, JobReport};
+use portcullis_proto::agent::JobReport;
 use portcullis_proto::api::{Column, ExecResult};
 use portcullis_server::auth::AgentPrincipal;
 
-use super::{claim_and_vanish, demo_read, finishes, served};
+use super::{claim_and_vanish, create_and_claim, demo_read, finishes};
 use crate::harness::TestApp;
 
 /// EX-3: an agent's report whose caller is dropped once the report is on its way to the
@@ -23,23 +23,8 @@ use crate::harness::TestApp;
 async fn ex3_a_report_dropped_after_it_reached_the_writer_still_answers_the_requester() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let holder = claim_and_vanish(&app, "holder").await;
-    let created = app
-        .admin
-        .create_request(
-            &demo_read("SELECT 5 AS n", "dropped report"),
-            Duration::ZERO,
-        )
-        .await
-        .expect("request");
-    let job = holder
-        .claim(&ClaimRequest {
-            connections: served(),
-            wait_ms: 0,
-        })
-        .await
-        .expect("claim")
-        .expect("the queued job");
-    assert_eq!(job.request_id, created.request.id);
+    let (created, job) =
+        create_and_claim(&app, &holder, &demo_read("SELECT 5 AS n", "dropped report")).await;
 
     let state = app.stack.server.state.clone();
     let agent = AgentPrincipal {
@@ -73,7 +58,7 @@ async fn ex3_a_report_dropped_after_it_reached_the_writer_still_answers_the_requ
 
     let answer = app
         .admin
-        .wait_request(created.request.id, Duration::from_secs(20))
+        .wait_request(created, Duration::from_secs(20))
         .await
         .expect("outcome");
     assert_eq!(answer.request.state, RequestState::Succeeded);
@@ -82,6 +67,6 @@ async fn ex3_a_report_dropped_after_it_reached_the_writer_still_answers_the_requ
         vec![vec![serde_json::json!(5)]],
         "the requester got the rows the agent reported"
     );
-    assert_eq!(finishes(&app, created.request.id).await, 1);
+    assert_eq!(finishes(&app, created).await, 1);
     app.stop().await;
 }
