@@ -427,6 +427,14 @@ impl Dispatch {
         slots.entry(id).or_insert_with(Slot::new).sender.subscribe()
     }
 
+    /// How many callers wait for `id`'s outcome now.
+    pub fn waiting_for(&self, id: Uuid) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(&id)
+            .map_or(0, |slot| slot.sender.receiver_count())
+    }
+
     /// Registers the reader of `id`'s streamed result, replacing one that gave up, and wakes
     /// an upload waiting for it. `capacity` chunks may wait in between.
     pub fn register_reader(&self, id: Uuid, capacity: usize) -> Reader {

@@ -65,8 +65,9 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long open HTTPS connections get to finish once the server stops.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping server gives its open connections and background tasks to finish,
+/// all of them together, before it closes the state store and exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a handler needs, grouped by concern.
 #[derive(Clone)]
@@ -88,6 +89,41 @@ pub struct Inner {
     pub metrics: metrics::Metrics,
     /// The rate limiter (WEB-4); `None` when `rate_limit.enabled` is false.
     pub limiter: Option<ratelimit::RateLimiter>,
+    /// Turns `true` once the server begins to stop ([`Inner::stopping`]).
+    stop_signal: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Inner {
+    /// Resolves once the server has begun to stop. Every wait a client or an agent worker is
+    /// in — a request's outcome, a result's start, a claim's long poll — ends then, answering
+    /// as if its time had run out, so a stopping server is not held open by callers that are
+    /// only waiting, and each of them is told where things stand instead of losing its
+    /// connection.
+    pub async fn stopping(&self) {
+        let mut signal = self.stop_signal.clone();
+        if signal.wait_for(|s| *s).await.is_err() {
+            // No server behind this state any more: nothing will stop it.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether the server has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop_signal.borrow()
+    }
+
+    /// `what`, for at most `wait`, unless the server begins to stop first: `None` when the
+    /// time ran out or the server is stopping.
+    pub async fn wait_unless_stopping<F: std::future::Future>(
+        &self,
+        wait: Duration,
+        what: F,
+    ) -> Option<F::Output> {
+        tokio::select! {
+            done = tokio::time::timeout(wait, what) => done.ok(),
+            () = self.stopping() => None,
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -161,6 +197,7 @@ impl Server {
             Duration::from_secs(config.sessions.idle_timeout_secs),
             Duration::from_secs(config.sessions.absolute_lifetime_secs),
         );
+        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let state = AppState(Arc::new(Inner {
             config,
             policy,
@@ -173,8 +210,8 @@ impl Server {
             people,
             metrics: metrics::Metrics::new(),
             limiter,
+            stop_signal: shutdown.subscribe(),
         }));
-        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(audit::run_checkpointer(
             audit.subscribe(),
@@ -278,15 +315,26 @@ impl Server {
             .reload()
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded), flushes batched writes and
-    /// the audit checkpoint.
+    /// Stops accepting, ends every wait at once (the waiters are answered with where their
+    /// request stands), gives the requests in flight and the background tasks
+    /// [`SHUTDOWN_GRACE`] in all to finish, then flushes batched writes and the audit
+    /// checkpoint and closes the state store.
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         let Server { state, tasks, .. } = self;
         let mut tasks = tasks.into_iter();
         let checkpointer = tasks.next();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        let rest: Vec<_> = tasks.collect();
+        let count = rest.len();
+        if tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(rest))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                tasks = count,
+                "stopping: connections or background tasks still busy after the grace period; closing the state store anyway"
+            );
         }
         if let Err(e) = state.auth.flush_last_used(&state.store).await {
             tracing::warn!(error = %e, "flushing token last-used times failed");

@@ -415,7 +415,9 @@ pub async fn download(
     let streamed = row.try_get::<String, _>(2)? == "stream";
     if !streamed || current.is_terminal() {
         if !current.is_terminal() {
-            let _ = tokio::time::timeout(wait, finished.wait_for(Option::is_some)).await;
+            let _ = state
+                .wait_unless_stopping(wait, finished.wait_for(Option::is_some))
+                .await;
         }
         let done = finished.borrow().clone();
         return match done {
@@ -446,6 +448,7 @@ pub async fn download(
         chunk = rx.recv() => chunk,
         _ = tokio::time::sleep(wait) => None,
         _ = finished.wait_for(Option::is_some) => None,
+        () = state.stopping() => None,
     };
     let first = match first {
         Some(chunk) => chunk,

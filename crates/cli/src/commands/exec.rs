@@ -54,10 +54,10 @@ async fn wait_until_done(
     client: &Client,
     mut outcome: RequestOutcome,
     wait_secs: u64,
-    quiet: bool,
+    as_json: bool,
 ) -> anyhow::Result<RequestOutcome> {
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
-    let spinner = (!quiet && std::io::stderr().is_terminal()).then(|| {
+    let spinner = (!as_json && std::io::stderr().is_terminal()).then(|| {
         let s = ProgressBar::new_spinner();
         s.set_style(
             ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
@@ -75,16 +75,42 @@ async fn wait_until_done(
         let line = status_line(&outcome.request);
         match &spinner {
             Some(s) => s.set_message(line),
-            None if !quiet && last_line.as_deref() != Some(line.as_str()) => {
+            None if !as_json && last_line.as_deref() != Some(line.as_str()) => {
                 eprintln!("{line}");
                 last_line = Some(line);
             }
             None => {}
         }
         let slice = Duration::from_secs(left.as_secs().clamp(1, WAIT_SLICE));
-        outcome = client
+        outcome = match client
             .wait_request_progress(outcome.request.id, slice)
-            .await?;
+            .await
+        {
+            Ok(next) => next,
+            Err(e) => {
+                if let Some(s) = &spinner {
+                    s.finish_and_clear();
+                }
+                // The request exists and goes on without this wait (a server restarting
+                // answers its waits first, then stops): say which one and how to pick it up.
+                let r = &outcome.request;
+                if as_json {
+                    output::json(&json!({
+                        "request_id": r.id,
+                        "state": r.state,
+                        "error": { "code": "wait_interrupted", "message": e.to_string() },
+                    }))?;
+                }
+                return Err(Exit::new(
+                    exit::for_client_error(&e),
+                    format!(
+                        "request {} was {} when the wait for it broke off: {e} (resume with `portcullis request wait {}`)",
+                        r.id, r.state, r.id
+                    ),
+                )
+                .into());
+            }
+        };
     }
     if let Some(s) = spinner {
         s.finish_and_clear();

@@ -87,7 +87,10 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!(
+        grace_secs = portcullis_server::SHUTDOWN_GRACE.as_secs(),
+        "shutting down: accepting nothing new, answering every wait with where its request stands"
+    );
     server.stop().await;
     Ok(exit::OK)
 }

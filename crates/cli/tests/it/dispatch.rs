@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::harness::TestApp;
 
 mod dropped;
+mod stopping;
 
 async fn start_agent(
     app: &TestApp,

@@ -58,6 +58,11 @@ pub async fn claim_job(
         if state.dispatch.is_revoked(&agent.name) {
             return Err(ApiError::Unauthenticated);
         }
+        // A stopping server leases nothing more: the worker is told there is no job and
+        // claims again elsewhere or after the restart.
+        if state.is_stopping() {
+            return Ok(None);
+        }
         if let Some(job) = try_claim(state, agent, ctx, &served, &served_json).await? {
             return Ok(Some(job));
         }
@@ -78,6 +83,7 @@ pub async fn claim_job(
             },
             _ = futures_util::future::select_all(ready) => (true, idle.finish().await),
             _ = tokio::time::sleep_until(deadline) => (false, idle.finish().await),
+            () = state.stopping() => (false, idle.finish().await),
         };
         if let Some(job) = handed {
             if woken {
@@ -88,7 +94,7 @@ pub async fn claim_job(
             }
             return Ok(Some(job));
         }
-        if !woken && tokio::time::Instant::now() >= deadline {
+        if !woken && (tokio::time::Instant::now() >= deadline || state.is_stopping()) {
             return Ok(None);
         }
     }

@@ -118,9 +118,9 @@ pub(super) async fn create(
 async fn finished_with_view(state: &AppState, id: Uuid, wait_secs: u64) -> Option<RequestOutcome> {
     let wait = Duration::from_secs(wait_secs.min(state.config.execution.max_wait_secs));
     let mut outcome = state.dispatch.subscribe(id);
-    let finished = tokio::time::timeout(wait, outcome.wait_for(Option::is_some))
-        .await
-        .ok()?
+    let finished = state
+        .wait_unless_stopping(wait, outcome.wait_for(Option::is_some))
+        .await?
         .ok()?
         .clone()?;
     let view = finished.view.as_deref()?.clone();
@@ -219,15 +219,17 @@ async fn wait_outcome(
                 std::future::pending::<()>().await;
             }
         };
-        let _ = tokio::time::timeout(wait, async {
-            tokio::select! {
-                _ = outcome.wait_for(Option::is_some) => {}
-                () = progressed => {}
-            }
-        })
-        .await;
-        // Read again after a wait for progress, or one that ended with nothing published:
-        // the answer is the request as it is now, not as it was when the wait began.
+        let _ = state
+            .wait_unless_stopping(wait, async {
+                tokio::select! {
+                    _ = outcome.wait_for(Option::is_some) => {}
+                    () = progressed => {}
+                }
+            })
+            .await;
+        // Read again after a wait for progress, or one that ended with nothing published
+        // (its time ran out, or the server is stopping): the answer is the request as it is
+        // now, not as it was when the wait began.
         if progress || outcome.borrow().is_none() {
             view = lifecycle::load_view(state, id)
                 .await?

@@ -1,5 +1,6 @@
 //! An agent stopped by its orchestrator (SIGTERM, as in a rolling restart) takes no new job
-//! and finishes the ones in flight, their results recorded, before it exits.
+//! and finishes the ones in flight, their results recorded, before it exits. A server stopped
+//! the same way tells each waiting client where its request stands before it goes.
 
 use portcullis_core::RequestState;
 
@@ -64,5 +65,68 @@ async fn ex3_an_agent_stopped_by_sigterm_finishes_its_write_and_records_it_first
     assert_eq!(stack.audited(id, "request.dispatched").await, 1);
     assert_eq!(stack.audited(id, "request.finished").await, 1);
     assert_eq!(stack.audited(id, "request.lost").await, 0);
+    stack.verify_audit();
+}
+
+/// A server stopped by SIGTERM (a rolling restart) while `portcullis exec` waits on a write
+/// held at the target: the server answers the wait with the request as it stands before it
+/// exits, so the CLI names the request, says it was still running and how to pick it up, and
+/// exits 1 — rather than report a dropped connection for a request it cannot name. After the
+/// restart the write settles once, `request wait` gives its outcome, and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_a_server_stopped_by_sigterm_tells_a_waiting_cli_which_request_to_resume() {
+    let held = held_write().await;
+    let (ledger, mut stack, lock) = (held.table, held.stack, held.lock);
+    let _agent = held.agent;
+
+    stack.stop_server();
+    let (code, out, err) = finished(held.cli).await;
+    assert_eq!(code, 1, "{out} {err}");
+    // Handed to the agent, whose write waits at the target: not finished, whichever step
+    // the server last recorded.
+    let stood = out["state"].as_str().unwrap_or_default().to_owned();
+    assert!(matches!(stood.as_str(), "dispatched" | "running"), "{out}");
+    assert_eq!(out["error"]["code"], "wait_interrupted", "{out}");
+    let id = request_id(&out);
+    assert!(
+        err.contains(&format!(
+            "request {id} was {stood} when the wait for it broke off"
+        )) && err.contains(&format!("resume with `portcullis request wait {id}`")),
+        "{err}"
+    );
+
+    stack.spawn_server(None);
+    lock.release().await;
+    let view = stack.settled(id).await;
+    assert!(
+        matches!(
+            view.state,
+            RequestState::Succeeded | RequestState::OutcomeUnknown
+        ),
+        "{view:?}"
+    );
+    let v = scalar(format!("SELECT v::bigint FROM {ledger} WHERE id = 1")).await;
+    match view.state {
+        RequestState::Succeeded => assert_eq!(v, 1, "the write ran once"),
+        _ => assert!(v <= 1, "the write ran at most once"),
+    }
+    let (code, out, err) = finished(
+        stack
+            .cli(&["request", "wait", &id.to_string(), "--wait", "5", "--json"])
+            .spawn()
+            .expect("wait"),
+    )
+    .await;
+    assert_eq!(out["state"], view.state.as_str(), "{out} {err}");
+    assert_eq!(
+        code,
+        if view.state == RequestState::Succeeded {
+            0
+        } else {
+            6
+        },
+        "{out} {err}"
+    );
+    stack.kill_server();
     stack.verify_audit();
 }
