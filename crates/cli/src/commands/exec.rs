@@ -67,6 +67,7 @@ async fn wait_until_done(
         s
     });
     let mut last_line: Option<String> = None;
+    let mut broke_off = None;
     while !outcome.request.state.is_terminal() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -82,40 +83,51 @@ async fn wait_until_done(
             None => {}
         }
         let slice = Duration::from_secs(left.as_secs().clamp(1, WAIT_SLICE));
-        outcome = match client
+        match client
             .wait_request_progress(outcome.request.id, slice)
             .await
         {
-            Ok(next) => next,
+            Ok(next) => outcome = next,
             Err(e) => {
-                if let Some(s) = &spinner {
-                    s.finish_and_clear();
-                }
-                // The request exists and goes on without this wait (a server restarting
-                // answers its waits first, then stops): say which one and how to pick it up.
-                let r = &outcome.request;
-                if as_json {
-                    output::json(&json!({
-                        "request_id": r.id,
-                        "state": r.state,
-                        "error": { "code": "wait_interrupted", "message": e.to_string() },
-                    }))?;
-                }
-                return Err(Exit::new(
-                    exit::for_client_error(&e),
-                    format!(
-                        "request {} was {} when the wait for it broke off: {e} (resume with `portcullis request wait {}`)",
-                        r.id, r.state, r.id
-                    ),
-                )
-                .into());
+                broke_off = Some(e);
+                break;
             }
-        };
+        }
     }
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
-    Ok(outcome)
+    match broke_off {
+        Some(e) => Err(interrupted(&outcome.request, &e, as_json)),
+        None => Ok(outcome),
+    }
+}
+
+/// A wait that broke off after its request was created (a server restarting answers its
+/// waits first, then stops): the request goes on without it, so the error says which one it
+/// was, where it stood and how to pick it up (also on stdout under `--json`).
+fn interrupted(
+    r: &RequestView,
+    e: &portcullis_client::ClientError,
+    as_json: bool,
+) -> anyhow::Error {
+    if as_json
+        && let Err(out) = output::json(&json!({
+            "request_id": r.id,
+            "state": r.state,
+            "error": { "code": "wait_interrupted", "message": e.to_string() },
+        }))
+    {
+        return out;
+    }
+    Exit::new(
+        exit::for_client_error(e),
+        format!(
+            "request {} was {} when the wait for it broke off: {e} (resume with `portcullis request wait {}`)",
+            r.id, r.state, r.id
+        ),
+    )
+    .into()
 }
 
 fn print_outcome(outcome: &RequestOutcome, as_json: bool) -> anyhow::Result<u8> {

@@ -140,12 +140,17 @@ async fn create_and_claim(
 async fn until_idle(app: &TestApp) {
     let demo = "demo".parse().expect("name");
     let dispatch = &app.stack.server.state.dispatch;
+    until("the claim never became idle", || {
+        dispatch.idle_workers(&demo) > 0
+    })
+    .await;
+}
+
+/// Waits (at most 10 s, then fails with `what`) until `ready` holds.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while dispatch.idle_workers(&demo) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim never became idle"
-        );
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::task::yield_now().await;
     }
 }

@@ -10,21 +10,12 @@ use portcullis_proto::agent::{ClaimRequest, ServedConnection};
 use portcullis_proto::api::CreateRequest;
 use portcullis_server::config::ConnectionDecl;
 
-use super::claim_and_vanish;
+use super::{claim_and_vanish, until};
 use crate::harness::TestApp;
 
 /// Far sooner than any of the waits below would end by itself (60 s for the clients, 30 s for
 /// the claim): an answer within it came from the stop, not from a wait running out.
 const ANSWERED_WITHIN: Duration = Duration::from_secs(15);
-
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + ANSWERED_WITHIN;
-    while !ready() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// A client waiting (`GET /requests/{id}/wait`, 60 s) on a write that awaits approval, another
 /// waiting for its result (`GET /requests/{id}/result`, 60 s), and an agent worker idle in a
@@ -91,18 +82,13 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
     });
     let state = app.stack.server.state.clone();
     until(
-        "the client to wait for its request, and for its result",
+        "the client never waited for its request and its result",
         || state.dispatch.waiting_for(id) >= 2,
     )
     .await;
-    let presence = state.clone();
-    until("the agent worker to be in its claim", move || {
-        presence
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .agents
-            .contains_key("idle")
+    let spare = "spare".parse().expect("name");
+    until("the claim never became idle", || {
+        state.dispatch.idle_workers(&spare) > 0
     })
     .await;
 
