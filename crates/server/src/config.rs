@@ -193,6 +193,9 @@ pub struct ExecutionSettings {
     /// How long an agent's streamed result waits for its requester to start reading before
     /// the read is abandoned (`result_not_delivered`).
     pub stream_reader_wait_secs: u64,
+    /// How long a stopping server waits, at most, for the jobs its agents are running to
+    /// report before it ends the waits for them (EX-3); 0 stops without waiting (0–600).
+    pub drain_secs: u64,
 }
 
 impl Default for ExecutionSettings {
@@ -207,6 +210,7 @@ impl Default for ExecutionSettings {
             max_wait_secs: 120,
             result_retention_secs: 60,
             stream_reader_wait_secs: 30,
+            drain_secs: crate::SHUTDOWN_DRAIN.as_secs(),
         }
     }
 }
@@ -502,6 +506,12 @@ impl ServerConfig {
                 "execution.row_cap, timeout_ms, lease_secs and max_wait_secs must be positive"
                     .into(),
             ));
+        }
+        if e.drain_secs > 600 {
+            return Err(ConfigError::Invalid(format!(
+                "execution.drain_secs must be between 0 and 600, got {}",
+                e.drain_secs
+            )));
         }
         let s = &self.sessions;
         if s.idle_timeout_secs == 0 || s.absolute_lifetime_secs < s.idle_timeout_secs {

@@ -79,6 +79,10 @@ pub enum ApiError {
     /// 503: a dependency (state store, audit chain) is unavailable; fails closed.
     #[error("unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// 503: the server is stopping and takes no new request (EX-3); the response carries
+    /// `Retry-After`.
+    #[error("server stopping")]
+    Stopping { drain_secs: u64 },
     /// 500: anything else, logged with its error id.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -124,7 +128,7 @@ impl ApiError {
             ApiError::ResultNotReady { .. } => ErrorCode::ResultNotReady,
             ApiError::ResultGone { .. } => ErrorCode::ResultGone,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
-            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::Stopping { .. } => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -217,6 +221,14 @@ impl IntoResponse for ApiError {
                 tracing::error!(%error_id, error = %format!("{e:#}"), "dependency unavailable");
                 ("Service unavailable", None, None)
             }
+            ApiError::Stopping { .. } => (
+                "Service unavailable",
+                Some(
+                    "the server is stopping and takes no new request: try again once it is back"
+                        .to_owned(),
+                ),
+                Some("server_stopping".to_owned()),
+            ),
             ApiError::Internal(e) => {
                 tracing::error!(%error_id, error = %format!("{e:#}"), "internal error");
                 ("Internal error", None, None)
@@ -238,6 +250,12 @@ impl IntoResponse for ApiError {
             h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
             h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
             h.insert(X_RATELIMIT_RESET, HeaderValue::from(reset_secs));
+        }
+        if let ApiError::Stopping { drain_secs } = self {
+            let retry = drain_secs + crate::SHUTDOWN_GRACE.as_secs();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry));
         }
         response
     }

@@ -65,8 +65,14 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a stopping server gives its open connections and background tasks to finish,
-/// all of them together, before it closes the state store and exits anyway.
+/// How long a stopping server waits, at most, for the jobs its agents are running to be
+/// reported before it ends the waits for them ([`Server::stop`]), unless
+/// `execution.drain_secs` says otherwise. With [`SHUTDOWN_GRACE`] it stays under the 10 s a
+/// container runtime commonly allows between SIGTERM and SIGKILL.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
+
+/// How long a stopping server then gives its open connections and background tasks to
+/// finish, all of them together, before it closes the state store and exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a handler needs, grouped by concern.
@@ -89,22 +95,59 @@ pub struct Inner {
     pub metrics: metrics::Metrics,
     /// The rate limiter (WEB-4); `None` when `rate_limit.enabled` is false.
     pub limiter: Option<ratelimit::RateLimiter>,
+    /// Turns `true` once the server begins to drain ([`Inner::draining`]).
+    drain_signal: tokio::sync::watch::Receiver<bool>,
     /// Turns `true` once the server begins to stop ([`Inner::stopping`]).
     stop_signal: tokio::sync::watch::Receiver<bool>,
+    /// How many event sockets are open: a stopping server closes them and waits for them.
+    open_sockets: tokio::sync::watch::Sender<usize>,
 }
 
 impl Inner {
+    /// Resolves once the server has begun to drain: from then on it takes no new request and
+    /// leases no job, while the jobs its agents are running still report
+    /// ([`Server::stop`]).
+    pub async fn draining(&self) {
+        Self::signalled(&self.drain_signal).await;
+    }
+
+    /// Whether the server has begun to drain (or to stop).
+    pub fn is_draining(&self) -> bool {
+        *self.drain_signal.borrow()
+    }
+
+    /// A new request refused because the server is stopping: 503 with `Retry-After`, and
+    /// nothing recorded or queued.
+    pub fn refuse_when_draining(&self) -> Result<(), error::ApiError> {
+        if self.is_draining() {
+            return Err(error::ApiError::Stopping {
+                drain_secs: self.config.execution.drain_secs,
+            });
+        }
+        Ok(())
+    }
+
+    async fn signalled(signal: &tokio::sync::watch::Receiver<bool>) {
+        let mut signal = signal.clone();
+        if signal.wait_for(|s| *s).await.is_err() {
+            // No server behind this state any more: nothing will stop it.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Counts an event socket open until the guard drops ([`Server::stop`] waits for it).
+    pub fn socket_opened(&self) -> OpenSocket {
+        self.open_sockets.send_modify(|n| *n += 1);
+        OpenSocket(self.open_sockets.clone())
+    }
+
     /// Resolves once the server has begun to stop. Every wait a client or an agent worker is
     /// in — a request's outcome, a result's start, a claim's long poll — ends then, answering
     /// as if its time had run out, so a stopping server is not held open by callers that are
     /// only waiting, and each of them is told where things stand instead of losing its
     /// connection.
     pub async fn stopping(&self) {
-        let mut signal = self.stop_signal.clone();
-        if signal.wait_for(|s| *s).await.is_err() {
-            // No server behind this state any more: nothing will stop it.
-            std::future::pending::<()>().await;
-        }
+        Self::signalled(&self.stop_signal).await;
     }
 
     /// Whether the server has begun to stop.
@@ -123,6 +166,15 @@ impl Inner {
             done = tokio::time::timeout(wait, what) => done.ok(),
             () = self.stopping() => None,
         }
+    }
+}
+
+/// An open event socket, counted until it drops ([`Inner::socket_opened`]).
+pub struct OpenSocket(tokio::sync::watch::Sender<usize>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -148,6 +200,7 @@ pub struct Server {
     pub state: AppState,
     /// Native TLS, when configured (NET-1); reloaded by [`Server::reload_tls`].
     tls: Option<tls::LiveTls>,
+    drain: tokio::sync::watch::Sender<bool>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -197,6 +250,7 @@ impl Server {
             Duration::from_secs(config.sessions.idle_timeout_secs),
             Duration::from_secs(config.sessions.absolute_lifetime_secs),
         );
+        let (drain, _) = tokio::sync::watch::channel(false);
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let state = AppState(Arc::new(Inner {
             config,
@@ -210,7 +264,9 @@ impl Server {
             people,
             metrics: metrics::Metrics::new(),
             limiter,
+            drain_signal: drain.subscribe(),
             stop_signal: shutdown.subscribe(),
+            open_sockets: tokio::sync::watch::channel(0).0,
         }));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(audit::run_checkpointer(
@@ -300,6 +356,7 @@ impl Server {
             redirect_addr,
             state,
             tls,
+            drain,
             shutdown,
             tasks,
         })
@@ -315,24 +372,35 @@ impl Server {
             .reload()
     }
 
-    /// Stops accepting, ends every wait at once (the waiters are answered with where their
-    /// request stands), gives the requests in flight and the background tasks
-    /// [`SHUTDOWN_GRACE`] in all to finish, then flushes batched writes and the audit
-    /// checkpoint and closes the state store.
+    /// Stops in two steps (EX-3):
+    ///
+    /// 1. **Drain**: new requests are refused (503, `Retry-After`) and no job is leased, while
+    ///    the listener stays open for the agents' reports of the jobs they are running, so a
+    ///    client waiting for one still gets its result. At most `execution.drain_secs`
+    ///    ([`SHUTDOWN_DRAIN`] by default), and not at all when no job is leased.
+    /// 2. **Stop**: stops accepting, ends every wait at once (the waiters are answered with
+    ///    where their request stands), closes the event sockets (1001), gives the requests in
+    ///    flight, the sockets and the background tasks [`SHUTDOWN_GRACE`] in all to finish,
+    ///    then flushes batched writes and the audit checkpoint and closes the state store.
     pub async fn stop(self) {
+        self.drain.send_replace(true);
+        settle_leased_jobs(&self.state).await;
         self.shutdown.send_replace(true);
         let Server { state, tasks, .. } = self;
         let mut tasks = tasks.into_iter();
         let checkpointer = tasks.next();
         let rest: Vec<_> = tasks.collect();
         let count = rest.len();
-        if tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(rest))
-            .await
-            .is_err()
-        {
+        let mut sockets = state.open_sockets.subscribe();
+        let all = async {
+            futures_util::future::join_all(rest).await;
+            let _ = sockets.wait_for(|n| *n == 0).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
             tracing::warn!(
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
                 tasks = count,
+                sockets = *state.open_sockets.borrow(),
                 "stopping: connections or background tasks still busy after the grace period; closing the state store anyway"
             );
         }
@@ -351,6 +419,51 @@ impl Server {
         }
         state.store.close().await;
     }
+}
+
+/// The drain of [`Server::stop`]: waits until no job is leased to an agent (each report, give-
+/// back or expiry commits, and every commit wakes this for another count) or until
+/// `execution.drain_secs` have passed.
+async fn settle_leased_jobs(state: &AppState) {
+    let drain = Duration::from_secs(state.config.execution.drain_secs);
+    let deadline = tokio::time::Instant::now() + drain;
+    let mut commits = state.audit.subscribe();
+    let mut logged = false;
+    loop {
+        commits.borrow_and_update();
+        let leased = match leased_jobs(&state.store).await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "draining: the leased jobs could not be counted; stopping now");
+                return;
+            }
+        };
+        if !logged {
+            tracing::info!(
+                jobs = leased,
+                drain_secs = drain.as_secs(),
+                "draining: refusing new requests, waiting for the jobs agents are running to report"
+            );
+            logged = true;
+        }
+        if tokio::time::timeout_at(deadline, commits.changed())
+            .await
+            .map_or(true, |changed| changed.is_err())
+        {
+            tracing::warn!(
+                jobs = leased,
+                "draining: jobs still running at the end of the drain; their waiters are told where they stand, and the jobs settle when their agents report after the restart or their leases expire"
+            );
+            return;
+        }
+    }
+}
+
+async fn leased_jobs(store: &Store) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'leased'")
+        .fetch_one(store.reader())
+        .await
 }
 
 /// The plain-HTTP listener: every accepted connection sends each write at once

@@ -127,6 +127,8 @@ pub async fn create_request(
     ctx: &Context,
     body: CreateRequest,
 ) -> Result<Created, ApiError> {
+    // EX-3: a draining server records and queues nothing new; the caller may try again.
+    state.refuse_when_draining()?;
     let reason = body.reason.trim();
     if reason.is_empty()
         || reason.chars().count() > MAX_REASON

@@ -88,8 +88,9 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         }
     }
     tracing::info!(
+        drain_secs = portcullis_server::SHUTDOWN_DRAIN.as_secs(),
         grace_secs = portcullis_server::SHUTDOWN_GRACE.as_secs(),
-        "shutting down: accepting nothing new, answering every wait with where its request stands"
+        "shutting down: refusing new requests, letting the jobs agents are running report, then answering every wait with where its request stands"
     );
     server.stop().await;
     Ok(exit::OK)

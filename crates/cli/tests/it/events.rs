@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use crate::harness::TestApp;
 
+mod stopping;
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a test waits for the server to answer or close before it fails: a bound on a

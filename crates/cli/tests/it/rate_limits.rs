@@ -53,6 +53,12 @@ async fn get(
 
 /// Asserts a WEB-4 refusal: 429, `Retry-After`, the headers, and the stable code with the
 /// bucket as reason.
+/// The window of the tests that count calls against a limit: one the test does not cross the
+/// end of. Just past a window's end the sliding window weighs the last window's full count a
+/// hair under the limit, which admits one more call (as designed); a 60 s window put that end
+/// between a test's calls about once in a thousand runs.
+const LONG_WINDOW_SECS: u64 = 86_400;
+
 fn assert_refused(status: StatusCode, h: &HeaderMap, body: &[u8], limit: u64, bucket: &str) {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let retry = header(h, "retry-after");
@@ -95,6 +101,7 @@ async fn anonymous_requests_beyond_the_address_limit_are_refused_with_retry_afte
 async fn clients_behind_a_trusted_proxy_are_limited_each_by_their_own_address() {
     let app = TestApp::spawn_with(|o| {
         o.server.rate_limit.anonymous = 2;
+        o.server.rate_limit.window_secs = LONG_WINDOW_SECS;
         o.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
     })
     .await;
@@ -115,7 +122,11 @@ async fn clients_behind_a_trusted_proxy_are_limited_each_by_their_own_address() 
 /// the refusals stop reaching the audit chain (no audit flood).
 #[tokio::test]
 async fn refused_credentials_count_against_the_address_and_stop_being_audited_once_limited() {
-    let app = TestApp::spawn_with(|o| o.server.rate_limit.anonymous = 3).await;
+    let app = TestApp::spawn_with(|o| {
+        o.server.rate_limit.anonymous = 3;
+        o.server.rate_limit.window_secs = LONG_WINDOW_SECS;
+    })
+    .await;
     let url = format!("{}/api/v1/me", app.url());
     let bogus = "pct_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let mut statuses = Vec::new();
@@ -264,7 +275,11 @@ async fn refused_creations_by_a_weaker_token_leave_the_owner_s_budget_whole() {
 /// another token's budget whole, whatever address they share.
 #[tokio::test]
 async fn each_token_has_its_own_authenticated_limit() {
-    let app = TestApp::spawn_with(|o| o.server.rate_limit.authenticated = 3).await;
+    let app = TestApp::spawn_with(|o| {
+        o.server.rate_limit.authenticated = 3;
+        o.server.rate_limit.window_secs = LONG_WINDOW_SECS;
+    })
+    .await;
     let (_, first) = app.token(Role::Developer).await;
     let (_, second) = app.token(Role::Viewer).await;
     let me = format!("{}/api/v1/me", app.url());
@@ -286,7 +301,11 @@ async fn each_token_has_its_own_authenticated_limit() {
 /// while each user is still held to 3.
 #[tokio::test]
 async fn agents_are_not_starved_by_the_per_user_limit() {
-    let app = TestApp::spawn_with(|o| o.server.rate_limit.authenticated = 3).await;
+    let app = TestApp::spawn_with(|o| {
+        o.server.rate_limit.authenticated = 3;
+        o.server.rate_limit.window_secs = LONG_WINDOW_SECS;
+    })
+    .await;
     let (a, _) = app.token(Role::Developer).await;
     let (b, _) = app.token(Role::Viewer).await;
     for client in [&a, &b] {

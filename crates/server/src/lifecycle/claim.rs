@@ -58,9 +58,11 @@ pub async fn claim_job(
         if state.dispatch.is_revoked(&agent.name) {
             return Err(ApiError::Unauthenticated);
         }
-        // A stopping server leases nothing more: the worker is told there is no job and
-        // claims again elsewhere or after the restart.
-        if state.is_stopping() {
+        // EX-3: a draining server leases nothing more. The claim is held until the server
+        // stops (or its own wait runs out), so the worker does not claim again at once, and
+        // is then told there is no job: it claims again after the restart.
+        if state.is_draining() {
+            let _ = tokio::time::timeout_at(deadline, state.stopping()).await;
             return Ok(None);
         }
         if let Some(job) = try_claim(state, agent, ctx, &served, &served_json).await? {
@@ -83,7 +85,7 @@ pub async fn claim_job(
             },
             _ = futures_util::future::select_all(ready) => (true, idle.finish().await),
             _ = tokio::time::sleep_until(deadline) => (false, idle.finish().await),
-            () = state.stopping() => (false, idle.finish().await),
+            () = state.draining() => (false, idle.finish().await),
         };
         if let Some(job) = handed {
             if woken {
@@ -94,7 +96,8 @@ pub async fn claim_job(
             }
             return Ok(Some(job));
         }
-        if !woken && (tokio::time::Instant::now() >= deadline || state.is_stopping()) {
+        // A draining server is seen at the top of the loop.
+        if !woken && tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
     }

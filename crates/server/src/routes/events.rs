@@ -175,10 +175,13 @@ pub(super) async fn events(State(state): State<AppState>, Ctx(ctx): Ctx, req: Re
         },
     };
     let limits = state.config.events.clone();
+    // Counted open from here until it closes: a stopping server waits for it (EX-3).
+    let open = state.socket_opened();
     upgrade
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| async move {
+            let _open = open;
             let mut connection = Connection {
                 state,
                 ctx,
@@ -329,6 +332,9 @@ impl Connection {
         self.send(&ready).await?;
         let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let state = self.state.clone();
+        let stopping = state.stopping();
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 inbound = self.next_message() => {
@@ -358,6 +364,11 @@ impl Connection {
                     self.deliver(&batch, auth, &mut subscriptions).await?;
                 }
                 _ = recheck.tick() => self.recheck(auth).await?,
+                // EX-3: a stopping server closes its sockets itself, with a close frame,
+                // before it exits.
+                () = &mut stopping => {
+                    return Err(End::Close(close_code::AWAY, "server stopping"));
+                }
             }
         }
     }

@@ -16,7 +16,8 @@ pub(super) async fn health() -> &'static str {
     "ok"
 }
 
-/// Readiness: 200 only when the state store answers and every migration is applied.
+/// Readiness: 200 only when the state store answers, every migration is applied and the
+/// server is not stopping (a draining server takes no new request, EX-3).
 #[utoipa::path(
     get,
     path = "/ready",
@@ -27,7 +28,9 @@ pub(super) async fn health() -> &'static str {
     ),
 )]
 pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.store.ready().await {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if state.store.ready().await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

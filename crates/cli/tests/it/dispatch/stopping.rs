@@ -1,6 +1,9 @@
-//! A stopping server answers everyone who is only waiting on it before it goes: a client
-//! waiting for a request's outcome gets the request as it stands, one waiting for its result
-//! is told none has begun, an agent worker idle in its claim gets "no job". Neither holds the stop open nor loses its connection unanswered.
+//! A stopping server first drains: it takes no new request and leases no job, while the jobs
+//! its agents are running still report, so their waiting clients get their results. Then it
+//! answers everyone who is only waiting on it before it goes: a client waiting for a
+//! request's outcome gets the request as it stands, one waiting for its result is told none
+//! has begun, an agent worker idle in its claim gets "no job". Neither holds the stop open nor
+//! loses its connection unanswered.
 
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use portcullis_proto::agent::{ClaimRequest, ServedConnection};
 use portcullis_proto::api::CreateRequest;
 use portcullis_server::config::ConnectionDecl;
 
-use super::{claim_and_vanish, until};
+use super::{claim_and_vanish, create_and_claim, demo_read, served, until, upload};
 use crate::harness::TestApp;
 
 /// Far sooner than any of the waits below would end by itself (60 s for the clients, 30 s for
@@ -109,6 +112,113 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
         .expect("join")
         .expect_err("no result has begun");
     assert_eq!(read.code(), Some(ErrorCode::ResultNotReady), "{read}");
+    answered_without_a_job(claim).await;
+}
+
+/// EX-3: the drain. An agent holds a job it claimed and a client waits for that request's
+/// outcome when the server is told to stop. While it drains, a new request is refused — 503,
+/// `server_stopping`, `Retry-After` — and nothing of it is recorded; `/ready` answers 503
+/// (load balancers send nothing more); a second worker's claim
+/// is held without a job; the running job's report is taken, and the waiting client gets the request `succeeded` with its
+/// result. Only then does the stop end, and the idle claim is answered with no job. Without
+/// the drain the stop ended the client's wait at once (the request still `dispatched`) and
+/// closed the listener the report needed.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new_requests() {
+    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    let (id, job) = create_and_claim(&app, &holder, &demo_read("SELECT 7 AS n", "drained")).await;
+    let state = app.stack.server.state.clone();
+    let waiter = {
+        let client = app.admin.clone();
+        tokio::spawn(async move { client.wait_request(id, Duration::from_secs(60)).await })
+    };
+    until("the client never waited for its request", || {
+        state.dispatch.waiting_for(id) >= 1
+    })
+    .await;
+    let idle = {
+        let holder = holder.clone();
+        tokio::spawn(async move {
+            holder
+                .claim(&ClaimRequest {
+                    connections: served(),
+                    wait_ms: 30_000,
+                })
+                .await
+        })
+    };
+    let demo = "demo".parse().expect("name");
+    until("the second claim never became idle", || {
+        state.dispatch.idle_workers(&demo) > 0
+    })
+    .await;
+    let (url, token) = (app.url().to_owned(), app.stack.admin_token.clone());
+    let stop = tokio::spawn(app.stop());
+    until("the server never began to drain", || state.is_draining()).await;
+
+    let refused = reqwest::Client::new()
+        .post(format!("{url}/api/v1/requests"))
+        .bearer_auth(&token)
+        .json(&demo_read("SELECT 8 AS n", "too late"))
+        .send()
+        .await
+        .expect("an answer, not a closed listener");
+    assert_eq!(refused.status(), 503);
+    let retry: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry > 0);
+    let problem: serde_json::Value = refused.json().await.expect("problem document");
+    assert_eq!(problem["code"], "unavailable", "{problem}");
+    assert_eq!(problem["reason"], "server_stopping", "{problem}");
+    let ready = reqwest::get(format!("{url}/ready"))
+        .await
+        .expect("readiness");
+    assert_eq!(ready.status(), 503, "a draining server is not ready");
+    assert_eq!(ready.text().await.expect("body"), "stopping");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
+        .fetch_one(state.store.reader())
+        .await
+        .expect("count");
+    assert_eq!(recorded, 1, "a refused request was recorded");
+    assert!(
+        !idle.is_finished(),
+        "a draining server's claim is held, not answered at once"
+    );
+
+    let lines = "{\"columns\":[{\"name\":\"n\",\"type\":\"INTEGER\"}]}\n[7]\n{\"outcome\":\"succeeded\",\"row_count\":1,\"truncated\":false}\n";
+    assert!(
+        upload(&holder, job.job_id, lines)
+            .await
+            .expect("the report of a running job is taken while the server drains")
+    );
+    let waited = tokio::time::timeout(ANSWERED_WITHIN, waiter)
+        .await
+        .expect("the waiting client was answered")
+        .expect("join")
+        .expect("an answer, not a lost connection");
+    assert_eq!(waited.request.state, RequestState::Succeeded, "{waited:?}");
+    let result = waited
+        .result
+        .expect("the result, delivered during the drain");
+    assert_eq!(result.rows, vec![vec![serde_json::json!(7)]]);
+    tokio::time::timeout(ANSWERED_WITHIN, stop)
+        .await
+        .expect("the stop ended once no job was running")
+        .expect("join");
+    answered_without_a_job(idle).await;
+}
+
+/// The claim was answered at the stop, with no job: a stopping server leases nothing.
+async fn answered_without_a_job(
+    claim: tokio::task::JoinHandle<
+        Result<Option<portcullis_proto::agent::JobAssignment>, portcullis_client::ClientError>,
+    >,
+) {
     let claimed = tokio::time::timeout(ANSWERED_WITHIN, claim)
         .await
         .expect("the idle claim was answered at the stop")

@@ -1,10 +1,11 @@
 //! An agent stopped by its orchestrator (SIGTERM, as in a rolling restart) takes no new job
 //! and finishes the ones in flight, their results recorded, before it exits. A server stopped
-//! the same way tells each waiting client where its request stands before it goes.
+//! the same way takes no new request but still the reports of the jobs its agents are running,
+//! for a while, and tells each client still waiting where its request stands before it goes.
 
 use portcullis_core::RequestState;
 
-use super::rig::{PG, eventually, finished, held_write, request_id, scalar};
+use super::rig::{PG, eventually, finished, held_write, held_write_with, request_id, scalar};
 
 /// EX-3: SIGTERM of the agent while its write waits at the target (on a row lock the test
 /// holds). The agent stops claiming but lets the write finish once the lock is released, and
@@ -68,9 +69,53 @@ async fn ex3_an_agent_stopped_by_sigterm_finishes_its_write_and_records_it_first
     stack.verify_audit();
 }
 
+/// EX-3: a server stopped by SIGTERM (a rolling restart) while `portcullis exec` waits on a
+/// write held at the target drains: a new request is refused (503, `server_stopping`), and
+/// once the lock is released the agent's report is taken and the CLI gets `succeeded` (exit
+/// 0) before the server exits 0. The write ran once and the chain verifies. Without the drain
+/// the server stopped at once, and the CLI was told its wait broke off.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_a_server_stopped_by_sigterm_lets_a_running_write_report_to_its_waiting_cli() {
+    let held = held_write_with("lease_secs = 2\ndrain_secs = 60").await;
+    let (ledger, mut stack, lock) = (held.table, held.stack, held.lock);
+    let _agent = held.agent;
+
+    stack.terminate_server();
+    eventually("the server to announce its drain", || async {
+        stack
+            .server_log()
+            .contains("draining: refusing new requests")
+    })
+    .await;
+    let refused = stack
+        .submit("pg", &format!("SELECT v FROM {ledger} WHERE id = 1"), 0)
+        .await
+        .expect_err("a draining server takes no new request");
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    assert!(refused.to_string().contains("server_stopping"), "{refused}");
+
+    lock.release().await;
+    let (code, out, err) = finished(held.cli).await;
+    assert_eq!(code, 0, "the write's CLI: {out} {err}");
+    assert_eq!(out["state"], "succeeded", "{out}");
+    assert_eq!(out["affected_rows"], 1, "{out}");
+    let id = request_id(&out);
+    assert_eq!(stack.server_exit_code(), 0, "{}", stack.server_log());
+    assert_eq!(
+        scalar(format!("SELECT v::bigint FROM {ledger} WHERE id = 1")).await,
+        1,
+        "the write ran exactly once"
+    );
+    stack.verify_audit();
+    stack.spawn_server(None);
+    assert_eq!(stack.audited(id, "request.finished").await, 1);
+    assert_eq!(stack.audited(id, "request.lost").await, 0);
+    stack.kill_server();
+}
+
 /// A server stopped by SIGTERM (a rolling restart) while `portcullis exec` waits on a write
-/// held at the target: the server answers the wait with the request as it stands before it
-/// exits, so the CLI names the request, says it was still running and how to pick it up, and
+/// held at the target past the drain: the server answers the wait with the request as it
+/// stands before it exits, so the CLI names the request, says it was still running and how to pick it up, and
 /// exits 1 — rather than report a dropped connection for a request it cannot name. After the
 /// restart the write settles once, `request wait` gives its outcome, and the chain verifies.
 #[tokio::test(flavor = "multi_thread")]

@@ -147,9 +147,20 @@ pub(super) async fn held(
     lock: impl Fn(&str) -> String,
     statement: impl Fn(&str) -> String,
 ) -> Held {
+    held_with("lease_secs = 2", setup, table, lock, statement).await
+}
+
+/// [`held`], the server's `[execution]` table being `execution`.
+pub(super) async fn held_with(
+    execution: &str,
+    setup: &str,
+    table: &str,
+    lock: impl Fn(&str) -> String,
+    statement: impl Fn(&str) -> String,
+) -> Held {
     let schema = Schema::create(setup).await;
     let table = schema.t(table);
-    let stack = Stack::start(&["pg"], "lease_secs = 2").await;
+    let stack = Stack::start(&["pg"], execution).await;
     let agent = stack.agent("first", 1, &[("pg", PG)]).await;
     let lock = Lock::take(lock(&table)).await;
     let cli = stack
@@ -167,7 +178,13 @@ pub(super) async fn held(
 
 /// A ledger of one row, and `UPDATE ledger SET v = v + 1` held on the row's lock.
 pub(super) async fn held_write() -> Held {
-    held(
+    held_write_with("lease_secs = 2").await
+}
+
+/// [`held_write`], the server's `[execution]` table being `execution`.
+pub(super) async fn held_write_with(execution: &str) -> Held {
+    held_with(
+        execution,
         "CREATE TABLE {s}.ledger (id int PRIMARY KEY, v int NOT NULL); INSERT INTO {s}.ledger VALUES (1, 0)",
         "ledger",
         |t| format!("SELECT v FROM {t} WHERE id = 1 FOR UPDATE"),
@@ -444,17 +461,32 @@ impl Stack {
 
     /// SIGTERM, and the server's own orderly shutdown.
     pub(super) fn stop_server(&mut self) {
-        if let Some(mut running) = self.server.take() {
-            let pid = running.0.id().to_string();
-            let status = Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill");
-            assert!(status.success());
-            wait_for("the server to stop", || {
-                running.0.try_wait().expect("status").is_some()
-            });
-        }
+        self.terminate_server();
+        self.server_exit_code();
+    }
+
+    /// SIGTERM without waiting: the server drains and stops while the test goes on.
+    pub(super) fn terminate_server(&self) {
+        let running = self.server.as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .args(["-TERM", &running.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit; its exit code.
+    pub(super) fn server_exit_code(&mut self) -> i32 {
+        let mut running = self.server.take().expect("a running server");
+        wait_for("the server to stop", || {
+            running.0.try_wait().expect("status").is_some()
+        });
+        running.0.wait().expect("status").code().unwrap_or(-1)
+    }
+
+    /// The log of the server's latest start.
+    pub(super) fn server_log(&self) -> String {
+        std::fs::read_to_string(self.log(self.starts)).unwrap_or_default()
     }
 
     pub(super) async fn submit(
