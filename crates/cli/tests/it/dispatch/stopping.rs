@@ -21,10 +21,11 @@ use crate::harness::TestApp;
 const ANSWERED_WITHIN: Duration = Duration::from_secs(15);
 
 /// A client waiting (`GET /requests/{id}/wait`, 60 s) on a write that awaits approval, another
-/// waiting for its result (`GET /requests/{id}/result`, 60 s), and an agent worker idle in a
-/// 30 s claim on a connection with nothing queued: the server's stop answers all three at
-/// once — the request still `pending_approval`, `result_not_ready`, the claim with no job —
-/// and the stop itself does not wait for them. Before waits ended at the stop, both held their
+/// waiting for its result (`GET /requests/{id}/result`, 60 s), a third for the streamed result
+/// of a queued read, and an agent worker idle in a 30 s claim on a connection with nothing
+/// queued: the server's stop answers all four at once — the request still
+/// `pending_approval`, `result_not_ready` twice, the claim with no job —
+/// and the stop itself does not wait for them. Before waits ended at the stop, they held their
 /// connections until their own time ran out, the stop gave up on them after its grace, and the
 /// client's answer, if any, came from a server whose state store was closed.
 #[tokio::test(flavor = "multi_thread")]
@@ -70,6 +71,26 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
                 .map(|_| ())
         })
     };
+    // A streamed read, approved but queued (no agent serves `demo`): its reader waits for an
+    // upload to take it.
+    let mut streamed_read = demo_read("SELECT 1 AS n", "streamed, never run");
+    streamed_read.stream = true;
+    let streamed = app
+        .admin
+        .create_request(&streamed_read, Duration::ZERO)
+        .await
+        .expect("streamed request");
+    assert_eq!(streamed.request.state, RequestState::Approved);
+    let streamed = streamed.request.id;
+    let stream_reader = {
+        let client = app.admin.clone();
+        tokio::spawn(async move {
+            client
+                .result_stream(streamed, Duration::from_secs(60))
+                .await
+                .map(|_| ())
+        })
+    };
     let agent = claim_and_vanish(&app, "idle").await;
     let claim = tokio::spawn(async move {
         agent
@@ -88,6 +109,10 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
         "the client never waited for its request and its result",
         || state.dispatch.waiting_for(id) >= 2,
     )
+    .await;
+    until("the client never waited for the streamed result", || {
+        state.dispatch.waiting_for(streamed) >= 1
+    })
     .await;
     let spare = "spare".parse().expect("name");
     until("the claim never became idle", || {
@@ -111,6 +136,12 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
         .expect("the client waiting for the result was answered at the stop")
         .expect("join")
         .expect_err("no result has begun");
+    assert_eq!(read.code(), Some(ErrorCode::ResultNotReady), "{read}");
+    let read = tokio::time::timeout(ANSWERED_WITHIN, stream_reader)
+        .await
+        .expect("the client waiting for the streamed result was answered at the stop")
+        .expect("join")
+        .expect_err("no upload has begun");
     assert_eq!(read.code(), Some(ErrorCode::ResultNotReady), "{read}");
     answered_without_a_job(claim).await;
 }
