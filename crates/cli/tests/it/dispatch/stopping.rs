@@ -62,15 +62,7 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
         let client = app.admin.clone();
         tokio::spawn(async move { client.wait_request(id, Duration::from_secs(60)).await })
     };
-    let reader = {
-        let client = app.admin.clone();
-        tokio::spawn(async move {
-            client
-                .result_stream(id, Duration::from_secs(60))
-                .await
-                .map(|_| ())
-        })
-    };
+    let reader = reading(&app, id);
     // A streamed read, approved but queued (no agent serves `demo`): its reader waits for an
     // upload to take it.
     let mut streamed_read = demo_read("SELECT 1 AS n", "streamed, never run");
@@ -82,15 +74,7 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
         .expect("streamed request");
     assert_eq!(streamed.request.state, RequestState::Approved);
     let streamed = streamed.request.id;
-    let stream_reader = {
-        let client = app.admin.clone();
-        tokio::spawn(async move {
-            client
-                .result_stream(streamed, Duration::from_secs(60))
-                .await
-                .map(|_| ())
-        })
-    };
+    let stream_reader = reading(&app, streamed);
     let agent = claim_and_vanish(&app, "idle").await;
     let claim = tokio::spawn(async move {
         agent
@@ -242,6 +226,20 @@ async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new
         .expect("the stop ended once no job was running")
         .expect("join");
     answered_without_a_job(idle).await;
+}
+
+/// A client waiting up to 60 s for the result of request `id` to begin, in a task of its own.
+fn reading(
+    app: &TestApp,
+    id: uuid::Uuid,
+) -> tokio::task::JoinHandle<Result<(), portcullis_client::ClientError>> {
+    let client = app.admin.clone();
+    tokio::spawn(async move {
+        client
+            .result_stream(id, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+    })
 }
 
 /// The claim was answered at the stop, with no job: a stopping server leases nothing.
