@@ -383,8 +383,19 @@ impl Server {
     ///    flight, the sockets and the background tasks [`SHUTDOWN_GRACE`] in all to finish,
     ///    then flushes batched writes and the audit checkpoint and closes the state store.
     pub async fn stop(self) {
+        self.stop_or_cut(std::future::pending()).await;
+    }
+
+    /// [`Server::stop`], its drain cut short when `cut` resolves (`portcullis server`: a
+    /// second SIGTERM or Ctrl-C).
+    pub async fn stop_or_cut(self, cut: impl std::future::Future<Output = ()>) {
         self.drain.send_replace(true);
-        settle_leased_jobs(&self.state).await;
+        tokio::select! {
+            () = settle_leased_jobs(&self.state) => {}
+            () = cut => tracing::warn!(
+                "draining cut short: the jobs still running settle when their agents report after the restart, or as their leases run out"
+            ),
+        }
         self.shutdown.send_replace(true);
         let Server { state, tasks, .. } = self;
         let mut tasks = tasks.into_iter();

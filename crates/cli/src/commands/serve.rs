@@ -90,9 +90,9 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     tracing::info!(
         drain_secs = portcullis_server::SHUTDOWN_DRAIN.as_secs(),
         grace_secs = portcullis_server::SHUTDOWN_GRACE.as_secs(),
-        "shutting down: refusing new requests, letting the jobs agents are running report, then answering every wait with where its request stands"
+        "shutting down: refusing new requests, letting the jobs agents are running report, then answering every wait with where its request stands (signal again to end the drain at once)"
     );
-    server.stop().await;
+    server.stop_or_cut(super::shutdown_signal()).await;
     Ok(exit::OK)
 }
 

@@ -114,17 +114,31 @@ async fn ex3_a_server_stopped_by_sigterm_lets_a_running_write_report_to_its_wait
 }
 
 /// A server stopped by SIGTERM (a rolling restart) while `portcullis exec` waits on a write
-/// held at the target past the drain: the server answers the wait with the request as it
-/// stands before it exits, so the CLI names the request, says it was still running and how to pick it up, and
+/// held at the target, its 60 s drain cut short by a second SIGTERM (without it the server
+/// would outlast the test's 30 s wait for its exit): the server answers the wait with the
+/// request as it stands before it exits, so the CLI names the request, says it was still running and how to pick it up, and
 /// exits 1 — rather than report a dropped connection for a request it cannot name. After the
 /// restart the write settles once, `request wait` gives its outcome, and the chain verifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn ex3_a_server_stopped_by_sigterm_tells_a_waiting_cli_which_request_to_resume() {
-    let held = held_write().await;
+    let held = held_write_with("lease_secs = 2\ndrain_secs = 60").await;
     let (ledger, mut stack, lock) = (held.table, held.stack, held.lock);
     let _agent = held.agent;
 
-    stack.stop_server();
+    stack.terminate_server();
+    eventually("the server to announce its drain", || async {
+        stack
+            .server_log()
+            .contains("draining: refusing new requests")
+    })
+    .await;
+    stack.terminate_server();
+    assert_eq!(stack.server_exit_code(), 0, "{}", stack.server_log());
+    assert!(
+        stack.server_log().contains("draining cut short"),
+        "the second signal ended the drain: {}",
+        stack.server_log()
+    );
     let (code, out, err) = finished(held.cli).await;
     assert_eq!(code, 1, "{out} {err}");
     // Handed to the agent, whose write waits at the target: not finished, whichever step
