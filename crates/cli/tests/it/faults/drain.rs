@@ -81,12 +81,7 @@ async fn ex3_a_server_stopped_by_sigterm_lets_a_running_write_report_to_its_wait
     let _agent = held.agent;
 
     stack.terminate_server();
-    eventually("the server to announce its drain", || async {
-        stack
-            .server_log()
-            .contains("draining: refusing new requests")
-    })
-    .await;
+    stack.draining().await;
     let refused = stack
         .submit("pg", &format!("SELECT v FROM {ledger} WHERE id = 1"), 0)
         .await
@@ -126,12 +121,7 @@ async fn ex3_a_server_stopped_by_sigterm_tells_a_waiting_cli_which_request_to_re
     let _agent = held.agent;
 
     stack.terminate_server();
-    eventually("the server to announce its drain", || async {
-        stack
-            .server_log()
-            .contains("draining: refusing new requests")
-    })
-    .await;
+    stack.draining().await;
     stack.terminate_server();
     assert_eq!(stack.server_exit_code(), 0, "{}", stack.server_log());
     assert!(

@@ -475,6 +475,15 @@ impl Stack {
         assert!(status.success());
     }
 
+    /// Waits until the server, told to stop, says it is draining (it has jobs running).
+    pub(super) async fn draining(&self) {
+        eventually("the server to announce its drain", || async {
+            self.server_log()
+                .contains("draining: refusing new requests")
+        })
+        .await;
+    }
+
     /// Waits for the server to exit; its exit code.
     pub(super) fn server_exit_code(&mut self) -> i32 {
         let mut running = self.server.take().expect("a running server");
