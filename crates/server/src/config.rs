@@ -732,9 +732,27 @@ mod tests {
         assert_eq!(config.users.len(), 1);
         assert!(config.people.mfa_required(Role::Ops));
         assert_eq!(config.vault_key_rotation_days, 90);
+        assert_eq!(
+            config.execution.drain_secs,
+            crate::SHUTDOWN_DRAIN.as_secs(),
+            "the example shows the default drain"
+        );
         let policy = portcullis_core::Policy::new(config.policy.clone()).expect("policy");
         assert_eq!(policy.rules()[1].steps.len(), 2);
         assert_eq!(policy.rules()[1].steps[1].approvals, 2);
+    }
+
+    #[test]
+    fn the_drain_is_at_most_ten_minutes_and_may_be_off() {
+        let mut config = ServerConfig::default();
+        assert_eq!(config.execution.drain_secs, 4);
+        for ok in [0, 600] {
+            config.execution.drain_secs = ok;
+            assert!(config.validate().is_ok(), "{ok}");
+        }
+        config.execution.drain_secs = 601;
+        let err = config.validate().expect_err("601 s").to_string();
+        assert!(err.contains("execution.drain_secs"), "{err}");
     }
 
     #[test]

@@ -437,6 +437,9 @@ impl Server {
 /// `execution.drain_secs` have passed.
 async fn settle_leased_jobs(state: &AppState) {
     let drain = Duration::from_secs(state.config.execution.drain_secs);
+    if drain.is_zero() {
+        return;
+    }
     let deadline = tokio::time::Instant::now() + drain;
     let mut commits = state.audit.subscribe();
     let mut logged = false;

@@ -140,7 +140,11 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
 /// closed the listener the report needed.
 #[tokio::test(flavor = "multi_thread")]
 async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new_requests() {
-    let app = TestApp::spawn_with(|o| o.start_agent = false).await;
+    let app = TestApp::spawn_with(|o| {
+        o.start_agent = false;
+        o.server.execution.drain_secs = 60;
+    })
+    .await;
     let holder = claim_and_vanish(&app, "holder").await;
     let (id, job) = create_and_claim(&app, &holder, &demo_read("SELECT 7 AS n", "drained")).await;
     let state = app.stack.server.state.clone();
