@@ -86,6 +86,7 @@ pub(super) struct WaitParams {
         (status = 404, description = "The connection is not declared on this server (`unknown_connection`)"),
         (status = 413, description = "The body exceeds the size limit"),
         (status = 422, description = "Classification refused the statement (`statement_denied`; `reason` says why)"),
+        (status = 503, description = "The state store or the audit chain is unavailable, or the server is stopping and takes no new request (`server_stopping`, with `Retry-After`)"),
     ),
 )]
 pub(super) async fn create(
