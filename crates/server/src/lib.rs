@@ -150,11 +150,6 @@ impl Inner {
         Self::signalled(&self.stop_signal).await;
     }
 
-    /// Whether the server has begun to stop.
-    pub fn is_stopping(&self) -> bool {
-        *self.stop_signal.borrow()
-    }
-
     /// `what`, for at most `wait`, unless the server begins to stop first: `None` when the
     /// time ran out or the server is stopping.
     pub async fn wait_unless_stopping<F: std::future::Future>(

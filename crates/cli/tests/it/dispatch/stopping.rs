@@ -13,7 +13,7 @@ use portcullis_proto::agent::{ClaimRequest, ServedConnection};
 use portcullis_proto::api::CreateRequest;
 use portcullis_server::config::ConnectionDecl;
 
-use super::{claim_and_vanish, create_and_claim, demo_read, served, until, upload};
+use super::{claim_and_vanish, create_and_claim, demo_read, served, until, until_idle, upload};
 use crate::harness::TestApp;
 
 /// Far sooner than any of the waits below would end by itself (60 s for the clients, 30 s for
@@ -115,18 +115,8 @@ async fn ex3_a_stopping_server_answers_waiting_clients_and_idle_claims_at_once()
     assert_eq!(waited.request.id, id);
     assert_eq!(waited.request.state, RequestState::PendingApproval);
     assert!(waited.result.is_none());
-    let read = tokio::time::timeout(ANSWERED_WITHIN, reader)
-        .await
-        .expect("the client waiting for the result was answered at the stop")
-        .expect("join")
-        .expect_err("no result has begun");
-    assert_eq!(read.code(), Some(ErrorCode::ResultNotReady), "{read}");
-    let read = tokio::time::timeout(ANSWERED_WITHIN, stream_reader)
-        .await
-        .expect("the client waiting for the streamed result was answered at the stop")
-        .expect("join")
-        .expect_err("no upload has begun");
-    assert_eq!(read.code(), Some(ErrorCode::ResultNotReady), "{read}");
+    not_ready_at_the_stop(reader, "the result").await;
+    not_ready_at_the_stop(stream_reader, "the streamed result").await;
     answered_without_a_job(claim).await;
 }
 
@@ -167,11 +157,7 @@ async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new
                 .await
         })
     };
-    let demo = "demo".parse().expect("name");
-    until("the second claim never became idle", || {
-        state.dispatch.idle_workers(&demo) > 0
-    })
-    .await;
+    until_idle(&app).await;
     let (url, token) = (app.url().to_owned(), app.stack.admin_token.clone());
     let stop = tokio::spawn(app.stop());
     until("the server never began to drain", || state.is_draining()).await;
@@ -244,6 +230,23 @@ fn reading(
             .await
             .map(|_| ())
     })
+}
+
+/// The client waiting for `what` was answered at the stop: `result_not_ready`, none has begun.
+async fn not_ready_at_the_stop(
+    reader: tokio::task::JoinHandle<Result<(), portcullis_client::ClientError>>,
+    what: &str,
+) {
+    let read = tokio::time::timeout(ANSWERED_WITHIN, reader)
+        .await
+        .unwrap_or_else(|_| panic!("the client waiting for {what} was answered at the stop"))
+        .expect("join")
+        .expect_err("no result has begun");
+    assert_eq!(
+        read.code(),
+        Some(ErrorCode::ResultNotReady),
+        "{what}: {read}"
+    );
 }
 
 /// The claim was answered at the stop, with no job: a stopping server leases nothing.
