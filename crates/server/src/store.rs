@@ -161,7 +161,13 @@ impl Store {
                         "wal_autocheckpoint",
                         WRITER_AUTOCHECKPOINT_FRAMES.to_string(),
                     )
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string()),
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
+                    // What a savepoint journals (the original content of the pages it
+                    // changes) stays in memory: past 64 KiB SQLite would spill it to a
+                    // temporary file outside the data directory, a copy of state-store pages
+                    // created and deleted inside the commit. What the writers journal is a
+                    // few pages per transaction; the readers keep SQLite's default.
+                    .pragma("temp_store", "memory"),
             )
             .await?;
         let wal_checkpointer = SqlitePoolOptions::new()
@@ -250,9 +256,9 @@ impl Store {
     /// A second writer connection, for the audit writer thread (`audit/thread.rs`), which
     /// runs whole transactions on it without a hand-off per statement. Opened like the sqlx
     /// writer (WAL, the store's durability, foreign keys, the same busy timeout and WAL
-    /// limits); the two never write at the same time, as both write only while holding the
-    /// audit writer lock, except the few plain transactions of [`Store::begin`], which the
-    /// busy timeout serializes.
+    /// limits, temporary data in memory); the two never write at the same time, as both
+    /// write only while holding the audit writer lock, except the few plain transactions of
+    /// [`Store::begin`], which the busy timeout serializes.
     pub(crate) fn open_thread_writer(&self) -> rusqlite::Result<rusqlite::Connection> {
         use rusqlite::OpenFlags;
         let conn = rusqlite::Connection::open_with_flags(
@@ -268,7 +274,8 @@ impl Store {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
+             PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}; \
+             PRAGMA temp_store = MEMORY;"
         ))?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
@@ -399,6 +406,23 @@ mod tests {
         assert!(err.contains("newer than this binary"), "{err}");
     }
 
+    /// Commits a table `filler` of `rows` rows of 3,000 bytes each (about one page a row).
+    async fn fill(store: &Store, rows: u32) {
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) INSERT INTO filler SELECT zeroblob(3000) FROM n",
+        )
+        .bind(rows)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
     /// The writer leaves WAL checkpoints to the background checkpointer: a commit that
     /// writes more than SQLite's default auto-checkpoint mark (1,000 frames) copies nothing
     /// into the database file, and the checkpointer, woken by a commit, does.
@@ -412,18 +436,7 @@ mod tests {
                 .len()
         };
         let before = file_len();
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) INSERT INTO filler SELECT zeroblob(3000) FROM n",
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        fill(&store, 1_500).await;
         let wal = std::fs::metadata(dir.path().join(format!("{STATE_FILE}-wal")))
             .unwrap()
             .len();
@@ -455,6 +468,72 @@ mod tests {
             .expect("the checkpointer ends at shutdown")
             .unwrap();
         drop(commits);
+        store.close().await;
+    }
+
+    /// SQLite's temporary files (`etilqs_*` under `/var/tmp`, `$TMPDIR`, ...) open now in
+    /// this process.
+    fn temp_files() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().contains("etilqs_"))
+            .count()
+    }
+
+    /// Updates every row of `filler` inside a savepoint of an open transaction, so that the
+    /// savepoint's sub-journal (the original content of the pages it changes) passes SQLite's
+    /// 64 KiB mark for keeping it in memory, and returns how many temporary files were open
+    /// at that point.
+    fn temp_files_of_a_large_savepoint(conn: &rusqlite::Connection) -> usize {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; SAVEPOINT member; UPDATE filler SET b = zeroblob(3001);",
+        )
+        .unwrap();
+        let open = temp_files();
+        conn.execute_batch("ROLLBACK").unwrap();
+        open
+    }
+
+    /// NET-5: neither writer connection spills what it journals to a temporary file: a
+    /// member's savepoint keeps the original content of the pages it changes, and past 64 KiB
+    /// SQLite would write it to a file outside the data directory (a copy of state-store
+    /// pages, credential hashes among them, and a file created and deleted inside the
+    /// commit). The plain connection shows the same savepoint does spill without `temp_store`.
+    #[tokio::test]
+    async fn the_writers_keep_their_journals_of_savepoints_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        fill(&store, 100).await;
+
+        let plain = rusqlite::Connection::open(Store::state_file(dir.path())).unwrap();
+        assert!(
+            temp_files_of_a_large_savepoint(&plain) > 0,
+            "the savepoint was expected to spill on a connection with the default temp_store"
+        );
+        drop(plain);
+        let thread_writer = store.open_thread_writer().unwrap();
+        assert_eq!(
+            temp_files_of_a_large_savepoint(&thread_writer),
+            0,
+            "the writer thread's connection spilled its savepoint journal to a file"
+        );
+        drop(thread_writer);
+        let mut writer = store.writer_connection().await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT member; UPDATE filler SET b = zeroblob(3001);")
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        let open = temp_files();
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            open, 0,
+            "the sqlx writer spilled its savepoint journal to a file"
+        );
+        drop(writer);
         store.close().await;
     }
 }
