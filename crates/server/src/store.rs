@@ -472,7 +472,8 @@ mod tests {
     }
 
     /// SQLite's temporary files (`etilqs_*` under `/var/tmp`, `$TMPDIR`, ...) open now in
-    /// this process.
+    /// this process (read from `/proc`, so these tests are Linux's).
+    #[cfg(target_os = "linux")]
     fn temp_files() -> usize {
         std::fs::read_dir("/proc/self/fd")
             .unwrap()
@@ -485,6 +486,7 @@ mod tests {
     /// savepoint's sub-journal (the original content of the pages it changes) passes SQLite's
     /// 64 KiB mark for keeping it in memory, and returns how many temporary files were open
     /// at that point.
+    #[cfg(target_os = "linux")]
     fn temp_files_of_a_large_savepoint(conn: &rusqlite::Connection) -> usize {
         conn.execute_batch(
             "BEGIN IMMEDIATE; SAVEPOINT member; UPDATE filler SET b = zeroblob(3001);",
@@ -500,6 +502,7 @@ mod tests {
     /// SQLite would write it to a file outside the data directory (a copy of state-store
     /// pages, credential hashes among them, and a file created and deleted inside the
     /// commit). The plain connection shows the same savepoint does spill without `temp_store`.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_writers_keep_their_journals_of_savepoints_in_memory() {
         let dir = tempfile::tempdir().unwrap();
