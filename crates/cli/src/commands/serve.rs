@@ -88,7 +88,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
         }
     }
     tracing::info!(
-        drain_secs = portcullis_server::SHUTDOWN_DRAIN.as_secs(),
+        drain_secs = server.state.config.execution.drain_secs,
         grace_secs = portcullis_server::SHUTDOWN_GRACE.as_secs(),
         "shutting down: refusing new requests, letting the jobs agents are running report, then answering every wait with where its request stands (signal again to end the drain at once)"
     );

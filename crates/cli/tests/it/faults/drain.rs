@@ -129,6 +129,15 @@ async fn ex3_a_server_stopped_by_sigterm_tells_a_waiting_cli_which_request_to_re
         "the second signal ended the drain: {}",
         stack.server_log()
     );
+    let log = stack.server_log();
+    let shutdown_line = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .expect("a shutdown line");
+    assert!(
+        shutdown_line.contains(r#""drain_secs":60"#),
+        "the shutdown line names the configured drain: {shutdown_line}"
+    );
     let (code, out, err) = finished(held.cli).await;
     assert_eq!(code, 1, "{out} {err}");
     // Handed to the agent, whose write waits at the target: not finished, whichever step
