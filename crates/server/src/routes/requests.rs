@@ -98,15 +98,20 @@ pub(super) async fn create(
 ) -> Result<(StatusCode, Json<RequestOutcome>), ApiError> {
     let created = lifecycle::create_request(&state, &who, &ctx, body).await?;
     let mut wait = params.wait.unwrap_or(0);
+    // A caller that asked to wait is never answered "finished" without its result while the
+    // outcome is on its way (EX-3), also when its wait was already spent below.
+    let grace = publication_grace(wait, &state);
     if created.executing && !params.progress && wait > 0 {
         match finished_with_view(&state, created.id, wait).await {
             Some(outcome) => return Ok((StatusCode::CREATED, Json(outcome))),
-            // The wait ran out, or the request ended without its view: the store answers,
-            // without waiting again.
+            // The wait ran out, the server began to stop, or the request ended without its
+            // view: the store answers, without waiting again — but for a request it reads as
+            // just finished, the outcome its commit is publishing (the stop's drain ends at
+            // that commit, so both can be ready at once).
             None => wait = 0,
         }
     }
-    let outcome = wait_outcome(&state, &who, created.id, wait, params.progress).await?;
+    let outcome = wait_outcome(&state, &who, created.id, wait, params.progress, grace).await?;
     Ok((StatusCode::CREATED, Json(outcome)))
 }
 
@@ -152,7 +157,15 @@ pub(super) async fn wait(
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
     Ok(Json(
-        wait_outcome(&state, &who, id, params.wait.unwrap_or(30), params.progress).await?,
+        wait_outcome(
+            &state,
+            &who,
+            id,
+            params.wait.unwrap_or(30),
+            params.progress,
+            publication_grace(params.wait.unwrap_or(30), &state),
+        )
+        .await?,
     ))
 }
 
@@ -193,14 +206,27 @@ const PUBLICATION_GRACE: Duration = Duration::from_millis(250);
 /// will (past its retention, or finished before a restart): no grace for it.
 const RECENTLY_FINISHED_MS: i64 = 5_000;
 
+/// How long an answer for a caller who asked to wait `wait_secs` may wait for the outcome of
+/// a request it reads as just finished: [`PUBLICATION_GRACE`], never more than the wait, and
+/// nothing for a caller who asked not to wait.
+fn publication_grace(wait_secs: u64, state: &AppState) -> Duration {
+    grace_for(wait_secs, state.config.execution.max_wait_secs)
+}
+
+fn grace_for(wait_secs: u64, max_wait_secs: u64) -> Duration {
+    Duration::from_secs(wait_secs.min(max_wait_secs)).min(PUBLICATION_GRACE)
+}
+
 /// Waits (pushed, never polled) up to `wait_secs` for `id` to finish. Results go only to the
-/// requester who asked for them.
+/// requester who asked for them. A request read as just finished waits up to `grace` more for
+/// its published outcome ([`published_outcome`]).
 async fn wait_outcome(
     state: &AppState,
     who: &UserPrincipal,
     id: Uuid,
     wait_secs: u64,
     progress: bool,
+    grace: Duration,
 ) -> Result<RequestOutcome, ApiError> {
     let mut outcome = state.dispatch.subscribe(id);
     let mut steps = state.dispatch.subscribe_progress(id);
@@ -241,7 +267,7 @@ async fn wait_outcome(
     let finished = published_outcome(
         &mut outcome,
         view.finished_at.as_deref(),
-        wait,
+        grace,
         clock::now_ms(),
     )
     .await;
@@ -269,24 +295,20 @@ async fn wait_outcome(
 /// The outcome published for a request whose view was just read, finished at `finished_at`
 /// (`None`: not finished). A request read as finished may have been committed an instant
 /// before its outcome is published (`Dispatch::complete` follows the commit): this waits that
-/// instant, up to [`PUBLICATION_GRACE`] and never past `wait`, rather than answer "succeeded"
-/// without its result. A request that finished long ago, or is not finished, is answered at
-/// once with what is published.
+/// instant, up to `grace` ([`publication_grace`]), rather than answer "succeeded" without its
+/// result. A request that finished long ago, or is not finished, is answered at once with
+/// what is published.
 async fn published_outcome(
     outcome: &mut watch::Receiver<Option<Arc<Finished>>>,
     finished_at: Option<&str>,
-    wait: Duration,
+    grace: Duration,
     now_ms: i64,
 ) -> Option<Arc<Finished>> {
     // Timestamps are fixed-width UTC, so they compare as text.
     let recent = clock::format_ms(now_ms - RECENTLY_FINISHED_MS);
     let just_finished = finished_at.is_some_and(|at| at >= recent.as_str());
-    if just_finished && !wait.is_zero() && outcome.borrow().is_none() {
-        let _ = tokio::time::timeout(
-            wait.min(PUBLICATION_GRACE),
-            outcome.wait_for(Option::is_some),
-        )
-        .await;
+    if just_finished && !grace.is_zero() && outcome.borrow().is_none() {
+        let _ = tokio::time::timeout(grace, outcome.wait_for(Option::is_some)).await;
     }
     outcome.borrow().clone()
 }
@@ -591,7 +613,7 @@ mod tests {
         let mut answer = Box::pin(published_outcome(
             &mut outcome,
             Some(&finished_at),
-            Duration::from_secs(30),
+            PUBLICATION_GRACE,
             now,
         ));
         assert!(
@@ -604,6 +626,17 @@ mod tests {
         assert_eq!(finished.result.as_ref().map(|r| r.row_count), Some(1));
     }
 
+    /// EX-3: a caller who asked to wait is given the grace even when the wait it asked for was
+    /// spent before the store was read (`create`'s own wait ended as the server began to stop,
+    /// its drain released by the very commit whose outcome is being published); only a
+    /// caller who asked not to wait goes without it.
+    #[test]
+    fn every_caller_who_asked_to_wait_gets_the_grace() {
+        assert_eq!(grace_for(30, 300), PUBLICATION_GRACE);
+        assert_eq!(grace_for(1, 300), PUBLICATION_GRACE);
+        assert_eq!(grace_for(0, 300), Duration::ZERO);
+    }
+
     /// The grace is only for a request that has just finished: one that is not finished, that
     /// finished long ago (its outcome was published, or never will be), or asked with no wait
     /// is answered at once with whatever is published.
@@ -613,10 +646,10 @@ mod tests {
         let long_ago = clock::format_ms(now - RECENTLY_FINISHED_MS - 1_000);
         let just_now = clock::format_ms(now);
         let cases = [
-            (None, Duration::from_secs(30), "not finished"),
+            (None, PUBLICATION_GRACE, "not finished"),
             (
                 Some(long_ago.as_str()),
-                Duration::from_secs(30),
+                PUBLICATION_GRACE,
                 "finished long ago",
             ),
             (Some(just_now.as_str()), Duration::ZERO, "no wait asked"),
@@ -631,7 +664,7 @@ mod tests {
         }
         // Published already: answered at once with it.
         let (_publish, mut outcome) = watch::channel(Some(succeeded_with_one_row()));
-        let answer = published_outcome(&mut outcome, Some(&just_now), Duration::from_secs(30), now)
+        let answer = published_outcome(&mut outcome, Some(&just_now), PUBLICATION_GRACE, now)
             .now_or_never()
             .expect("answered at once");
         assert_eq!(
