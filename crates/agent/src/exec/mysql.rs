@@ -10,7 +10,9 @@
 //! (`KILL QUERY`), which covers MySQL writes that have no server-side timeout. TLS follows the
 //! URL's `ssl-mode`. Pooled connections are not pinged before each job (one round trip
 //! less); one that died while idle fails in the session's setup and the job moves to another
-//! connection, never once the statement was sent (EX-3).
+//! connection, never once the statement was sent (EX-3). A connection that ran a write, DDL or
+//! admin job is closed, not pooled again: nothing such a job did to its session reaches the
+//! next job, and the driver has no session reset.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -106,6 +108,14 @@ impl MySqlTarget {
         self.credentials.get(&class).map_or(0, |c| c.pool.idle())
     }
 
+    /// How many connections of the `class` credential are out of their pool: serving a job,
+    /// or on their way back or to being closed. Test-only, like [`Self::idle_connections`].
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn busy_connections(&self, class: OperationClass) -> usize {
+        self.credentials.get(&class).map_or(0, |c| c.pool.busy())
+    }
+
     /// Runs `statement` as `class` without a permit. Test-only: it exists so tests can prove
     /// the store-side guards (read-only transaction, timeout, caps) hold on their own, for
     /// statements the gate would refuse. The agent never calls it.
@@ -166,6 +176,15 @@ impl MySqlTarget {
             run_on(&mut conn, class, statement, limits, sink),
         )
         .await;
+        if class != OperationClass::Read {
+            // A write, DDL or admin job commits whatever it did to its session too: session
+            // variables (`SET SESSION foreign_key_checks = 0`, `sql_log_bin`, `sql_mode`),
+            // user variables a function set, temporary tables, `LOCK TABLES`. The next job on
+            // the connection would inherit them, so the connection is closed rather than
+            // pooled (EX-3); the driver offers no session reset (`COM_RESET_CONNECTION`). A
+            // read's session is set up again by every read (`setup`).
+            conn.close_on_drop();
+        }
         match outcome {
             Ok(Ok((result, drop_connection))) => {
                 if drop_connection {

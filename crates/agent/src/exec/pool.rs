@@ -119,6 +119,12 @@ impl<DB: Database> StorePool<DB> {
         self.pool.num_idle()
     }
 
+    /// Connections out of the pool: serving a job, or on their way back or to being closed.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn busy(&self) -> usize {
+        (self.pool.size() as usize).saturating_sub(self.pool.num_idle())
+    }
+
     pub(crate) fn url(&self) -> &ConnectionUrl {
         &self.url
     }

@@ -9,7 +9,10 @@
 //! result's columns changed, a session deallocated it) is prepared again, before anything ran.
 //! TLS follows the URL's `sslmode`. Pooled connections
 //! are not pinged before each job (one round trip less); one that died while idle fails at its
-//! `BEGIN` and the job moves to another connection, never after the `BEGIN` (EX-3).
+//! `BEGIN` and the job moves to another connection, never after the `BEGIN` (EX-3). A
+//! connection that ran a write, DDL or admin job has its session reset (`DISCARD ALL`) before
+//! it goes back to its pool, after the job's answer: nothing such a job did to its session
+//! reaches the next job ([`discard_session`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -144,29 +147,26 @@ impl PgTarget {
                 }
             };
             let outcome = tokio::time::timeout_at(deadline, attempt).await;
-            return match outcome {
+            let (answer, reusable) = match outcome {
                 Ok(Ok(Run {
                     summary,
                     drop_connection,
-                })) => {
-                    if drop_connection {
-                        conn.close_on_drop();
-                    }
-                    Ok(summary)
-                }
+                })) => (Ok(summary), !drop_connection),
                 Ok(Err(e)) => {
                     if !begun && pool.replace(&mut conn, &mut spares, &e, &limits).await? {
                         continue;
                     }
-                    Err(pool.error(&e, class, database_error))
+                    (Err(pool.error(&e, class, database_error)), true)
                 }
-                Err(_) => {
-                    // The server did not cancel in time: do not hand this connection out
-                    // again.
-                    conn.close_on_drop();
-                    Err(no_answer(class, limits))
-                }
+                // The server did not cancel in time: do not hand this connection out again.
+                Err(_) => (Err(no_answer(class, limits)), false),
             };
+            if !reusable {
+                conn.close_on_drop();
+            } else if class != OperationClass::Read {
+                discard_session(conn);
+            }
+            return answer;
         }
     }
 
@@ -175,6 +175,39 @@ impl PgTarget {
             pool.close().await;
         }
     }
+}
+
+/// How long a connection's session may take to be reset ([`discard_session`]) before the
+/// connection is closed instead.
+const DISCARD_WITHIN: Duration = Duration::from_secs(5);
+
+/// Resets the session of a connection whose job was a write, DDL or admin statement, then lets
+/// it go back to its pool, without holding up the job's answer (EX-3). Such a job commits, and
+/// with it whatever it did to its session: settings (`SET`, or `set_config` inside a function
+/// the statement calls), the role, temporary tables, prepared statements, cursors held past
+/// the commit, `LISTEN`, session advisory locks. Left in place, each would reach the next job
+/// on the connection, another requester's approved statement: a `search_path` pointing its
+/// table names elsewhere, a temporary table shadowing the real one, triggers and foreign keys
+/// off (`session_replication_role`), a prepared statement under the name sqlx binds the next
+/// job's statement by. `DISCARD ALL` undoes all of that, the statements this connection
+/// prepared included, so sqlx forgets those too. A read needs none of it: its `ROLLBACK`
+/// undoes its settings, and the gate refuses the calls whose effects outlive it (EX-2). A
+/// connection whose reset fails or takes longer than [`DISCARD_WITHIN`] is closed.
+fn discard_session(mut conn: PoolConnection<Postgres>) {
+    tokio::spawn(async move {
+        let session: &mut PgConnection = &mut conn;
+        let reset = async {
+            // Sends any `ROLLBACK` the job left queued first.
+            sqlx::raw_sql("DISCARD ALL").execute(&mut *session).await?;
+            session.clear_cached_statements().await
+        };
+        if !matches!(
+            tokio::time::timeout(DISCARD_WITHIN, reset).await,
+            Ok(Ok(()))
+        ) {
+            conn.close_on_drop();
+        }
+    });
 }
 
 /// Whether `e` says the connection's prepared form of a statement is gone or out of date, at

@@ -17,4 +17,5 @@ mod postgres;
 mod preview;
 mod redis;
 mod secrets;
+mod session;
 mod tls;

@@ -284,33 +284,18 @@ pub(crate) async fn mysql_every_type_round_trips() {
 
 /// EX-3: a pooled connection whose session was killed while it sat idle in the pool costs no
 /// job: it fails while the job's session is set up, before any of the statement was sent,
-/// and the job runs on another connection, once. Pooled connections are not tested before
-/// each job, so this is what keeps such a job from failing.
+/// and the job runs on another connection. Pooled connections are not tested before each
+/// job, so this is what keeps such a job from failing. Only reads' connections are pooled;
+/// a write's is closed after its job (`session.rs`).
 #[tokio::test]
 pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_and_no_rerun() {
     let my = My::new().await;
-    my.exec("CREATE TABLE $d.items (id int AUTO_INCREMENT PRIMARY KEY, name text)")
-        .await;
-    let t = MySqlTarget::open(&my.target(&[Read, WriteClass])).expect("target");
+    let t = MySqlTarget::open(&my.target(&[Read])).expect("target");
     let lim = limits(10, 1 << 20, 5_000);
-    for class in [Read, WriteClass] {
-        let id = connection_id(&t, class, lim).await;
-        kill_while_idle(&my, &t, class, id).await;
-        match class {
-            Read => {
-                let moved = connection_id(&t, class, lim).await;
-                assert_ne!(moved, id, "ran on the connection that was killed");
-            }
-            _ => {
-                let r = t
-                    .run_unchecked(class, "INSERT INTO items (name) VALUES ('once')", lim)
-                    .await
-                    .unwrap_or_else(|e| panic!("the write after its pooled session died: {e:?}"));
-                assert_eq!(r.affected_rows, Some(1));
-            }
-        }
-    }
-    assert_eq!(my.count("items").await, 1, "the write ran exactly once");
+    let id = connection_id(&t, Read, lim).await;
+    kill_while_idle(&my, &t, Read, id).await;
+    let moved = connection_id(&t, Read, lim).await;
+    assert_ne!(moved, id, "ran on the connection that was killed");
     t.close().await;
 }
 

@@ -1,0 +1,202 @@
+//! A job starts on a clean session: nothing the job before it on the same pooled connection
+//! did to its session reaches it (EX-3). A write, DDL or admin job commits, and with it what it
+//! did to its session; the next job on that connection is another requester's, approved for
+//! what it says, not for what a `search_path`, a temporary table or a role left behind would
+//! make of it.
+
+use crate::common::*;
+use crate::mysql::My;
+use OperationClass::{Admin, Ddl, Read, Write as WriteClass};
+use portcullis_agent::exec::{MySqlTarget, PgTarget};
+use portcullis_core::OperationClass;
+use serde_json::json;
+
+/// EX-3 (PostgreSQL): each job leaves something on its session — a setting (as `SET`, or as
+/// a function the statement calls would, with `set_config`), a session advisory lock, a
+/// temporary table, a role, a prepared statement, a cursor held past the commit, a `LISTEN` —
+/// and the next job of the same class, on the same connection (same backend), finds none of
+/// it. The read's `ROLLBACK` undoes its setting; the other classes' sessions are reset
+/// (`DISCARD ALL`) before their connection goes back to its pool. Without the reset every
+/// case but the read's fails.
+#[tokio::test]
+pub(crate) async fn ex3_pg_no_job_leaves_its_session_changed_for_the_next_one() {
+    let pg = Pg::new().await;
+    let t = PgTarget::open(&pg.target(&[Read, WriteClass, Ddl, Admin])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let lock = 1 + u32::from(rand::random::<u16>());
+    let lock_taken = format!("SELECT pg_advisory_lock({lock})");
+    // (class, what the job leaves behind, a question about the session that is true when the
+    // session is clean)
+    let cases: [(OperationClass, &str, &str); 9] = [
+        (
+            Read,
+            "SELECT set_config('search_path', 'left_behind', false)",
+            "SELECT current_setting('search_path') <> 'left_behind'",
+        ),
+        (
+            WriteClass,
+            "SELECT set_config('search_path', 'left_behind', false)",
+            "SELECT current_setting('search_path') <> 'left_behind'",
+        ),
+        (
+            WriteClass,
+            &lock_taken,
+            "SELECT count(*) = 0 FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ),
+        (
+            Ddl,
+            "CREATE TEMP TABLE left_behind (id int)",
+            "SELECT to_regclass('pg_temp.left_behind') IS NULL",
+        ),
+        (
+            Admin,
+            "SET session_replication_role = replica",
+            "SELECT current_setting('session_replication_role') = 'origin'",
+        ),
+        (
+            Admin,
+            "SET ROLE pg_read_all_data",
+            "SELECT current_user = session_user",
+        ),
+        (
+            Admin,
+            "PREPARE left_behind AS SELECT 1",
+            "SELECT count(*) = 0 FROM pg_prepared_statements WHERE name = 'left_behind'",
+        ),
+        (
+            Admin,
+            "DECLARE left_behind CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT count(*) = 0 FROM pg_cursors WHERE name = 'left_behind'",
+        ),
+        (
+            Admin,
+            "LISTEN left_behind",
+            "SELECT count(*) = 0 FROM pg_listening_channels() AS c WHERE c = 'left_behind'",
+        ),
+    ];
+    for (class, leaves, clean) in cases {
+        let pid = backend(&t, class, lim).await;
+        t.run_unchecked(class, leaves, lim)
+            .await
+            .unwrap_or_else(|e| panic!("{class}: {leaves}: {e:?}"));
+        back_in_pool(|| t.idle_connections(class)).await;
+        let probe = format!("SELECT ({clean}), pg_backend_pid()");
+        let after = t
+            .run_unchecked(class, &probe, lim)
+            .await
+            .unwrap_or_else(|e| panic!("{class}: after {leaves}: {e:?}"));
+        assert_eq!(
+            after.rows[0][1],
+            json!(pid),
+            "{class}: the next job ran on another connection, so this proves nothing"
+        );
+        assert_eq!(
+            after.rows[0][0],
+            json!(true),
+            "{class}: `{leaves}` reached the next job on its connection"
+        );
+        back_in_pool(|| t.idle_connections(class)).await;
+    }
+    // A write's statement is prepared again after the reset (sqlx forgot it with the session),
+    // and the same write runs again on the same connection.
+    let pid = backend(&t, WriteClass, lim).await;
+    for _ in 0..2 {
+        back_in_pool(|| t.idle_connections(WriteClass)).await;
+        let again = t
+            .run_unchecked(WriteClass, "SELECT pg_backend_pid()", lim)
+            .await
+            .expect("the same write again");
+        assert_eq!(again.rows[0][0], json!(pid));
+    }
+    t.close().await;
+}
+
+/// The backend of the one connection the `class` pool has after a job.
+async fn backend(t: &PgTarget, class: OperationClass, lim: portcullis_agent::exec::Limits) -> i64 {
+    let r = t
+        .run_unchecked(class, "SELECT pg_backend_pid()", lim)
+        .await
+        .unwrap_or_else(|e| panic!("{class}: {e:?}"));
+    back_in_pool(|| t.idle_connections(class)).await;
+    r.rows[0][0].as_i64().expect("a backend pid")
+}
+
+/// EX-3 (MariaDB/MySQL): a write, DDL or admin job's connection is closed after the job, not
+/// pooled again, since the driver has no session reset: a session variable (`SET SESSION
+/// foreign_key_checks = 0`), a user variable, a temporary table left behind is gone for the
+/// next job, which runs on a new connection. A read's connection is pooled and reused.
+/// Without the close every case fails.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int PRIMARY KEY) ENGINE=InnoDB")
+        .await;
+    my.exec("INSERT INTO $d.items VALUES (1)").await;
+    let t = MySqlTarget::open(&my.target(&[Read, WriteClass, Ddl, Admin])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let cases: [(OperationClass, &str, &str); 3] = [
+        (
+            WriteClass,
+            "SET @left_behind = 1",
+            "SELECT @left_behind IS NULL",
+        ),
+        (
+            Ddl,
+            // Empty, it hides the real table's one row from the next job on its session.
+            "CREATE TEMPORARY TABLE items (id int)",
+            "SELECT COUNT(*) = 1 FROM items",
+        ),
+        (
+            Admin,
+            "SET SESSION foreign_key_checks = 0",
+            "SELECT @@SESSION.foreign_key_checks = 1",
+        ),
+    ];
+    for (class, leaves, clean) in cases {
+        t.run_unchecked(class, leaves, lim)
+            .await
+            .unwrap_or_else(|e| panic!("{class}: {leaves}: {e:?}"));
+        // Its connection is closed, or back in the pool (where, without the close, the next
+        // job would take it up again), before the next job asks for one.
+        settled(|| t.busy_connections(class)).await;
+        let after = t
+            .run_unchecked(class, clean, lim)
+            .await
+            .unwrap_or_else(|e| panic!("{class}: after {leaves}: {e:?}"));
+        assert_eq!(
+            after.rows[0][0],
+            json!(1),
+            "{class}: `{leaves}` reached the next job"
+        );
+    }
+    // A read's connection is pooled: two reads, one session.
+    let first = t
+        .run_unchecked(Read, "SELECT CONNECTION_ID()", lim)
+        .await
+        .expect("read");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let second = t
+        .run_unchecked(Read, "SELECT CONNECTION_ID()", lim)
+        .await
+        .expect("read");
+    assert_eq!(
+        first.rows[0][0], second.rows[0][0],
+        "the read's connection was not reused"
+    );
+    t.close().await;
+}
+
+/// Waits (bounded) until no connection of a pool is out serving a job or on its way back
+/// (`busy` reads their count).
+async fn settled(busy: impl Fn() -> usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while busy() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a connection is still out of its pool ({} busy)",
+            busy()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
