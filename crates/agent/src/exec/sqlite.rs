@@ -1,6 +1,6 @@
 //! SQLite targets. Reads run on a connection opened read-only with `query_only` set, so a
 //! write that slipped past classification still cannot change anything (EX-3); writes and DDL
-//! run in an immediate transaction on a separate pool.
+//! run in an immediate transaction on a separate connection, closed after each job.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -12,7 +12,8 @@ use portcullis_proto::api::{Column, ExecError, ExecResult};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{
-    AssertSqlSafe, Column as _, Executor, Row, SqlSafeStr, Statement as _, TypeInfo, ValueRef,
+    AssertSqlSafe, Column as _, Connection, Executor, Row, SqlSafeStr, Statement as _, TypeInfo,
+    ValueRef,
 };
 
 use super::limits::Rows;
@@ -118,9 +119,18 @@ impl SqliteTarget {
         Ok(rows.finish())
     }
 
+    /// A write, DDL or admin job's connection is closed after the job, never pooled again
+    /// (EX-3): whatever the job did to its connection — a temporary table, which unqualified
+    /// names then find before the real one; an attached database; a pragma — would otherwise
+    /// reach the next job. Opening a SQLite connection is a file open.
     async fn write(&self, statement: &str, dry_run: bool) -> Result<ExecResult, ExecError> {
-        let mut tx = self
+        let mut conn = self
             .write
+            .acquire()
+            .await
+            .map_err(|e| failure(FailureCode::StoreUnavailable, e.to_string()))?;
+        conn.close_on_drop();
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| failure(FailureCode::StoreUnavailable, e.to_string()))?;

@@ -7,9 +7,12 @@
 use crate::common::*;
 use crate::mysql::My;
 use OperationClass::{Admin, Ddl, Read, Write as WriteClass};
+use portcullis_agent::config::TargetConfig;
 use portcullis_agent::exec::{MySqlTarget, PgTarget};
-use portcullis_core::OperationClass;
+use portcullis_core::{ConnectionKind, Environment, OperationClass};
 use serde_json::json;
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 /// EX-3 (PostgreSQL): each job leaves something on its session — a setting (as `SET`, or as
 /// a function the statement calls would, with `set_config`), a session advisory lock, a
@@ -185,6 +188,46 @@ pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one
         "the read's connection was not reused"
     );
     t.close().await;
+}
+
+/// EX-3 (SQLite), through the agent's gate: a DDL job's temporary table does not outlive the
+/// job. Unqualified names find a temporary table before the real one, so on a kept connection
+/// the next approved write would go into it and vanish with the connection, reported as
+/// done. The write's connection is closed after each job: the row is in the real table.
+#[tokio::test]
+pub(crate) async fn ex3_sqlite_a_temporary_table_does_not_outlive_its_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("target.db");
+    let file = SqliteConnectOptions::new().filename(&path);
+    let mut direct = SqliteConnection::connect_with(&file.clone().create_if_missing(true))
+        .await
+        .expect("sqlite");
+    sqlx::raw_sql("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        .execute(&mut direct)
+        .await
+        .expect("table");
+    let target = TargetConfig {
+        path: Some(path.clone()),
+        ..TargetConfig::new(
+            "lite".parse().expect("name"),
+            ConnectionKind::Sqlite,
+            Environment::Development,
+            vec![Read, WriteClass, Ddl],
+        )
+    };
+    let rig = Rig::new(target).await;
+    rig.ok("CREATE TEMP TABLE items (id INTEGER)", Ddl).await;
+    let written = rig.ok("INSERT INTO items VALUES (5)", WriteClass).await;
+    assert_eq!(written.affected_rows, Some(1));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM main.items WHERE id = 5")
+        .fetch_one(&mut direct)
+        .await
+        .expect("count");
+    assert_eq!(
+        stored, 1,
+        "the write went into the temporary table an earlier job left on its connection"
+    );
+    direct.close().await.expect("close");
 }
 
 /// Waits (bounded) until no connection of a pool is out serving a job or on its way back
