@@ -92,6 +92,9 @@ enum Rule {
     ReadSubcommands(&'static [&'static str]),
     /// Refused with a `BLOCK` option, otherwise the given class.
     UnlessBlocking(&'static str, OperationClass),
+    /// Refused for the listed subcommands (each written with its command, `CLIENT REPLY`),
+    /// otherwise the class.
+    DeniedSubcommands(&'static [&'static str], OperationClass),
 }
 
 /// The largest `COUNT` a scan or random-member read may ask for in one call: beyond it one
@@ -150,6 +153,18 @@ fn classify(name: &str, args: &[Vec<u8>]) -> Result<OperationClass, RedisError> 
                 OperationClass::Admin
             })
         }
+        Rule::DeniedSubcommands(denied, class) => {
+            let refused = args.get(1).and_then(|sub| {
+                denied.iter().find(|full| {
+                    full.split_once(' ')
+                        .is_some_and(|(_, d)| sub.eq_ignore_ascii_case(d.as_bytes()))
+                })
+            });
+            match refused {
+                Some(name) => Err(RedisError::DeniedCommand { name }),
+                None => Ok(class),
+            }
+        }
         Rule::UnlessBlocking(name, class) => {
             // Options come before `STREAMS`; after it are key names, which may be anything.
             let mut options = args
@@ -206,13 +221,33 @@ fn rule(name: &str) -> Option<Rule> {
         // Server, persistence, replication, scripting and connection management: break-glass.
         "FLUSHALL" | "FLUSHDB" | "CONFIG" | "SHUTDOWN" | "DEBUG" | "MODULE" | "SCRIPT" | "EVAL"
         | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" | "FUNCTION" | "MIGRATE"
-        | "REPLICAOF" | "SLAVEOF" | "ACL" | "CLIENT" | "BGSAVE" | "BGREWRITEAOF" | "SAVE"
-        | "LASTSAVE" | "SWAPDB" | "FAILOVER" | "CLUSTER" | "SLOWLOG" | "LATENCY" | "MONITOR"
-        | "SYNC" | "PSYNC" | "RESTORE" | "DUMP" | "SELECT" | "MOVE" => Rule::Class(Admin),
+        | "REPLICAOF" | "SLAVEOF" | "ACL" | "BGSAVE" | "BGREWRITEAOF" | "SAVE" | "LASTSAVE"
+        | "SWAPDB" | "FAILOVER" | "CLUSTER" | "SLOWLOG" | "LATENCY" | "SYNC" | "PSYNC"
+        | "RESTORE" | "DUMP" | "MOVE" => Rule::Class(Admin),
+        // The agent sends every command of a class over one shared connection: a subcommand
+        // that changes that connection (its replies, its name, key tracking, eviction) would
+        // reach every later command on it, another requester's (EX-3).
+        "CLIENT" => Rule::DeniedSubcommands(
+            &[
+                "CLIENT REPLY",
+                "CLIENT TRACKING",
+                "CLIENT CACHING",
+                "CLIENT SETNAME",
+                "CLIENT SETINFO",
+                "CLIENT NO-EVICT",
+                "CLIENT NO-TOUCH",
+            ],
+            Admin,
+        ),
 
         // Never through the gateway: whole-keyspace enumeration, transactions and connection
         // state that a single dispatched command cannot hold, subscriptions and blocking calls.
         "KEYS" => Rule::Denied("KEYS"),
+        // `SELECT` moves the shared connection to another database for every later command;
+        // the connection's URL names its database. `MONITOR` turns it into a stream of every
+        // command the server runs.
+        "SELECT" => Rule::Denied("SELECT"),
+        "MONITOR" => Rule::Denied("MONITOR"),
         "MULTI" => Rule::Denied("MULTI"),
         "EXEC" => Rule::Denied("EXEC"),
         "DISCARD" => Rule::Denied("DISCARD"),
@@ -444,14 +479,21 @@ mod tests {
             ("OBJECT HELP", Ok(Admin)),
             ("OBJECT", Ok(Admin)),
             ("MEMORY DOCTOR", Ok(Admin)),
-            ("SELECT 1", Ok(Admin)),
+            ("SELECT 1", Err("redis_denied_command")),
+            ("CLIENT REPLY SKIP", Err("redis_denied_command")),
+            ("client reply off", Err("redis_denied_command")),
+            ("CLIENT TRACKING ON", Err("redis_denied_command")),
+            ("CLIENT SETNAME x", Err("redis_denied_command")),
+            ("CLIENT NO-EVICT on", Err("redis_denied_command")),
+            ("CLIENT INFO", Ok(Admin)),
+            ("CLIENT", Ok(Admin)),
             ("MOVE k 1", Ok(Admin)),
             ("DUMP k", Ok(Admin)),
             ("RESTORE k 0 x", Ok(Admin)),
             ("REPLICAOF host 6379", Ok(Admin)),
             ("ACL SETUSER x on", Ok(Admin)),
             ("MODULE LOAD /tmp/x.so", Ok(Admin)),
-            ("MONITOR", Ok(Admin)),
+            ("MONITOR", Err("redis_denied_command")),
             ("SWAPDB 0 1", Ok(Admin)),
             ("KEYS *", Err("redis_denied_command")),
             ("MULTI", Err("redis_denied_command")),

@@ -10,6 +10,7 @@ use OperationClass::{Admin, Ddl, Read, Write as WriteClass};
 use portcullis_agent::config::TargetConfig;
 use portcullis_agent::exec::{MySqlTarget, PgTarget};
 use portcullis_core::{ConnectionKind, Environment, OperationClass};
+use portcullis_proto::agent::JobReport;
 use serde_json::json;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -228,6 +229,42 @@ pub(crate) async fn ex3_sqlite_a_temporary_table_does_not_outlive_its_job() {
         "the write went into the temporary table an earlier job left on its connection"
     );
     direct.close().await.expect("close");
+}
+
+/// EX-3 (Redis), through the agent's gate: every command of a class goes over one shared
+/// connection, so a command that would change that connection for the commands after it —
+/// another requester's — is refused, even as an admin command: `SELECT` (every later command
+/// in another database), `CLIENT REPLY SKIP` (the next command's reply dropped, so each
+/// later one would get the reply of the one after it), `CLIENT SETNAME`, `MONITOR`. The
+/// shared connection is still on the URL's database, unnamed, and answers the next command.
+#[tokio::test]
+pub(crate) async fn ex3_redis_no_command_changes_the_connection_the_next_one_shares() {
+    let rig = Rig::new(target(
+        "cache",
+        ConnectionKind::Redis,
+        &[(Admin, REDIS_ADMIN)],
+    ))
+    .await;
+    for command in [
+        "SELECT 3",
+        "CLIENT REPLY SKIP",
+        "CLIENT SETNAME left_behind",
+        "MONITOR",
+    ] {
+        match rig.report(command, Admin, 10).await {
+            JobReport::Refused { error } => {
+                assert!(
+                    error.message.contains("not allowed"),
+                    "{command}: {error:?}"
+                );
+            }
+            other => panic!("{command} was not refused: {other:?}"),
+        }
+    }
+    let info = rig.ok("CLIENT INFO", Admin).await;
+    let text = serde_json::to_string(&info.rows).expect("json");
+    assert!(text.contains(" db=0 "), "the connection moved: {text}");
+    assert!(text.contains(" name= "), "the connection was named: {text}");
 }
 
 /// Waits (bounded) until no connection of a pool is out serving a job or on its way back
