@@ -323,12 +323,22 @@ impl Pg {
 /// Waits (bounded) until exactly one connection sits idle in a target's pool (`idle` reads
 /// its count): the last job's connection is back, and sqlx's test on release is done.
 pub(crate) async fn back_in_pool(idle: impl Fn() -> usize) {
+    pool_count(idle, 1, "the connection never went back to its pool").await;
+}
+
+/// Waits (bounded) until no connection of a pool is out serving a job or on its way back or
+/// to being closed (`busy` reads their count).
+pub(crate) async fn settled(busy: impl Fn() -> usize) {
+    pool_count(busy, 0, "a connection is still out of its pool").await;
+}
+
+async fn pool_count(count: impl Fn() -> usize, want: usize, failure: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while idle() != 1 {
+    while count() != want {
         assert!(
             std::time::Instant::now() < deadline,
-            "the connection never went back to its pool ({} idle)",
-            idle()
+            "{failure} ({} against {want})",
+            count()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

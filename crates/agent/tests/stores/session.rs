@@ -266,17 +266,3 @@ pub(crate) async fn ex3_redis_no_command_changes_the_connection_the_next_one_sha
     assert!(text.contains(" db=0 "), "the connection moved: {text}");
     assert!(text.contains(" name= "), "the connection was named: {text}");
 }
-
-/// Waits (bounded) until no connection of a pool is out serving a job or on its way back
-/// (`busy` reads their count).
-async fn settled(busy: impl Fn() -> usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while busy() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a connection is still out of its pool ({} busy)",
-            busy()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}

@@ -100,7 +100,7 @@ pub(super) async fn create(
     let mut wait = params.wait.unwrap_or(0);
     // A caller that asked to wait is never answered "finished" without its result while the
     // outcome is on its way (EX-3), also when its wait was already spent below.
-    let grace = publication_grace(wait, &state);
+    let grace = publication_grace(wait, state.config.execution.max_wait_secs);
     if created.executing && !params.progress && wait > 0 {
         match finished_with_view(&state, created.id, wait).await {
             Some(outcome) => return Ok((StatusCode::CREATED, Json(outcome))),
@@ -156,16 +156,10 @@ pub(super) async fn wait(
     ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<Json<RequestOutcome>, ApiError> {
     let id = path_uuid(&id)?;
+    let wait = params.wait.unwrap_or(30);
+    let grace = publication_grace(wait, state.config.execution.max_wait_secs);
     Ok(Json(
-        wait_outcome(
-            &state,
-            &who,
-            id,
-            params.wait.unwrap_or(30),
-            params.progress,
-            publication_grace(params.wait.unwrap_or(30), &state),
-        )
-        .await?,
+        wait_outcome(&state, &who, id, wait, params.progress, grace).await?,
     ))
 }
 
@@ -209,11 +203,7 @@ const RECENTLY_FINISHED_MS: i64 = 5_000;
 /// How long an answer for a caller who asked to wait `wait_secs` may wait for the outcome of
 /// a request it reads as just finished: [`PUBLICATION_GRACE`], never more than the wait, and
 /// nothing for a caller who asked not to wait.
-fn publication_grace(wait_secs: u64, state: &AppState) -> Duration {
-    grace_for(wait_secs, state.config.execution.max_wait_secs)
-}
-
-fn grace_for(wait_secs: u64, max_wait_secs: u64) -> Duration {
+fn publication_grace(wait_secs: u64, max_wait_secs: u64) -> Duration {
     Duration::from_secs(wait_secs.min(max_wait_secs)).min(PUBLICATION_GRACE)
 }
 
@@ -632,9 +622,9 @@ mod tests {
     /// caller who asked not to wait goes without it.
     #[test]
     fn every_caller_who_asked_to_wait_gets_the_grace() {
-        assert_eq!(grace_for(30, 300), PUBLICATION_GRACE);
-        assert_eq!(grace_for(1, 300), PUBLICATION_GRACE);
-        assert_eq!(grace_for(0, 300), Duration::ZERO);
+        assert_eq!(publication_grace(30, 300), PUBLICATION_GRACE);
+        assert_eq!(publication_grace(1, 300), PUBLICATION_GRACE);
+        assert_eq!(publication_grace(0, 300), Duration::ZERO);
     }
 
     /// The grace is only for a request that has just finished: one that is not finished, that
