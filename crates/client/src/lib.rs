@@ -106,7 +106,9 @@ impl Client {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Under the server's 30 s `web.header_read_timeout_secs`: a kept connection is
+            // given up here before the server closes it, never reused as it does.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()?;

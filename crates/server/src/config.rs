@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use portcullis_core::{ConnectionKind, ConnectionName, Environment, Permission, PolicyRule, Role};
 use serde::{Deserialize, Serialize};
 
+mod web;
+pub use web::{HeaderSettings, WebSettings, cors_origin_problem};
+
 /// A connection the server knows about: a name, a kind and an environment. How to reach it
 /// and with which credential is known only to agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,60 +282,6 @@ impl Default for RateLimitSettings {
             login_per_hour: 30,
             token_create_per_hour: 5,
             oauth_register_per_hour: 5,
-        }
-    }
-}
-
-/// Security headers (WEB-1). Each one can be replaced; an empty string removes it. The CSP
-/// must contain `{nonce}` where the per-response nonce goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeaderSettings {
-    pub content_security_policy: String,
-    /// Sent only on responses served over TLS (natively or behind a TLS proxy).
-    pub strict_transport_security: String,
-    pub x_content_type_options: String,
-    pub x_frame_options: String,
-    pub referrer_policy: String,
-    pub permissions_policy: String,
-    pub cross_origin_opener_policy: String,
-    /// On API responses (everything but static assets).
-    pub cache_control: String,
-}
-
-impl Default for HeaderSettings {
-    fn default() -> Self {
-        HeaderSettings {
-            content_security_policy: "default-src 'self'; script-src 'nonce-{nonce}' 'strict-dynamic'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'".into(),
-            strict_transport_security: "max-age=63072000; includeSubDomains".into(),
-            x_content_type_options: "nosniff".into(),
-            x_frame_options: "DENY".into(),
-            referrer_policy: "strict-origin-when-cross-origin".into(),
-            permissions_policy: "camera=(), microphone=(), geolocation=(), payment=(), usb=(), accelerometer=(), gyroscope=(), magnetometer=()".into(),
-            cross_origin_opener_policy: "same-origin".into(),
-            cache_control: "no-store".into(),
-        }
-    }
-}
-
-/// The web surface: headers, CORS and body limits (WEB-1, WEB-2, WEB-3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebSettings {
-    pub headers: HeaderSettings,
-    /// Origins (`https://host[:port]`) allowed to call the API from a browser; none by
-    /// default. `*` is refused: credentials are never shared with every origin.
-    pub cors_origins: Vec<String>,
-    /// The largest request body, in bytes (agent result uploads stream under their own).
-    pub body_limit_bytes: usize,
-}
-
-impl Default for WebSettings {
-    fn default() -> Self {
-        WebSettings {
-            headers: HeaderSettings::default(),
-            cors_origins: Vec::new(),
-            body_limit_bytes: 1024 * 1024,
         }
     }
 }
@@ -617,6 +566,7 @@ impl ServerConfig {
                 "web.body_limit_bytes must be positive (WEB-3)".into(),
             ));
         }
+        self.web.check_connection_limits()?;
         for origin in &self.web.cors_origins {
             if let Some(problem) = cors_origin_problem(origin) {
                 return Err(ConfigError::Invalid(format!(
@@ -672,55 +622,6 @@ impl ServerConfig {
     }
 }
 
-/// Why `origin` cannot be a CORS allowlist entry (WEB-2), or `None` when it can: exactly
-/// `http(s)://host[:port]` as a browser sends it in `Origin` (lowercase, no path, no trailing
-/// slash), never `*` or `null`.
-pub fn cors_origin_problem(origin: &str) -> Option<&'static str> {
-    if origin.contains('*') {
-        return Some("wildcards are refused: credentials are never shared with every origin");
-    }
-    let Some(authority) = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-    else {
-        return Some("an origin is http:// or https:// followed by a host, as browsers send it");
-    };
-    let (host_ok, rest) = match authority.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((ip, after)) => (
-                ip.parse::<std::net::Ipv6Addr>().is_ok() && ip == ip.to_ascii_lowercase(),
-                after,
-            ),
-            None => (false, ""),
-        },
-        None => {
-            let end = authority.find(':').unwrap_or(authority.len());
-            let host = &authority[..end];
-            let label = |l: &str| {
-                (1..=63).contains(&l.len())
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            };
-            (host.split('.').all(label), &authority[end..])
-        }
-    };
-    if !host_ok {
-        return Some(
-            "the host must be a lowercase DNS name or an IP address, with no user, path, query or trailing slash",
-        );
-    }
-    let port_ok = rest.is_empty()
-        || rest.strip_prefix(':').is_some_and(|p| {
-            (1..=5).contains(&p.len())
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && p.parse::<u16>().is_ok_and(|n| n > 0)
-        });
-    if !port_ok {
-        return Some("after the host comes at most :PORT, with no path, query or trailing slash");
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,6 +654,33 @@ mod tests {
         config.execution.drain_secs = 601;
         let err = config.validate().expect_err("601 s").to_string();
         assert!(err.contains("execution.drain_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_connection_limits_are_within_reason() {
+        assert!(ServerConfig::default().validate().is_ok());
+        type Breaks = fn(&mut WebSettings);
+        let cases: [(&str, Breaks); 5] = [
+            ("header_read_timeout_secs", |w| {
+                w.header_read_timeout_secs = 0
+            }),
+            ("header_read_timeout_secs", |w| {
+                w.header_read_timeout_secs = 3601
+            }),
+            ("max_connections", |w| w.max_connections = 0),
+            ("max_connections_per_address", |w| {
+                w.max_connections_per_address = 0
+            }),
+            ("max_connections_per_address", |w| {
+                w.max_connections_per_address = w.max_connections + 1;
+            }),
+        ];
+        for (key, break_it) in cases {
+            let mut config = ServerConfig::default();
+            break_it(&mut config.web);
+            let err = config.validate().expect_err(key).to_string();
+            assert!(err.contains(&format!("web.{key} must be")), "{err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod key_rotation;
 pub mod keys;
 pub mod lease;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod people;
 pub mod preflight;
@@ -38,9 +39,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use portcullis_core::Policy;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::ServerConfig;
@@ -101,6 +101,8 @@ pub struct Inner {
     stop_signal: tokio::sync::watch::Receiver<bool>,
     /// How many event sockets are open: a stopping server closes them and waits for them.
     open_sockets: tokio::sync::watch::Sender<usize>,
+    /// The connections open on the listeners, against their limits.
+    pub connections: Arc<listener::Connections>,
 }
 
 impl Inner {
@@ -247,6 +249,7 @@ impl Server {
         );
         let (drain, _) = tokio::sync::watch::channel(false);
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        let connections = listener::Connections::new(&config);
         let state = AppState(Arc::new(Inner {
             config,
             policy,
@@ -262,6 +265,7 @@ impl Server {
             drain_signal: drain.subscribe(),
             stop_signal: shutdown.subscribe(),
             open_sockets: tokio::sync::watch::channel(0).0,
+            connections,
         }));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(audit::run_checkpointer(
@@ -298,48 +302,42 @@ impl Server {
             shutdown.subscribe(),
         )));
         let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // Both paths stop the same way: stop accepting when told, then give the connections
+        // the rest of `SHUTDOWN_GRACE`.
+        let handles = [axum_server::Handle::new(), axum_server::Handle::new()];
+        let serve = listener::server(listener, &state.config, &state.connections)
+            .handle(handles[0].clone());
+        tasks.push(tokio::spawn({
+            let handles = handles.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+                for handle in handles {
+                    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                }
+            }
+        }));
         match &tls {
             Some(live) => {
-                let handle = axum_server::Handle::<SocketAddr>::new();
-                let server = axum_server::Server::<SocketAddr>::from_listener(listener)
-                    .acceptor(
-                        axum_server::tls_rustls::RustlsAcceptor::new(live.rustls_config())
-                            .acceptor(no_delay_acceptor()),
-                    )
-                    .handle(handle.clone());
+                let rustls = axum_server::tls_rustls::RustlsAcceptor::new(live.rustls_config());
+                let server = serve.map(|gate| rustls.acceptor(gate));
                 tasks.push(tokio::spawn(async move {
-                    tokio::spawn(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-                    });
                     if let Err(e) = server.serve(service).await {
                         tracing::error!(error = %e, "HTTPS server stopped with an error");
                     }
                 }));
             }
             None => tasks.push(tokio::spawn(async move {
-                let graceful = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(plain_listener(listener), service)
-                    .with_graceful_shutdown(graceful)
-                    .await
-                {
+                if let Err(e) = serve.serve(service).await {
                     tracing::error!(error = %e, "HTTP server stopped with an error");
                 }
             })),
         }
-        if let Some(listener) = redirect {
-            let mut stop = shutdown.subscribe();
+        if let Some(redirect) = redirect {
             let router = tls::redirect_router(addr.port());
+            let server = listener::server(redirect, &state.config, &state.connections)
+                .handle(handles[1].clone());
             tasks.push(tokio::spawn(async move {
-                let graceful = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(graceful)
-                    .await
-                {
+                if let Err(e) = server.serve(router.into_make_service()).await {
                     tracing::error!(error = %e, "the HTTP redirect listener stopped with an error");
                 }
             }));
@@ -473,65 +471,4 @@ async fn leased_jobs(store: &Store) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'leased'")
         .fetch_one(store.reader())
         .await
-}
-
-/// The plain-HTTP listener: every accepted connection sends each write at once
-/// (`TCP_NODELAY`). Without it, a response written in more than one piece — a streamed result's
-/// lines relayed as they arrive, a TLS record after the one before it — waits for the peer to
-/// acknowledge the previous piece, which a peer delaying its acknowledgements holds back for up
-/// to 40 ms.
-fn plain_listener(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
-    listener.tap_io(no_delay)
-}
-
-fn no_delay(stream: &mut TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY could not be set on an accepted connection");
-    }
-}
-
-/// [`no_delay`] for the HTTPS listener, under its TLS.
-fn no_delay_acceptor() -> axum_server::accept::TcpConfigAcceptor {
-    axum_server::accept::TcpConfigAcceptor::new(
-        axum_server::accept::TcpSocketConfig::new().nodelay(true),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use axum_server::accept::Accept;
-
-    use super::*;
-
-    async fn connected(listener: &TcpListener) -> TcpStream {
-        TcpStream::connect(listener.local_addr().expect("bound"))
-            .await
-            .expect("connect")
-    }
-
-    #[tokio::test]
-    async fn accepted_connections_send_each_write_at_once() {
-        // The kernel's default, which the listeners must change.
-        let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let _client = connected(&bare).await;
-        let (accepted, _) = bare.accept().await.expect("accept");
-        assert!(!accepted.nodelay().expect("nodelay"));
-
-        // Plain HTTP.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let _client = connected(&listener).await;
-        let mut plain = plain_listener(listener);
-        let (accepted, _) = axum::serve::Listener::accept(&mut plain).await;
-        assert!(accepted.nodelay().expect("nodelay"));
-
-        // HTTPS: the acceptor under the TLS handshake.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let _client = connected(&listener).await;
-        let (stream, _) = listener.accept().await.expect("accept");
-        let (accepted, ()) = no_delay_acceptor()
-            .accept(stream, ())
-            .await
-            .expect("accepted");
-        assert!(accepted.nodelay().expect("nodelay"));
-    }
 }

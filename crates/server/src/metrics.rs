@@ -132,6 +132,16 @@ impl Metrics {
             );
         }
         self.gauge(
+            "portcullis_open_connections",
+            Vec::new(),
+            state.connections.open() as f64,
+        );
+        let key = Key::from_name("portcullis_connections_refused_total");
+        self.0
+            .recorder
+            .register_counter(&key, &METADATA)
+            .absolute(state.connections.refused());
+        self.gauge(
             "portcullis_audit_head_sequence",
             Vec::new(),
             state.audit.head().seq as f64,

@@ -12,6 +12,7 @@ mod approvals;
 mod audit_tamper;
 mod authz_matrix;
 mod config_check;
+mod connections;
 mod dev_mode;
 mod dispatch;
 mod events;

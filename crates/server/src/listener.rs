@@ -1,0 +1,310 @@
+//! How the server accepts connections, on its API listener (plain HTTP or native TLS) and on
+//! the HTTPS redirect listener (NET-2):
+//!
+//! - every accepted connection sends each write at once (`TCP_NODELAY`). Without it, a
+//!   response written in more than one piece — a streamed result's lines relayed as they
+//!   arrive, a TLS record after the one before it — waits for the peer to acknowledge the
+//!   previous piece, which a peer delaying its acknowledgements holds back for up to 40 ms;
+//! - no client can hold the server's connections: one that has not sent a whole request head
+//!   `web.header_read_timeout_secs` after it opened or after its previous response is closed
+//!   (a TLS handshake has 10 s), and beyond `web.max_connections` open connections, or
+//!   `web.max_connections_per_address` from one client address (`trusted_proxies` exempt), a
+//!   new connection is closed as it arrives, before its TLS handshake. Without these a client
+//!   trickling one header byte at a time, or opening connections and sending nothing, kept
+//!   each connection (a task, its buffers, a file descriptor) for as long as it liked, until
+//!   the server ran out of descriptors and refused everyone.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum_server::accept::Accept;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ServerConfig;
+
+/// Refusals are logged at most this often (a flood would otherwise flood the log too); the
+/// metric counts every one.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The connections open on the server's listeners, counted against its limits.
+pub struct Connections {
+    max: usize,
+    per_address: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: Mutex<Open>,
+    refused: AtomicU64,
+    last_logged: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+impl Connections {
+    pub fn new(config: &ServerConfig) -> Arc<Connections> {
+        Arc::new(Connections {
+            max: config.web.max_connections,
+            per_address: config.web.max_connections_per_address,
+            exempt: config.trusted_proxies.clone(),
+            open: Mutex::new(Open::default()),
+            refused: AtomicU64::new(0),
+            last_logged: Mutex::new(None),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Connections closed on arrival for a limit since the server started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A place for a connection from `peer`, held until the returned ticket drops, or `None`
+    /// when a limit is reached.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
+        let peer = canonical(peer);
+        let counted = !self.exempt.iter().any(|net| net.contains(&peer));
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let from_peer = open.by_address.get(&peer).copied().unwrap_or(0);
+        let limit = if open.total >= self.max {
+            Some("web.max_connections")
+        } else if counted && from_peer >= self.per_address {
+            Some("web.max_connections_per_address")
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            let total = open.total;
+            drop(open);
+            self.refuse(peer, limit, total);
+            return None;
+        }
+        open.total += 1;
+        if counted {
+            *open.by_address.entry(peer).or_insert(0) += 1;
+        }
+        Some(Ticket {
+            connections: Arc::clone(self),
+            counted: counted.then_some(peer),
+        })
+    }
+
+    fn refuse(&self, peer: IpAddr, limit: &str, open: usize) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                client_addr = %peer,
+                limit,
+                open,
+                refused_so_far = refused,
+                "a new connection was closed on arrival: a connection limit is reached (logged at most every 10 s; portcullis_connections_refused_total counts them all)"
+            );
+        }
+    }
+}
+
+/// An IPv4 peer seen through an IPv6 socket counts as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A connection's place among the open ones; given back when the connection closes.
+struct Ticket {
+    connections: Arc<Connections>,
+    /// The address the connection counts against, unless it is exempt.
+    counted: Option<IpAddr>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(peer) = self.counted
+            && let Some(n) = open.by_address.get_mut(&peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.by_address.remove(&peer);
+            }
+        }
+    }
+}
+
+/// The innermost acceptor of both listeners (under the TLS handshake on the HTTPS one): sets
+/// `TCP_NODELAY` and admits the connection or closes it.
+#[derive(Clone)]
+pub struct Gate(Arc<Connections>);
+
+impl<S> Accept<TcpStream, S> for Gate {
+    type Stream = Admitted;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Admitted, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let ticket = match stream.peer_addr() {
+            Ok(peer) => self.0.admit(peer.ip()),
+            Err(e) => return std::future::ready(Err(e)),
+        };
+        let Some(ticket) = ticket else {
+            return std::future::ready(Err(io::Error::other("connection limit reached")));
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set on an accepted connection");
+        }
+        std::future::ready(Ok((
+            Admitted {
+                stream,
+                _ticket: ticket,
+            },
+            service,
+        )))
+    }
+}
+
+/// An admitted connection: the TCP stream, holding its place until it is dropped.
+pub struct Admitted {
+    stream: TcpStream,
+    _ticket: Ticket,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A server on `listener` whose connections pass the [`Gate`] of `connections` and whose
+/// request heads must arrive within `web.header_read_timeout_secs`.
+pub fn server(
+    listener: TcpListener,
+    config: &ServerConfig,
+    connections: &Arc<Connections>,
+) -> axum_server::Server<SocketAddr, Gate> {
+    let timeout = Duration::from_secs(config.web.header_read_timeout_secs);
+    let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
+        .acceptor(Gate(Arc::clone(connections)))
+        .first_request_timeout(timeout);
+    server.http_builder().http1().header_read_timeout(timeout);
+    server
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(max: usize, per_address: usize, exempt: &[&str]) -> Arc<Connections> {
+        let mut config = ServerConfig::default();
+        config.web.max_connections = max;
+        config.web.max_connections_per_address = per_address;
+        config.trusted_proxies = exempt.iter().map(|n| n.parse().expect("net")).collect();
+        Connections::new(&config)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn one_address_gets_its_share_and_the_rest_stays_for_the_others() {
+        let c = connections(5, 2, &[]);
+        let a1 = c.admit(ip("192.0.2.1")).expect("first");
+        let _a2 = c.admit(ip("192.0.2.1")).expect("second");
+        assert!(
+            c.admit(ip("192.0.2.1")).is_none(),
+            "a third from one address"
+        );
+        // The same address seen through an IPv6 socket is the same client.
+        assert!(c.admit(ip("::ffff:192.0.2.1")).is_none());
+        let _b = c.admit(ip("192.0.2.2")).expect("another address");
+        assert_eq!((c.open(), c.refused()), (3, 2));
+        drop(a1);
+        assert_eq!(c.open(), 2);
+        let _a3 = c
+            .admit(ip("192.0.2.1"))
+            .expect("a place given back is taken again");
+    }
+
+    #[test]
+    fn no_address_passes_the_total_and_proxies_count_only_towards_it() {
+        let c = connections(3, 1, &["10.0.0.0/8"]);
+        let p1 = c.admit(ip("10.1.1.1")).expect("proxy");
+        let _p2 = c.admit(ip("10.1.1.1")).expect("a proxy is not held to one");
+        let _x = c.admit(ip("192.0.2.9")).expect("a client");
+        assert!(c.admit(ip("10.1.1.1")).is_none(), "the total binds proxies");
+        assert!(c.admit(ip("192.0.2.10")).is_none(), "and everyone else");
+        drop(p1);
+        let _y = c.admit(ip("192.0.2.10")).expect("room again");
+        assert_eq!((c.open(), c.refused()), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn admitted_connections_send_each_write_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        // The kernel's default, which the gate must change.
+        assert!(!stream.nodelay().expect("nodelay"));
+        let (admitted, ()) = Gate(connections(1, 1, &[]))
+            .accept(stream, ())
+            .await
+            .expect("admitted");
+        assert!(admitted.stream.nodelay().expect("nodelay"));
+    }
+}
