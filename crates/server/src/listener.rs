@@ -29,6 +29,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ServerConfig;
 
+/// Open files kept for everything but client connections: the state store's connections
+/// (three files each), the audit checkpoint, the logs, Redis, the runtime's own.
+const RESERVED_FILES: u64 = 256;
+
 /// Refusals are logged at most this often (a flood would otherwise flood the log too); the
 /// metric counts every one.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -50,15 +54,39 @@ struct Open {
 }
 
 impl Connections {
+    /// The limits of `config`, with `web.max_connections` held under what this process's
+    /// open-files limit leaves for connections (its soft limit raised to the hard one
+    /// first): past that limit a connection would not be refused alone, every file the
+    /// server opens — the state store's among them — would fail.
     pub fn new(config: &ServerConfig) -> Arc<Connections> {
+        Connections::within(config, open_files_limit())
+    }
+
+    fn within(config: &ServerConfig, open_files: Option<u64>) -> Arc<Connections> {
+        let configured = config.web.max_connections;
+        let max = connections_allowed(configured, open_files);
+        if max < configured {
+            tracing::warn!(
+                max_connections = configured,
+                open_files_limit = open_files,
+                admitted_at_most = max,
+                reserved_files = RESERVED_FILES,
+                "web.max_connections is more than the open-files limit leaves for connections; raise the limit (ulimit -n, LimitNOFILE=) or lower the setting"
+            );
+        }
         Arc::new(Connections {
-            max: config.web.max_connections,
+            max,
             per_address: config.web.max_connections_per_address,
             exempt: config.trusted_proxies.clone(),
             open: Mutex::new(Open::default()),
             refused: AtomicU64::new(0),
             last_logged: Mutex::new(None),
         })
+    }
+
+    /// Connections admitted at most.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     /// Connections open now.
@@ -115,6 +143,31 @@ impl Connections {
             );
         }
     }
+}
+
+/// Raises this process's soft open-files limit to its hard one, as the kernel allows, and
+/// returns the soft limit in force: `None` when unlimited.
+fn open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "the open-files limit could not be raised to its hard limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// `configured`, or fewer when the open-files limit leaves fewer files for connections.
+fn connections_allowed(configured: usize, open_files: Option<u64>) -> usize {
+    open_files.map_or(configured, |files| {
+        let left = files.saturating_sub(RESERVED_FILES).max(1);
+        configured.min(usize::try_from(left).unwrap_or(usize::MAX))
+    })
 }
 
 /// An IPv4 peer seen through an IPv6 socket counts as the IPv4 address it is.
@@ -252,7 +305,7 @@ mod tests {
         config.web.max_connections = max;
         config.web.max_connections_per_address = per_address;
         config.trusted_proxies = exempt.iter().map(|n| n.parse().expect("net")).collect();
-        Connections::new(&config)
+        Connections::within(&config, None)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -290,6 +343,24 @@ mod tests {
         drop(p1);
         let _y = c.admit(ip("192.0.2.10")).expect("room again");
         assert_eq!((c.open(), c.refused()), (3, 2));
+    }
+
+    #[test]
+    fn the_open_files_limit_holds_the_cap_under_it() {
+        assert_eq!(connections_allowed(8192, None), 8192, "unlimited");
+        assert_eq!(connections_allowed(8192, Some(1 << 20)), 8192);
+        assert_eq!(connections_allowed(8192, Some(1024)), 1024 - 256);
+        assert_eq!(connections_allowed(8192, Some(100)), 1, "never none at all");
+        let mut config = ServerConfig::default();
+        config.web.max_connections_per_address = 1;
+        let c = Connections::within(&config, Some(258));
+        assert_eq!(c.max(), 2);
+        let _a = c.admit(ip("192.0.2.1")).expect("first");
+        let _b = c.admit(ip("192.0.2.2")).expect("second");
+        assert!(
+            c.admit(ip("192.0.2.3")).is_none(),
+            "past what the files allow"
+        );
     }
 
     #[tokio::test]

@@ -136,6 +136,11 @@ impl Metrics {
             Vec::new(),
             state.connections.open() as f64,
         );
+        self.gauge(
+            "portcullis_max_connections",
+            Vec::new(),
+            state.connections.max() as f64,
+        );
         let key = Key::from_name("portcullis_connections_refused_total");
         self.0
             .recorder

@@ -202,3 +202,70 @@ async fn dev_mode_runs_the_demo_end_to_end() {
     assert!(stdout.contains("intact"), "{stdout}");
     drop(child);
 }
+
+/// The connection cap stays under the open-files limit (`server/src/listener.rs`): the server
+/// raises its soft limit to the hard one, and admits no more connections than that leaves
+/// after the files it keeps for itself (256), saying so when `web.max_connections` (8,192 by
+/// default) is more.
+#[tokio::test]
+async fn the_server_raises_its_open_files_limit_and_holds_its_connection_cap_under_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("dev.log");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" dev --listen "$1" --data "$2""#,
+            env!("CARGO_BIN_EXE_portcullis"),
+            &format!("127.0.0.1:{port}"),
+            data.to_str().expect("utf-8"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
+        .stderr(Stdio::from(
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .expect("log file"),
+        ))
+        .spawn()
+        .expect("spawn portcullis dev under lowered limits");
+    let mut child = ChildGuard(child);
+    wait_healthy(&url, &mut child, &log).await;
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-files line in {limits}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["600", "600"], "soft raised to hard: {line}");
+
+    let token = wait_for_token(&data.join("dev-admin.token"), &mut child, &log).await;
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "portcullis_max_connections 344"),
+        "600 open files less 256 kept: {metrics}"
+    );
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains("web.max_connections is more than the open-files limit leaves"),
+        "{logged}"
+    );
+    drop(child);
+}
