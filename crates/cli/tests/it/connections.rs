@@ -11,7 +11,7 @@ use portcullis_core::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::TestApp;
+use crate::harness::{TestApp, metrics_text};
 
 /// Longer than anything the server is configured to wait here: a connection still open after
 /// it was not closed by the server.
@@ -97,18 +97,7 @@ async fn admitted_from(source: &str, to: SocketAddr) -> TcpStream {
 
 async fn refused_so_far(app: &TestApp) -> u64 {
     let (_, token) = app.token(Role::Admin).await;
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(format!("{}/metrics", app.url()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let text = metrics_text(app.url(), &token).await;
     text.lines()
         .find_map(|l| l.strip_prefix("portcullis_connections_refused_total "))
         .unwrap_or_else(|| panic!("no refusal counter in:\n{text}"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_client::Client;
 
-use crate::harness::bin;
+use crate::harness::{bin, metrics_text};
 
 /// Kills and reaps the child however the test ends.
 struct ChildGuard(Child);
@@ -57,6 +57,19 @@ async fn dev_refuses_non_loopback_addresses() {
         );
         assert!(!data.exists(), "{listen}: no state was created");
     }
+}
+
+/// Runs `cmd` with no input and its output, both streams, in `log`.
+fn spawn_logged(mut cmd: std::process::Command, log: &Path) -> ChildGuard {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn");
+    ChildGuard(child)
 }
 
 fn free_port() -> u16 {
@@ -120,25 +133,15 @@ async fn dev_mode_runs_the_demo_end_to_end() {
     let log = dir.path().join("dev.log");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let child = bin()
-        .args([
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-            data.to_str().expect("utf-8"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
-        .stderr(Stdio::from(
-            std::fs::File::options()
-                .append(true)
-                .open(&log)
-                .expect("log file"),
-        ))
-        .spawn()
-        .expect("spawn portcullis dev");
-    let mut child = ChildGuard(child);
+    let mut cmd = bin();
+    cmd.args([
+        "dev",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+        data.to_str().expect("utf-8"),
+    ]);
+    let mut child = spawn_logged(cmd, &log);
     wait_healthy(&url, &mut child, &log).await;
 
     // /health answers as soon as the server listens; the admin token is provisioned right
@@ -214,25 +217,15 @@ async fn the_server_raises_its_open_files_limit_and_holds_its_connection_cap_und
     let log = dir.path().join("dev.log");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let child = std::process::Command::new("bash")
-        .args([
-            "-c",
-            r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" dev --listen "$1" --data "$2""#,
-            env!("CARGO_BIN_EXE_portcullis"),
-            &format!("127.0.0.1:{port}"),
-            data.to_str().expect("utf-8"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
-        .stderr(Stdio::from(
-            std::fs::File::options()
-                .append(true)
-                .open(&log)
-                .expect("log file"),
-        ))
-        .spawn()
-        .expect("spawn portcullis dev under lowered limits");
-    let mut child = ChildGuard(child);
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" dev --listen "$1" --data "$2""#,
+        env!("CARGO_BIN_EXE_portcullis"),
+        &format!("127.0.0.1:{port}"),
+        data.to_str().expect("utf-8"),
+    ]);
+    let mut child = spawn_logged(cmd, &log);
     wait_healthy(&url, &mut child, &log).await;
 
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("limits");
@@ -244,18 +237,7 @@ async fn the_server_raises_its_open_files_limit_and_holds_its_connection_cap_und
     assert_eq!(&fields[3..5], ["600", "600"], "soft raised to hard: {line}");
 
     let token = wait_for_token(&data.join("dev-admin.token"), &mut child, &log).await;
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(format!("{url}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = metrics_text(&url, &token).await;
     assert!(
         metrics
             .lines()

@@ -192,6 +192,22 @@ impl TestApp {
 }
 
 /// The built `portcullis` binary.
+/// The Prometheus text of the server at `url`, read with `token` (`metrics:view`).
+pub async fn metrics_text(url: &str, token: &str) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
 }
