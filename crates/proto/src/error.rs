@@ -29,6 +29,7 @@ codes! {
     MethodNotAllowed => "method_not_allowed", 405;
     BadRequest => "bad_request", 400;
     PayloadTooLarge => "payload_too_large", 413;
+    RequestTimeout => "request_timeout", 408;
     UnknownConnection => "unknown_connection", 404;
     StatementDenied => "statement_denied", 422;
     PolicyDenied => "policy_denied", 403;

@@ -660,13 +660,14 @@ mod tests {
     fn the_connection_limits_are_within_reason() {
         assert!(ServerConfig::default().validate().is_ok());
         type Breaks = fn(&mut WebSettings);
-        let cases: [(&str, Breaks); 5] = [
+        let cases: [(&str, Breaks); 6] = [
             ("header_read_timeout_secs", |w| {
                 w.header_read_timeout_secs = 0
             }),
             ("header_read_timeout_secs", |w| {
                 w.header_read_timeout_secs = 3601
             }),
+            ("body_read_timeout_secs", |w| w.body_read_timeout_secs = 0),
             ("max_connections", |w| w.max_connections = 0),
             ("max_connections_per_address", |w| {
                 w.max_connections_per_address = 0

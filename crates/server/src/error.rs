@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 413: the body exceeds the route's limit (WEB-3).
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 408: the request body did not arrive whole within `web.body_read_timeout_secs`.
+    #[error("request body too slow")]
+    RequestTimeout { secs: u64 },
     /// 404: the connection is not declared on this server.
     #[error("unknown connection")]
     UnknownConnection,
@@ -120,6 +123,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::BadRequest { .. } => ErrorCode::BadRequest,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::RequestTimeout { .. } => ErrorCode::RequestTimeout,
             ApiError::UnknownConnection => ErrorCode::UnknownConnection,
             ApiError::StatementDenied { .. } => ErrorCode::StatementDenied,
             ApiError::PolicyDenied => ErrorCode::PolicyDenied,
@@ -195,6 +199,11 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => ("Method not allowed", None, None),
             ApiError::BadRequest { detail } => ("Bad request", Some(detail.clone()), None),
             ApiError::PayloadTooLarge => ("Payload too large", None, None),
+            ApiError::RequestTimeout { secs } => (
+                "Request timeout",
+                Some(format!("the request body did not arrive within {secs} s")),
+                None,
+            ),
             ApiError::UnknownConnection => ("Unknown connection", None, None),
             ApiError::StatementDenied { reason, detail } => (
                 "Statement denied",
@@ -295,8 +304,11 @@ where
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
-            Err(JsonRejection::BytesRejection(_)) => {
-                Err(ApiError::bad_request("the request body could not be read"))
+            Err(JsonRejection::BytesRejection(rejection)) => {
+                match crate::routes::deadline::timed_out(&rejection) {
+                    Some(secs) => Err(ApiError::RequestTimeout { secs }),
+                    None => Err(ApiError::bad_request("the request body could not be read")),
+                }
             }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
                 "expected Content-Type: application/json",

@@ -1,6 +1,6 @@
-//! The listener's connection limits (`server/src/listener.rs`): a client that sends no whole
-//! request head in time is disconnected, and no client address (nor all of them together)
-//! can open more connections than the configured caps. Each test speaks raw TCP to the real
+//! The listener's connection limits (`server/src/listener.rs`, `routes/deadline.rs`): a client
+//! that sends no whole request head, or no whole body, in time is cut off, and no client
+//! address (nor all of them together) can open more connections than the configured caps. Each test speaks raw TCP to the real
 //! server of a dev stack, from source addresses of its own on the loopback network
 //! (127.0.0.2 and up) so that the stack's own clients do not count against the test's.
 
@@ -230,5 +230,41 @@ async fn no_one_passes_the_total_and_trusted_proxies_count_only_towards_it() {
     held.clear();
     let mut other = admitted_from("127.0.0.3", to).await;
     assert!(health(&mut other).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_trickled_past_its_deadline_is_refused_with_408() {
+    let app = TestApp::spawn_with(|o| o.server.web.body_read_timeout_secs = 1).await;
+    let (_, token) = app.token(Role::Developer).await;
+    let mut slow = connect_from("127.0.0.2", addr(&app)).await;
+    let head = format!(
+        "POST /api/v1/requests HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.expect("head");
+    // A byte every 200 ms: never idle for long, but the whole body is what has a deadline.
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            started.elapsed() < BOUND,
+            "a trickled body kept its request open for {BOUND:?}"
+        );
+        if slow.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    // A body that comes with its head is not affected.
+    let (client, _) = app.token(Role::Developer).await;
+    client.whoami().await.expect("served");
     app.stop().await;
 }

@@ -49,6 +49,9 @@ pub struct WebSettings {
     /// after its previous response, is closed: a slow or silent client (a TLS handshake has
     /// 10 s) cannot hold it. Requests in flight, long polls and event sockets are not cut.
     pub header_read_timeout_secs: u64,
+    /// A request body (other than an agent's report or result) that has not arrived whole
+    /// this long after its head is refused with 408 and its connection closed.
+    pub body_read_timeout_secs: u64,
     /// Open connections at most, all clients together; one more is closed as it arrives.
     /// Keep it under the process's open-files limit (`ulimit -n`).
     pub max_connections: usize,
@@ -64,6 +67,7 @@ impl Default for WebSettings {
             cors_origins: Vec::new(),
             body_limit_bytes: 1024 * 1024,
             header_read_timeout_secs: 30,
+            body_read_timeout_secs: 30,
             max_connections: 8192,
             max_connections_per_address: 1024,
         }
@@ -71,7 +75,7 @@ impl Default for WebSettings {
 }
 
 impl WebSettings {
-    /// The listener's limits are within reason: a timeout of 1 s to 1 h, at least one
+    /// The listener's limits are within reason: timeouts of 1 s to 1 h, at least one
     /// connection, and no more from one address than from all of them.
     pub(super) fn check_connection_limits(&self) -> Result<(), super::ConfigError> {
         let invalid = |m: String| Err(super::ConfigError::Invalid(m));
@@ -79,6 +83,12 @@ impl WebSettings {
             return invalid(format!(
                 "web.header_read_timeout_secs must be between 1 and 3600, got {}",
                 self.header_read_timeout_secs
+            ));
+        }
+        if !(1..=3600).contains(&self.body_read_timeout_secs) {
+            return invalid(format!(
+                "web.body_read_timeout_secs must be between 1 and 3600, got {}",
+                self.body_read_timeout_secs
             ));
         }
         if !(1..=1_000_000).contains(&self.max_connections) {

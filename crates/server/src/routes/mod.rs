@@ -6,6 +6,7 @@ mod admin;
 mod agent;
 mod assets;
 mod audit;
+pub(crate) mod deadline;
 mod events;
 mod health;
 mod metrics;

@@ -202,6 +202,7 @@ struct Surface {
     headers: Arc<SecurityHeaders>,
     proxies: Arc<TrustedProxies>,
     body_limit: usize,
+    body_timeout: std::time::Duration,
     metrics: Metrics,
 }
 
@@ -221,6 +222,7 @@ where
         headers: Arc::new(SecurityHeaders::new(&config.web.headers, tls)),
         proxies: Arc::new(TrustedProxies::new(&config.trusted_proxies)),
         body_limit: config.web.body_limit_bytes,
+        body_timeout: std::time::Duration::from_secs(config.web.body_read_timeout_secs),
         metrics,
     };
     let mut router = router.layer(CatchPanicLayer::custom(panic_response));
@@ -310,7 +312,8 @@ impl Surface {
         });
         req.extensions_mut().insert(CspNonce(nonce.clone()));
 
-        let too_large = !own_body_limit(req.uri().path())
+        let own_limit = own_body_limit(req.uri().path());
+        let too_large = !own_limit
             && req
                 .headers()
                 .get(header::CONTENT_LENGTH)
@@ -321,6 +324,11 @@ impl Surface {
             // WEB-3: refused before a byte of the body is read.
             ApiError::PayloadTooLarge.into_response()
         } else {
+            let req = if own_limit {
+                req
+            } else {
+                req.map(|body| super::deadline::within(body, self.body_timeout))
+            };
             next.run(req).instrument(span.clone()).await
         };
         let status = response.status().as_u16();
