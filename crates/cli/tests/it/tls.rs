@@ -111,6 +111,11 @@ struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Conn {
     fn open(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Conn {
+        Conn::handshake(addr, config).expect("TLS handshake")
+    }
+
+    /// A connection whose TLS handshake completed, or the error that ended it.
+    fn handshake(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> std::io::Result<Conn> {
         let tcp = TcpStream::connect(addr).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -118,12 +123,9 @@ impl Conn {
         let conn = rustls::ClientConnection::new(config.clone(), name).expect("client");
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .expect("TLS handshake");
+            stream.conn.complete_io(&mut stream.sock)?;
         }
-        Conn(stream)
+        Ok(Conn(stream))
     }
 
     /// The certificate the server presented on this connection.
@@ -300,6 +302,48 @@ async fn net1_a_reload_reaches_new_connections_only_and_a_bad_one_keeps_the_cert
 }
 
 /// Lines of a child's stderr, read on a thread so that the pipe never fills.
+/// The connection cap holds on the HTTPS listener too, and before the TLS handshake: a
+/// connection past it is closed with no server hello, so it costs the server no handshake
+/// (`server/src/listener.rs`).
+#[tokio::test]
+async fn a_connection_past_the_cap_is_closed_before_its_tls_handshake() {
+    let dir = tempfile::tempdir().expect("temp");
+    let ca = Ca::new();
+    let app = spawn_tls(dir.path(), &ca.leaf(), |o| {
+        o.server.web.max_connections = 4;
+        o.server.web.max_connections_per_address = 4;
+    })
+    .await;
+    let addr = app.stack.server.addr;
+    let config = tls_config(&ca);
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            match Conn::handshake(addr, &config) {
+                Ok(mut conn) => {
+                    assert_eq!(conn.health().0, "HTTP/1.1 200 OK");
+                    held.push(conn);
+                }
+                Err(e) => return (held, Some(e)),
+            }
+        }
+        (held, None)
+    })
+    .await
+    .expect("connections");
+    let refused = refused.expect("a fifth TLS connection was served under a cap of 4");
+    assert!(held.len() <= 4, "{} served", held.len());
+    // Closed before a byte of the handshake came back: rustls reads end of stream.
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused:?}"
+    );
+    app.stop().await;
+}
+
 fn lines(stderr: std::process::ChildStderr) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
