@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ServerConfig;
+use crate::routes::web::TrustedProxies;
 
 /// Open files kept for everything but client connections: the state store's connections
 /// (three files each), the audit checkpoint, the logs, Redis, the runtime's own.
@@ -41,7 +42,8 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct Connections {
     max: usize,
     per_address: usize,
-    exempt: Vec<ipnet::IpNet>,
+    /// `trusted_proxies`: counted towards the total only.
+    exempt: TrustedProxies,
     open: Mutex<Open>,
     refused: AtomicU64,
     last_logged: Mutex<Option<Instant>>,
@@ -77,7 +79,7 @@ impl Connections {
         Arc::new(Connections {
             max,
             per_address: config.web.max_connections_per_address,
-            exempt: config.trusted_proxies.clone(),
+            exempt: TrustedProxies::new(&config.trusted_proxies),
             open: Mutex::new(Open::default()),
             refused: AtomicU64::new(0),
             last_logged: Mutex::new(None),
@@ -102,8 +104,9 @@ impl Connections {
     /// A place for a connection from `peer`, held until the returned ticket drops, or `None`
     /// when a limit is reached.
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
-        let peer = canonical(peer);
-        let counted = !self.exempt.iter().any(|net| net.contains(&peer));
+        // An IPv4 client seen through an IPv6 socket counts as the IPv4 address it is.
+        let peer = peer.to_canonical();
+        let counted = !self.exempt.trusts(peer);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let from_peer = open.by_address.get(&peer).copied().unwrap_or(0);
         let limit = if open.total >= self.max {
@@ -168,14 +171,6 @@ fn connections_allowed(configured: usize, open_files: Option<u64>) -> usize {
         let left = files.saturating_sub(RESERVED_FILES).max(1);
         configured.min(usize::try_from(left).unwrap_or(usize::MAX))
     })
-}
-
-/// An IPv4 peer seen through an IPv6 socket counts as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// A connection's place among the open ones; given back when the connection closes.

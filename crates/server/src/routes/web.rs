@@ -126,7 +126,8 @@ impl TrustedProxies {
         TrustedProxies(nets.to_vec())
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` (already canonical: an IPv4 peer as IPv4) is a trusted proxy.
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(&ip))
     }
 
