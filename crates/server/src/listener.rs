@@ -12,7 +12,9 @@
 //!   new connection is closed as it arrives, before its TLS handshake. Without these a client
 //!   trickling one header byte at a time, or opening connections and sending nothing, kept
 //!   each connection (a task, its buffers, a file descriptor) for as long as it liked, until
-//!   the server ran out of descriptors and refused everyone.
+//!   the server ran out of descriptors and refused everyone;
+//! - a connection with no request open for `web.header_read_timeout_secs` (HTTP/2 included,
+//!   which hyper's head timeout does not cover) is closed ([`idle`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -30,6 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::ServerConfig;
 use crate::routes::web::TrustedProxies;
 
+mod idle;
+
+pub use idle::{Held, Tracked};
+
 /// Open files kept for everything but client connections: the state store's connections
 /// (three files each), the audit checkpoint, the logs, Redis, the runtime's own.
 const RESERVED_FILES: u64 = 256;
@@ -44,6 +50,8 @@ pub struct Connections {
     per_address: usize,
     /// `trusted_proxies`: counted towards the total only.
     exempt: TrustedProxies,
+    /// A connection with no request open this long is closed.
+    idle: Duration,
     open: Mutex<Open>,
     refused: AtomicU64,
     last_logged: Mutex<Option<Instant>>,
@@ -80,6 +88,7 @@ impl Connections {
             max,
             per_address: config.web.max_connections_per_address,
             exempt: TrustedProxies::new(&config.trusted_proxies),
+            idle: Duration::from_secs(config.web.header_read_timeout_secs),
             open: Mutex::new(Open::default()),
             refused: AtomicU64::new(0),
             last_logged: Mutex::new(None),
@@ -200,14 +209,15 @@ impl Drop for Ticket {
 }
 
 /// The innermost acceptor of both listeners (under the TLS handshake on the HTTPS one): sets
-/// `TCP_NODELAY` and admits the connection or closes it.
+/// `TCP_NODELAY`, admits the connection or closes it, and has its requests counted so that
+/// it is closed once none has been open for `web.header_read_timeout_secs`.
 #[derive(Clone)]
 pub struct Gate(Arc<Connections>);
 
 impl<S> Accept<TcpStream, S> for Gate {
     type Stream = Admitted;
-    type Service = S;
-    type Future = std::future::Ready<io::Result<(Admitted, S)>>;
+    type Service = Tracked<S>;
+    type Future = std::future::Ready<io::Result<(Admitted, Tracked<S>)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let ticket = match stream.peer_addr() {
@@ -220,19 +230,23 @@ impl<S> Accept<TcpStream, S> for Gate {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY could not be set on an accepted connection");
         }
+        let activity = idle::Activity::new();
         std::future::ready(Ok((
             Admitted {
                 stream,
+                idle: idle::Idle::new(Arc::clone(&activity), self.0.idle),
                 _ticket: ticket,
             },
-            service,
+            Tracked::new(service, activity),
         )))
     }
 }
 
-/// An admitted connection: the TCP stream, holding its place until it is dropped.
+/// An admitted connection: the TCP stream, holding its place until it is dropped, and
+/// reading as ended once no request has been open on it for the idle timeout.
 pub struct Admitted {
     stream: TcpStream,
+    idle: idle::Idle,
     _ticket: Ticket,
 }
 
@@ -242,7 +256,14 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Pending if self.idle.expired(cx) => {
+                tracing::debug!("a connection with no request open was closed for idleness");
+                // Nothing read: the end of the stream, on which hyper closes the connection.
+                Poll::Ready(Ok(()))
+            }
+            read => read,
+        }
     }
 }
 
@@ -367,7 +388,7 @@ mod tests {
         let (stream, _) = listener.accept().await.expect("accept");
         // The kernel's default, which the gate must change.
         assert!(!stream.nodelay().expect("nodelay"));
-        let (admitted, ()) = Gate(connections(1, 1, &[]))
+        let (admitted, _service) = Gate(connections(1, 1, &[]))
             .accept(stream, ())
             .await
             .expect("admitted");

@@ -15,16 +15,16 @@ use crate::harness::{TestApp, metrics_text};
 
 /// Longer than anything the server is configured to wait here: a connection still open after
 /// it was not closed by the server.
-const BOUND: Duration = Duration::from_secs(15);
+pub(crate) const BOUND: Duration = Duration::from_secs(15);
 
-fn addr(app: &TestApp) -> SocketAddr {
+pub(crate) fn addr(app: &TestApp) -> SocketAddr {
     app.url()
         .trim_start_matches("http://")
         .parse()
         .expect("the dev stack listens on an IP address")
 }
 
-async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+pub(crate) async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(format!("{source}:0").parse().expect("source"))

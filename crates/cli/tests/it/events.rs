@@ -117,7 +117,7 @@ async fn drain(socket: &mut Socket) -> (Vec<Value>, Option<u16>) {
 }
 
 /// A socket authenticated by its `Authorization` header, after the `ready` greeting.
-async fn authed(base: &str, token: &str) -> (Socket, Value) {
+pub(crate) async fn authed(base: &str, token: &str) -> (Socket, Value) {
     let bearer = format!("Bearer {token}");
     let mut socket = open(base, &[("authorization", &bearer)])
         .await
@@ -138,7 +138,7 @@ async fn subscribe(socket: &mut Socket, channel: &str) -> Value {
     }
 }
 
-async fn subscribed(socket: &mut Socket, channel: &str) {
+pub(crate) async fn subscribed(socket: &mut Socket, channel: &str) {
     let answer = subscribe(socket, channel).await;
     assert_eq!(answer, json!({ "type": "subscribed", "channel": channel }));
 }

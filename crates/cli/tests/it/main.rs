@@ -18,6 +18,7 @@ mod dispatch;
 mod events;
 mod explain;
 mod faults;
+mod idle;
 mod key_rotation;
 mod openapi;
 mod people;
