@@ -660,7 +660,7 @@ mod tests {
     fn the_connection_limits_are_within_reason() {
         assert!(ServerConfig::default().validate().is_ok());
         type Breaks = fn(&mut WebSettings);
-        let cases: [(&str, Breaks); 6] = [
+        let cases: [(&str, Breaks); 8] = [
             ("header_read_timeout_secs", |w| {
                 w.header_read_timeout_secs = 0
             }),
@@ -668,6 +668,8 @@ mod tests {
                 w.header_read_timeout_secs = 3601
             }),
             ("body_read_timeout_secs", |w| w.body_read_timeout_secs = 0),
+            ("send_timeout_secs", |w| w.send_timeout_secs = 0),
+            ("send_timeout_secs", |w| w.send_timeout_secs = 3601),
             ("max_connections", |w| w.max_connections = 0),
             ("max_connections_per_address", |w| {
                 w.max_connections_per_address = 0

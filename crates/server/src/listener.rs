@@ -14,7 +14,11 @@
 //!   each connection (a task, its buffers, a file descriptor) for as long as it liked, until
 //!   the server ran out of descriptors and refused everyone;
 //! - a connection with no request open for `web.header_read_timeout_secs` (HTTP/2 included,
-//!   which hyper's head timeout does not cover) is closed ([`idle`]).
+//!   which hyper's head timeout does not cover) is closed ([`idle`]);
+//! - so is one whose client has taken none of what is being sent to it for
+//!   `web.send_timeout_secs`: a client that stops reading would otherwise hold its
+//!   connection, and the handler writing to it, for ever (a peer that acknowledges with a
+//!   zero window is never timed out by TCP).
 
 use std::collections::HashMap;
 use std::io;
@@ -52,6 +56,8 @@ pub struct Connections {
     exempt: TrustedProxies,
     /// A connection with no request open this long is closed.
     idle: Duration,
+    /// A connection whose client takes none of what is sent this long is closed.
+    send_timeout: Duration,
     open: Mutex<Open>,
     refused: AtomicU64,
     last_logged: Mutex<Option<Instant>>,
@@ -89,6 +95,7 @@ impl Connections {
             per_address: config.web.max_connections_per_address,
             exempt: TrustedProxies::new(&config.trusted_proxies),
             idle: Duration::from_secs(config.web.header_read_timeout_secs),
+            send_timeout: Duration::from_secs(config.web.send_timeout_secs),
             open: Mutex::new(Open::default()),
             refused: AtomicU64::new(0),
             last_logged: Mutex::new(None),
@@ -235,6 +242,7 @@ impl<S> Accept<TcpStream, S> for Gate {
             Admitted {
                 stream,
                 idle: idle::Idle::new(Arc::clone(&activity), self.0.idle),
+                stall: Stall::new(self.0.send_timeout),
                 _ticket: ticket,
             },
             Tracked::new(service, activity),
@@ -247,7 +255,61 @@ impl<S> Accept<TcpStream, S> for Gate {
 pub struct Admitted {
     stream: TcpStream,
     idle: idle::Idle,
+    stall: Stall,
     _ticket: Ticket,
+}
+
+/// How long the connection's writes have waited for the client to take anything.
+struct Stall {
+    after: Duration,
+    /// Armed at the first write that has to wait, cleared by the next that goes through.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl Stall {
+    fn new(after: Duration) -> Stall {
+        Stall {
+            after,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// Passes a write's outcome through, or fails it once writes have waited for the timeout.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.waiting = false;
+            return written;
+        }
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.after;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let expired = self
+            .timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if !expired {
+            return Poll::Pending;
+        }
+        tracing::debug!("a connection whose client took nothing sent to it was closed");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took none of the response for {} s",
+                self.after.as_secs()
+            ),
+        )))
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -273,7 +335,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.stall.check(cx, written)
     }
 
     fn poll_write_vectored(
@@ -281,7 +344,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.stall.check(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -12,6 +12,11 @@ use portcullis_proto::api::CreateRequest;
 use portcullis_proto::stream::ResultTrailer;
 use serde_json::{Value, json};
 
+use portcullis::devstack::DevOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use crate::connections::{BOUND, addr};
 use crate::harness::TestApp;
 
 fn pg_url() -> String {
@@ -33,11 +38,16 @@ fn big_target() -> TargetConfig {
 }
 
 async fn spawn(reader_wait_secs: u64) -> TestApp {
+    spawn_with(reader_wait_secs, |_| {}).await
+}
+
+async fn spawn_with(reader_wait_secs: u64, more: impl FnOnce(&mut DevOptions)) -> TestApp {
     TestApp::spawn_with(|o| {
         o.extra.push(big_target());
         o.server.execution.row_cap = 10_000_000;
         o.server.execution.timeout_ms = 120_000;
         o.server.execution.stream_reader_wait_secs = reader_wait_secs;
+        more(o);
     })
     .await
 }
@@ -51,6 +61,16 @@ fn series(n: u64, stream: bool) -> CreateRequest {
         reason: "streaming test".into(),
         stream,
     }
+}
+
+/// Creates a streamed read of `rows` rows, without waiting: its id.
+async fn streamed(app: &TestApp, rows: u64) -> uuid::Uuid {
+    let created = app
+        .admin
+        .create_request(&series(rows, true), Duration::ZERO)
+        .await
+        .expect("request");
+    created.request.id
 }
 
 /// Reads a whole result stream: its lines, parsed.
@@ -68,12 +88,16 @@ async fn read_all(client: &Client, id: uuid::Uuid) -> Vec<Value> {
 
 /// Waits for `id` to end and checks it failed because its rows had nowhere to go.
 async fn ends_not_delivered(app: &TestApp, id: uuid::Uuid) {
-    let outcome = app
-        .admin
-        .wait_request(id, Duration::from_secs(60))
-        .await
-        .expect("wait");
-    assert_eq!(outcome.request.state, RequestState::Failed);
+    ends_not_delivered_within(app, id, Duration::from_secs(60)).await;
+}
+
+async fn ends_not_delivered_within(app: &TestApp, id: uuid::Uuid, wait: Duration) {
+    let outcome = app.admin.wait_request(id, wait).await.expect("wait");
+    assert_eq!(
+        outcome.request.state,
+        RequestState::Failed,
+        "not ended {wait:?} later"
+    );
     assert_eq!(
         outcome.request.error.as_ref().map(|e| e.code.as_str()),
         Some("result_not_delivered")
@@ -158,12 +182,7 @@ async fn a_buffered_result_reads_as_the_same_lines() {
 #[tokio::test]
 async fn an_unread_stream_fails_cleanly() {
     let app = spawn(1).await;
-    let created = app
-        .admin
-        .create_request(&series(10, true), Duration::ZERO)
-        .await
-        .expect("request");
-    let id = created.request.id;
+    let id = streamed(&app, 10).await;
     ends_not_delivered(&app, id).await;
     let lines = read_all(&app.admin, id).await;
     assert_eq!(lines.len(), 1, "only the trailer: {lines:?}");
@@ -177,12 +196,7 @@ async fn an_unread_stream_fails_cleanly() {
 #[tokio::test]
 async fn a_reader_leaving_midway_stops_the_read() {
     let app = spawn(30).await;
-    let created = app
-        .admin
-        .create_request(&series(3_000_000, true), Duration::ZERO)
-        .await
-        .expect("request");
-    let id = created.request.id;
+    let id = streamed(&app, 3_000_000).await;
     {
         let mut stream = app
             .admin
@@ -194,6 +208,50 @@ async fn a_reader_leaving_midway_stops_the_read() {
         }
     }
     ends_not_delivered(&app, id).await;
+    app.stop().await;
+}
+
+/// A reader that stops reading without going away (its connection open, its receive window
+/// shut) is cut off after `web.send_timeout_secs` (`server/src/listener.rs`): its connection
+/// is closed, the read on the store stops and the request ends `failed` within seconds.
+/// Without the timeout the server's write to that reader waited for ever, and the stream, the
+/// agent's worker and its target connection with it for half a minute and more.
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_off_and_the_read_stops() {
+    let app = spawn_with(30, |o| o.server.web.send_timeout_secs = 1).await;
+    let id = streamed(&app, 3_000_000).await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    socket
+        .bind("127.0.0.2:0".parse().expect("source"))
+        .expect("bind");
+    let mut reader = socket.connect(addr(&app)).await.expect("connect");
+    let head = format!(
+        "GET /api/v1/requests/{id}/result HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.stack.admin_token
+    );
+    reader.write_all(head.as_bytes()).await.expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(BOUND, reader.read(&mut buf))
+            .await
+            .expect("the head of the result")
+            .expect("read");
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // From here on the reader takes nothing, and keeps its connection open: within a few
+    // seconds (the send timeout is 1 s) the read has stopped and the request has ended.
+    ends_not_delivered_within(&app, id, BOUND).await;
+    drop(reader);
     app.stop().await;
 }
 

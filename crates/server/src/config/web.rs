@@ -54,6 +54,10 @@ pub struct WebSettings {
     /// A request body (other than an agent's report or result) that has not arrived whole
     /// this long after its head is refused with 408 and its connection closed.
     pub body_read_timeout_secs: u64,
+    /// A connection whose client has taken none of what the server is sending for this long
+    /// (a client that stopped reading, or is gone without a word) is closed, and what it was
+    /// being sent is abandoned: a streamed result then ends `result_not_delivered`.
+    pub send_timeout_secs: u64,
     /// Open connections at most, all clients together; one more is closed as it arrives.
     /// Keep it under the process's open-files limit (`ulimit -n`).
     pub max_connections: usize,
@@ -70,6 +74,7 @@ impl Default for WebSettings {
             body_limit_bytes: 1024 * 1024,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 30,
+            send_timeout_secs: 60,
             max_connections: 8192,
             max_connections_per_address: 1024,
         }
@@ -91,6 +96,12 @@ impl WebSettings {
             return invalid(format!(
                 "web.body_read_timeout_secs must be between 1 and 3600, got {}",
                 self.body_read_timeout_secs
+            ));
+        }
+        if !(1..=3600).contains(&self.send_timeout_secs) {
+            return invalid(format!(
+                "web.send_timeout_secs must be between 1 and 3600, got {}",
+                self.send_timeout_secs
             ));
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
