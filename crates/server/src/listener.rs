@@ -217,7 +217,8 @@ impl Drop for Ticket {
 
 /// The innermost acceptor of both listeners (under the TLS handshake on the HTTPS one): sets
 /// `TCP_NODELAY`, admits the connection or closes it, and has its requests counted so that
-/// it is closed once none has been open for `web.header_read_timeout_secs`.
+/// it is closed once none has been open for `web.header_read_timeout_secs`, and its writes
+/// timed so that it is closed once its client has taken nothing for `web.send_timeout_secs`.
 #[derive(Clone)]
 pub struct Gate(Arc<Connections>);
 
@@ -250,8 +251,9 @@ impl<S> Accept<TcpStream, S> for Gate {
     }
 }
 
-/// An admitted connection: the TCP stream, holding its place until it is dropped, and
-/// reading as ended once no request has been open on it for the idle timeout.
+/// An admitted connection: the TCP stream, holding its place until it is dropped, reading as
+/// ended once no request has been open on it for the idle timeout, and failing a write that
+/// has waited for the send timeout.
 pub struct Admitted {
     stream: TcpStream,
     idle: idle::Idle,

@@ -48,7 +48,7 @@ pub struct WebSettings {
     /// A connection that has not sent a whole request head this long after it opened, or
     /// after its previous response, is closed: a slow or silent client (a TLS handshake has
     /// 10 s) cannot hold it. The same holds for HTTP/2: a connection with no request open
-    /// this long is closed, whatever frames it sends. Requests in flight, long polls,
+    /// this long (at most twice this long) is closed, whatever frames it sends. Requests in flight, long polls,
     /// streamed results and event sockets are not cut.
     pub header_read_timeout_secs: u64,
     /// A request body (other than an agent's report or result) that has not arrived whole

@@ -1,5 +1,5 @@
-//! A connection with no request open is closed `web.header_read_timeout_secs` after its last
-//! request ended (or after it opened), on HTTP/1.1 and HTTP/2 alike. hyper bounds the wait
+//! A connection with no request open is closed `web.header_read_timeout_secs` (at most twice
+//! that) after its last request ended, or after it opened, on HTTP/1.1 and HTTP/2 alike. hyper bounds the wait
 //! for an HTTP/1.1 request head itself, but an HTTP/2 connection (`h2` over TLS, or prior
 //! knowledge on plain HTTP) had no such bound: once its requests were answered, a client
 //! could keep it open for ever, with PINGs or with nothing at all, and hold its place under
@@ -15,9 +15,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{Response, StatusCode};
@@ -33,8 +33,6 @@ pub(super) struct Activity {
     /// When the last request ended, or the connection opened: milliseconds since `opened`.
     quiet_since_ms: AtomicU64,
     opened: Instant,
-    /// The stream's reader, woken when the last open request ends so that it arms its timer.
-    reader: Mutex<Option<Waker>>,
 }
 
 impl Activity {
@@ -44,7 +42,6 @@ impl Activity {
             upgraded: AtomicBool::new(false),
             quiet_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
-            reader: Mutex::new(None),
         })
     }
 
@@ -56,13 +53,6 @@ impl Activity {
     fn quiet_since(&self) -> Instant {
         self.opened + Duration::from_millis(self.quiet_since_ms.load(Ordering::Acquire))
     }
-
-    fn register(&self, waker: &Waker) {
-        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        if !reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *reader = Some(waker.clone());
-        }
-    }
 }
 
 /// One open request; ends when dropped.
@@ -71,28 +61,25 @@ struct OpenRequest(Arc<Activity>);
 impl Drop for OpenRequest {
     fn drop(&mut self) {
         let activity = &self.0;
-        // The time first, then the count: a reader that sees no request open sees this end.
+        // The time first, then the count: a timer that sees no request open sees this end.
         let ms = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.quiet_since_ms.fetch_max(ms, Ordering::AcqRel);
-        if activity.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let reader = activity
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(reader) = reader {
-                reader.wake();
-            }
-        }
+        activity.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The timer of a connection's stream.
+/// The timer of a connection's stream. It is not moved as requests come and go (that would
+/// cost a timer-wheel update per request): when it fires, it looks at the connection and
+/// either ends it or is set again, to the timeout after the last request's end, or a whole
+/// timeout on while a request is open. So a connection closes between one and two timeouts
+/// after its last request ended.
 pub(super) struct Idle {
     activity: Arc<Activity>,
     after: Duration,
-    /// Made when the connection first waits with no request open.
+    /// Made when the connection first waits for a read.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Upgraded: never timed again.
+    off: bool,
 }
 
 impl Idle {
@@ -101,30 +88,39 @@ impl Idle {
             activity,
             after,
             timer: None,
+            off: false,
         }
     }
 
     /// Called when a read of the connection would wait: true when it has had no request open
     /// for the timeout, and the read should end the connection instead.
     pub(super) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.off {
+            return false;
+        }
         let activity = &self.activity;
-        if activity.upgraded.load(Ordering::Acquire) {
-            self.timer = None;
-            return false;
-        }
-        // Registered before the count is read: a request ending after the read wakes this one.
-        activity.register(cx.waker());
-        if activity.open.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let deadline = activity.quiet_since() + self.after;
+        let after = self.after;
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(activity.opened + after)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if activity.upgraded.load(Ordering::Acquire) {
+                self.off = true;
+                self.timer = None;
+                return false;
+            }
+            let now = Instant::now();
+            let deadline = if activity.open.load(Ordering::Acquire) > 0 {
+                now + after.max(Duration::from_millis(1))
+            } else {
+                activity.quiet_since() + after
+            };
+            if deadline <= now {
+                return true;
+            }
             timer.as_mut().reset(deadline);
         }
-        timer.as_mut().poll(cx).is_ready()
+        false
     }
 }
 
@@ -209,17 +205,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::task::Wake;
-
     use super::*;
-
-    struct Counter(AtomicUsize);
-
-    impl Wake for Counter {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// Whether `idle` expires within `wait`, its timer driven by the runtime.
     async fn expires_within(idle: &mut Idle, wait: Duration) -> bool {
@@ -237,32 +223,28 @@ mod tests {
     async fn a_connection_expires_only_with_no_request_open_for_the_timeout() {
         let short = Duration::from_millis(50);
         let long = Duration::from_secs(10);
+        let ms = Duration::from_millis(1);
         let activity = Activity::new();
         let mut patient = Idle::new(Arc::clone(&activity), Duration::from_secs(3600));
         assert!(
             !expires_within(&mut patient, short).await,
             "an hour has not passed"
         );
-        let mut now = Idle::new(Arc::clone(&activity), Duration::ZERO);
+        let mut quick = Idle::new(Arc::clone(&activity), ms);
         assert!(
-            expires_within(&mut now, long).await,
-            "nothing open, no time allowed"
+            expires_within(&mut quick, long).await,
+            "nothing open for 1 ms"
         );
 
         let open = activity.begin();
-        let mut now = Idle::new(Arc::clone(&activity), Duration::ZERO);
-        assert!(!expires_within(&mut now, short).await, "a request is open");
-        let woken = Arc::new(Counter(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&woken));
-        assert!(!now.expired(&mut Context::from_waker(&waker)));
-        drop(open);
-        assert_eq!(
-            woken.0.load(Ordering::SeqCst),
-            1,
-            "the last request's end wakes the reader"
-        );
+        let mut quick = Idle::new(Arc::clone(&activity), ms);
         assert!(
-            expires_within(&mut now, long).await,
+            !expires_within(&mut quick, short).await,
+            "a request is open"
+        );
+        drop(open);
+        assert!(
+            expires_within(&mut quick, long).await,
             "its end starts the wait"
         );
         assert!(
@@ -271,7 +253,7 @@ mod tests {
         );
 
         activity.upgraded.store(true, Ordering::Release);
-        let mut upgraded = Idle::new(Arc::clone(&activity), Duration::ZERO);
+        let mut upgraded = Idle::new(Arc::clone(&activity), ms);
         assert!(!expires_within(&mut upgraded, short).await, "its own rules");
     }
 
