@@ -90,6 +90,18 @@ impl H2 {
         }
     }
 
+    /// A connection whose `GET /health` (stream 1) has been answered.
+    async fn answered_health(app: &TestApp) -> H2 {
+        let mut h2 = H2::open(app).await;
+        let get = header_block(false, "/health", &[]);
+        assert!(
+            h2.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get))
+                .await
+        );
+        assert!(h2.answered(1).await, "GET /health over HTTP/2");
+        h2
+    }
+
     /// Sends `bytes`; false when the server has closed the connection.
     async fn send(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).await.is_ok()
@@ -162,21 +174,10 @@ impl H2 {
 
 #[tokio::test]
 async fn an_http2_connection_with_no_request_open_is_closed_after_the_timeout() {
-    let app = TestApp::spawn_with(|o| {
-        o.server.web.header_read_timeout_secs = 1;
-        o.server.web.body_read_timeout_secs = 30;
-    })
-    .await;
+    let app = TestApp::spawn_with(|o| o.server.web.header_read_timeout_secs = 1).await;
 
     // Answered, then nothing: closed about a second after the answer, not before.
-    let mut quiet = H2::open(&app).await;
-    let get = header_block(false, "/health", &[]);
-    assert!(
-        quiet
-            .send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get))
-            .await
-    );
-    assert!(quiet.answered(1).await, "GET /health over HTTP/2");
+    let mut quiet = H2::answered_health(&app).await;
     let answered = Instant::now();
     assert!(
         quiet.closed_by_server(None).await,
@@ -189,13 +190,7 @@ async fn an_http2_connection_with_no_request_open_is_closed_after_the_timeout() 
     );
 
     // PINGs are not requests: they do not keep a connection.
-    let mut pinging = H2::open(&app).await;
-    assert!(
-        pinging
-            .send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get))
-            .await
-    );
-    assert!(pinging.answered(1).await);
+    let mut pinging = H2::answered_health(&app).await;
     assert!(
         pinging
             .closed_by_server(Some(Duration::from_millis(200)))
@@ -207,11 +202,7 @@ async fn an_http2_connection_with_no_request_open_is_closed_after_the_timeout() 
 
 #[tokio::test]
 async fn an_http2_request_open_longer_than_the_timeout_is_not_cut() {
-    let app = TestApp::spawn_with(|o| {
-        o.server.web.header_read_timeout_secs = 1;
-        o.server.web.body_read_timeout_secs = 30;
-    })
-    .await;
+    let app = TestApp::spawn_with(|o| o.server.web.header_read_timeout_secs = 1).await;
     let (_, token) = app.token(Role::Developer).await;
     let bearer = format!("Bearer {token}");
     let mut h2 = H2::open(&app).await;

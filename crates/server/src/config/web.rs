@@ -86,23 +86,14 @@ impl WebSettings {
     /// connection, and no more from one address than from all of them.
     pub(super) fn check_connection_limits(&self) -> Result<(), super::ConfigError> {
         let invalid = |m: String| Err(super::ConfigError::Invalid(m));
-        if !(1..=3600).contains(&self.header_read_timeout_secs) {
-            return invalid(format!(
-                "web.header_read_timeout_secs must be between 1 and 3600, got {}",
-                self.header_read_timeout_secs
-            ));
-        }
-        if !(1..=3600).contains(&self.body_read_timeout_secs) {
-            return invalid(format!(
-                "web.body_read_timeout_secs must be between 1 and 3600, got {}",
-                self.body_read_timeout_secs
-            ));
-        }
-        if !(1..=3600).contains(&self.send_timeout_secs) {
-            return invalid(format!(
-                "web.send_timeout_secs must be between 1 and 3600, got {}",
-                self.send_timeout_secs
-            ));
+        for (key, secs) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("send_timeout_secs", self.send_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return invalid(format!("web.{key} must be between 1 and 3600, got {secs}"));
+            }
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
             return invalid(format!(
