@@ -18,7 +18,9 @@
 //! - so is one whose client has taken none of what is being sent to it for
 //!   `web.send_timeout_secs`: a client that stops reading would otherwise hold its
 //!   connection, and the handler writing to it, for ever (a peer that acknowledges with a
-//!   zero window is never timed out by TCP).
+//!   zero window is never timed out by TCP). Both the socket's writes ([`Stall`]) and each
+//!   response are timed ([`idle`]): an HTTP/2 client that never opens a stream's
+//!   flow-control window leaves the socket free but the response untaken.
 
 use std::collections::HashMap;
 use std::io;
@@ -242,7 +244,7 @@ impl<S> Accept<TcpStream, S> for Gate {
         std::future::ready(Ok((
             Admitted {
                 stream,
-                idle: idle::Idle::new(Arc::clone(&activity), self.0.idle),
+                idle: idle::Idle::new(Arc::clone(&activity), self.0.idle, self.0.send_timeout),
                 stall: Stall::new(self.0.send_timeout),
                 _ticket: ticket,
             },
@@ -320,13 +322,27 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Pending if self.idle.expired(cx) => {
-                tracing::debug!("a connection with no request open was closed for idleness");
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if read.is_ready() || self.stall.waiting {
+            // While a write waits for the client, the send timeout is in charge: a client
+            // taking a large response slowly is not idle, even with its request ended (its
+            // last piece may sit in hyper's buffer long after the body has ended).
+            return read;
+        }
+        match self.idle.expired(cx) {
+            None => Poll::Pending,
+            Some(why) => {
+                match why {
+                    idle::Expiry::Idle => {
+                        tracing::debug!("a connection with no request open was closed for idleness")
+                    }
+                    idle::Expiry::Untaken => tracing::debug!(
+                        "a connection whose client took none of a response was closed"
+                    ),
+                }
                 // Nothing read: the end of the stream, on which hyper closes the connection.
                 Poll::Ready(Ok(()))
             }
-            read => read,
         }
     }
 }
@@ -381,6 +397,7 @@ pub fn server(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn connections(max: usize, per_address: usize, exempt: &[&str]) -> Arc<Connections> {
         let mut config = ServerConfig::default();
@@ -459,5 +476,58 @@ mod tests {
             .await
             .expect("admitted");
         assert!(admitted.stream.nodelay().expect("nodelay"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_idle_while_a_write_waits_for_its_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small buffer");
+        let mut client = socket
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let activity = idle::Activity::new();
+        // Idle after 1 ms with no request open; the send timeout out of the way.
+        let mut admitted = Admitted {
+            stream,
+            idle: idle::Idle::new(
+                activity,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
+            stall: Stall::new(Duration::from_secs(3600)),
+            _ticket: connections(1, 1, &[]).admit(peer.ip()).expect("admitted"),
+        };
+        let write = |admitted: &mut Admitted, n: usize| {
+            let bytes = vec![0u8; n];
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            Pin::new(admitted).poll_write(&mut cx, &bytes)
+        };
+        let read = |admitted: &mut Admitted| {
+            let mut bytes = [0u8; 16];
+            let mut buf = ReadBuf::new(&mut bytes);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(admitted).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) => Some(buf.filled().len()),
+                Poll::Ready(Err(e)) => panic!("read: {e}"),
+                Poll::Pending => None,
+            }
+        };
+        // The client takes nothing: the writes come to wait for it.
+        while write(&mut admitted, 64 * 1024).is_ready() {}
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(read(&mut admitted), None, "not idle while a write waits");
+
+        // The client takes it all, a write goes through: now it is idle.
+        let mut sink = vec![0u8; 1 << 20];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), client.read(&mut sink)).await
+        {
+            assert!(n > 0);
+        }
+        assert!(write(&mut admitted, 1).is_ready(), "room again");
+        assert_eq!(read(&mut admitted), Some(0), "idle: the stream ends");
     }
 }

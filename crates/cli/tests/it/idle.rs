@@ -3,7 +3,9 @@
 //! HTTP/2 client, once answered, kept its connection for as long as it liked. The HTTP/2
 //! tests speak raw frames (prior knowledge, on the plain listener) to the real server of a
 //! dev stack, from 127.0.0.2 as in `connections`; an event socket, which has rules of its
-//! own (WEB-8), must outlive the timeout.
+//! own (WEB-8), must outlive the timeout. A response whose client never opens its stream's
+//! flow-control window keeps a request open without the socket ever filling: the send
+//! timeout must still cut it, and must not cut a client that takes a response slowly.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,8 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -67,7 +71,12 @@ fn header_block(post: bool, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
 }
 
 enum Next {
-    Frame { kind: u8, stream: u32 },
+    Frame {
+        kind: u8,
+        stream: u32,
+        len: usize,
+        end: bool,
+    },
     Quiet,
     Closed,
 }
@@ -80,9 +89,18 @@ struct H2 {
 
 impl H2 {
     async fn open(app: &TestApp) -> H2 {
+        H2::open_with(app, &[]).await
+    }
+
+    /// A connection whose first SETTINGS frame carries `settings`.
+    async fn open_with(app: &TestApp, settings: &[(u16, u32)]) -> H2 {
         let mut stream = connect_from("127.0.0.2", addr(app)).await;
         let mut hello = PREFACE.to_vec();
-        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| id.to_be_bytes().into_iter().chain(value.to_be_bytes()))
+            .collect();
+        hello.extend(frame(SETTINGS, 0, 0, &payload));
         stream.write_all(&hello).await.expect("preface");
         H2 {
             stream,
@@ -117,13 +135,19 @@ impl H2 {
                     | usize::from(self.buf[2]);
                 if self.buf.len() >= 9 + len {
                     let (kind, flags) = (self.buf[3], self.buf[4]);
+                    let end = kind != SETTINGS && kind != PING && flags & END_STREAM != 0;
                     let stream = u32::from_be_bytes(self.buf[5..9].try_into().expect("4 bytes"))
                         & 0x7fff_ffff;
                     self.buf.drain(..9 + len);
                     if kind == SETTINGS && flags & ACK == 0 {
                         self.send(&frame(SETTINGS, ACK, 0, &[])).await;
                     }
-                    return Next::Frame { kind, stream };
+                    return Next::Frame {
+                        kind,
+                        stream,
+                        len,
+                        end,
+                    };
                 }
             }
             let mut chunk = [0u8; 4096];
@@ -255,5 +279,111 @@ async fn an_event_socket_outlives_the_idle_timeout() {
     // still answers (a closed one fails the subscription).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     subscribed(&mut socket, "audit").await;
+    app.stop().await;
+}
+
+/// `GET /api/v1/openapi.json` (stream 1, a response of well over 64 KiB) on a connection
+/// whose streams start with no flow-control window: its head is answered, its body waits.
+async fn asked_with_no_window(app: &TestApp) -> H2 {
+    let mut h2 = H2::open_with(app, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let get = header_block(false, "/api/v1/openapi.json", &[]);
+    assert!(
+        h2.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get))
+            .await
+    );
+    assert!(h2.answered(1).await, "the head needs no window");
+    h2
+}
+
+#[tokio::test]
+async fn an_http2_response_whose_client_never_opens_its_window_is_cut_off() {
+    // The idle timeout stays at its 30 s: a request is open, so only the send timeout can
+    // close these connections within the test's bound.
+    let app = TestApp::spawn_with(|o| o.server.web.send_timeout_secs = 1).await;
+
+    let mut shut = asked_with_no_window(&app).await;
+    let answered = Instant::now();
+    loop {
+        match shut.next(BOUND).await {
+            Next::Closed => break,
+            Next::Quiet => panic!(
+                "a response untaken for {BOUND:?} kept its HTTP/2 connection and request open"
+            ),
+            Next::Frame {
+                kind: DATA, len, ..
+            } if len > 0 => panic!("data sent with no window: the test proves nothing"),
+            Next::Frame { .. } => {}
+        }
+    }
+    assert!(
+        answered.elapsed() >= Duration::from_millis(800),
+        "cut by the send timeout, not at once: {:?}",
+        answered.elapsed()
+    );
+
+    // PINGs and their answers are not the response being taken.
+    let mut pinging = asked_with_no_window(&app).await;
+    assert!(
+        pinging
+            .closed_by_server(Some(Duration::from_millis(200)))
+            .await,
+        "PINGs every 200 ms kept an untaken response open"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_response_taken_slowly_is_not_cut() {
+    // Both timeouts at 1 s: neither may cut a client that keeps taking its response, though
+    // hyper would take the whole body from the server at the first byte of window if it were
+    // handed on at once, ending the request long before the client has it.
+    let app = TestApp::spawn_with(|o| {
+        o.server.web.send_timeout_secs = 1;
+        o.server.web.header_read_timeout_secs = 1;
+    })
+    .await;
+    let mut h2 = asked_with_no_window(&app).await;
+    // 8 KiB more of window, on the stream and on the connection, every 250 ms: 32 KiB/s,
+    // each piece the server hands on taken well within the 1 s timeout, the whole body much
+    // later than that.
+    let started = Instant::now();
+    let mut received = 0;
+    let increment = 8 * 1024u32;
+    'body: loop {
+        for stream in [0, 1] {
+            assert!(
+                h2.send(&frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes()))
+                    .await,
+                "closed while the response was being taken, after {received} bytes"
+            );
+        }
+        let round = tokio::time::Instant::now() + Duration::from_millis(250);
+        loop {
+            match h2.next(round - tokio::time::Instant::now()).await {
+                Next::Closed => panic!(
+                    "closed while the response was being taken, after {received} bytes in {:?}",
+                    started.elapsed()
+                ),
+                Next::Quiet => break,
+                Next::Frame {
+                    kind: DATA,
+                    stream: 1,
+                    len,
+                    end,
+                } => {
+                    received += len;
+                    if end {
+                        break 'body;
+                    }
+                }
+                Next::Frame { .. } => {}
+            }
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the body ({received} bytes) took {:?}, not much longer than the timeout: the test proves nothing",
+        started.elapsed()
+    );
     app.stop().await;
 }

@@ -56,7 +56,11 @@ pub struct WebSettings {
     pub body_read_timeout_secs: u64,
     /// A connection whose client has taken none of what the server is sending for this long
     /// (a client that stopped reading, or is gone without a word) is closed, and what it was
-    /// being sent is abandoned: a streamed result then ends `result_not_delivered`.
+    /// being sent is abandoned: a streamed result then ends `result_not_delivered`. The same
+    /// holds for a response: one whose client has not taken its head, or the last piece of
+    /// its body handed on (at most 16 KiB), for this long closes its connection (an HTTP/2
+    /// client that never opens its stream's flow-control window included), so a client must
+    /// take at least 16 KiB per this timeout of a large response.
     pub send_timeout_secs: u64,
     /// Open connections at most, all clients together; one more is closed as it arrives.
     /// Keep it under the process's open-files limit (`ulimit -n`).
