@@ -278,6 +278,11 @@ async fn setup(
             // covers that implicit transaction too. Set on every read, so nothing a
             // previous statement did to the session can carry over.
             session.push_str("; SET SESSION TRANSACTION READ ONLY");
+            // A named lock (`GET_LOCK`) is the session's, not the transaction's: one a
+            // function the previous read called took is not undone by its `ROLLBACK`, and
+            // would be held by the pooled connection for other jobs and other clients to
+            // wait on. Released before this read (EX-3).
+            session.push_str("; DO RELEASE_ALL_LOCKS()");
         }
         sqlx::raw_sql(AssertSqlSafe(session))
             .execute(&mut *conn)

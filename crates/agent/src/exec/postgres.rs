@@ -12,7 +12,10 @@
 //! `BEGIN` and the job moves to another connection, never after the `BEGIN` (EX-3). A
 //! connection that ran a write, DDL or admin job has its session reset (`DISCARD ALL`) before
 //! it goes back to its pool, after the job's answer: nothing such a job did to its session
-//! reaches the next job ([`discard_session`]).
+//! reaches the next job ([`discard_session`]). A read's `BEGIN` carries a check of what a
+//! function the previous read called could leave past its `ROLLBACK` — a session advisory
+//! lock, released, and a statement prepared by SQL, which closes the connection
+//! ([`READ_SESSION_CHECK`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -49,6 +52,8 @@ const INVALID_STATEMENT_NAME: &str = "26000";
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// SQLSTATE `read_only_sql_transaction`: the read-only transaction blocked a change.
 const READ_ONLY_TRANSACTION: &str = "25006";
+/// SQLSTATE `invalid_text_representation`: a text cast to a type it does not spell.
+const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 
 /// A PostgreSQL connection with one pool per allowed class.
 #[derive(Debug)]
@@ -153,6 +158,13 @@ impl PgTarget {
                     drop_connection,
                 })) => (Ok(summary), !drop_connection),
                 Ok(Err(e)) => {
+                    if is_session_residue(&e) {
+                        tracing::warn!(
+                            connection = %self.name,
+                            error = %e,
+                            "a pooled read connection held a statement prepared by SQL, left by a function an earlier read called; the connection is closed and the job moved to another"
+                        );
+                    }
                     if !begun && pool.replace(&mut conn, &mut spares, &e, &limits).await? {
                         continue;
                     }
@@ -177,6 +189,33 @@ impl PgTarget {
     }
 }
 
+/// Sent with a read's `BEGIN`, in the same message and before it: what the previous read on
+/// the connection left on its session past its `ROLLBACK` does not reach this one (EX-3). A
+/// read's transaction is read-only and rolled back, which undoes its settings and forbids
+/// temporary tables, `LISTEN` and held cursors, but two things a function it calls may do
+/// are not transactional and are allowed in a read-only transaction: a session advisory lock
+/// (`pg_advisory_lock`), released here, and a statement prepared by SQL (`EXECUTE 'PREPARE
+/// …'` in PL/pgSQL). The gate refuses such calls when the statement makes them itself
+/// (EX-2), but not inside a function. A statement prepared by SQL could take the name under
+/// which sqlx binds a statement it prepared on this connection, after a `DEALLOCATE` of it,
+/// and the next job with that text would run it instead, unseen. sqlx prepares through the
+/// protocol (`from_sql` false), so one prepared by SQL is residue: it fails this message's
+/// cast (a text that is never an integer, evaluated per row, so never folded by the planner),
+/// before the `BEGIN`, and the connection is closed and the job moved to another
+/// ([`is_session_residue`]). No extra round trip: the statements travel with the `BEGIN`.
+/// The function behind the `pg_prepared_statements` view is called directly: the view's
+/// rewrite doubled what the check costs PostgreSQL (≈ 50 against ≈ 25 µs a read, measured).
+const READ_SESSION_CHECK: &str = "SELECT pg_catalog.pg_advisory_unlock_all(); \
+     SELECT ('session residue: a statement prepared by SQL, ' || name)::int \
+     FROM pg_catalog.pg_prepared_statement() WHERE from_sql; ";
+
+/// Whether `e` is [`READ_SESSION_CHECK`] finding a statement prepared by SQL on the session.
+fn is_session_residue(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some(INVALID_TEXT_REPRESENTATION)
+            && db.message().contains("session residue: "))
+}
+
 /// How long a connection's session may take to be reset ([`discard_session`]) before the
 /// connection is closed instead.
 const DISCARD_WITHIN: Duration = Duration::from_secs(5);
@@ -191,8 +230,10 @@ const DISCARD_WITHIN: Duration = Duration::from_secs(5);
 /// off (`session_replication_role`), a prepared statement under the name sqlx binds the next
 /// job's statement by. `DISCARD ALL` undoes all of that, the statements this connection
 /// prepared included, so sqlx forgets those too. A read needs none of it: its `ROLLBACK`
-/// undoes its settings, and the gate refuses the calls whose effects outlive it (EX-2). A
-/// connection whose reset fails or takes longer than [`DISCARD_WITHIN`] is closed.
+/// undoes its settings, the gate refuses the calls whose effects outlive it (EX-2), and what
+/// a function it called may still leave is ended by the next read's `BEGIN` message
+/// ([`READ_SESSION_CHECK`]). A connection whose reset fails or takes longer than
+/// [`DISCARD_WITHIN`] is closed.
 fn discard_session(mut conn: PoolConnection<Postgres>) {
     tokio::spawn(async move {
         let session: &mut PgConnection = &mut conn;
@@ -269,7 +310,8 @@ async fn run_on(
     // It travels with the BEGIN in one simple-query message (one round trip); the value is
     // the signed integer, formatted here, never text from the request.
     let begin = format!(
-        "{}; SELECT set_config('statement_timeout', '{}', true)",
+        "{}{}; SELECT set_config('statement_timeout', '{}', true)",
+        if read { READ_SESSION_CHECK } else { "" },
         if read { "BEGIN READ ONLY" } else { "BEGIN" },
         limits.timeout_ms()
     );

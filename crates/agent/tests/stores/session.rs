@@ -116,6 +116,96 @@ pub(crate) async fn ex3_pg_no_job_leaves_its_session_changed_for_the_next_one() 
     t.close().await;
 }
 
+/// EX-3 (PostgreSQL): a read's transaction is read-only and rolled back, yet a function it
+/// calls may still take a session advisory lock, or prepare a statement by SQL; neither is
+/// undone by the `ROLLBACK`, and the gate does not see inside a function (EX-2). The next read
+/// on the connection finds neither: the lock is released before its `BEGIN`, and a statement
+/// prepared by SQL — here under the name by which sqlx bound an approved statement on that
+/// connection — closes the connection, and the job runs on another with the approved text.
+/// Without the check the lock is still held, and the approved text answers the hijacker's row.
+#[tokio::test]
+pub(crate) async fn ex3_pg_what_a_function_a_read_calls_leaves_does_not_reach_the_next_read() {
+    let pg = Pg::new().await;
+    pg.exec(
+        "CREATE FUNCTION $s.lock_it(k bigint) RETURNS int LANGUAGE plpgsql AS $f$ \
+         BEGIN PERFORM pg_advisory_lock(k); RETURN 1; END $f$",
+    )
+    .await;
+    pg.exec(
+        "CREATE FUNCTION $s.take_name(stmt text) RETURNS int LANGUAGE plpgsql AS $f$ \
+         BEGIN EXECUTE format('DEALLOCATE %I', stmt); \
+         EXECUTE format('PREPARE %I AS SELECT %L::text AS answer', stmt, 'hijacked'); \
+         RETURN 1; END $f$",
+    )
+    .await;
+    let t = PgTarget::open(&pg.target(&[Read])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let schema = &pg.schema;
+
+    // A session advisory lock taken inside a function.
+    let lock = 1 + u32::from(rand::random::<u16>());
+    let pid = backend(&t, Read, lim).await;
+    t.run_unchecked(Read, &format!("SELECT {schema}.lock_it({lock})"), lim)
+        .await
+        .expect("a read whose function takes a lock");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let probe = format!(
+        "SELECT count(*) = 0, pg_backend_pid() FROM pg_locks \
+         WHERE locktype = 'advisory' AND classid = 0 AND objid = {lock}"
+    );
+    let after = t.run_unchecked(Read, &probe, lim).await.expect("probe");
+    assert_eq!(
+        after.rows[0][1],
+        json!(pid),
+        "the next read ran on another connection, so this proves nothing"
+    );
+    assert_eq!(
+        after.rows[0][0],
+        json!(true),
+        "the lock a read's function took is still held when the next read runs"
+    );
+    back_in_pool(|| t.idle_connections(Read)).await;
+
+    // A statement prepared by SQL under the name sqlx bound an approved one by.
+    let approved = "SELECT 'approved'::text AS answer";
+    let first = t
+        .run_unchecked(Read, approved, lim)
+        .await
+        .expect("approved");
+    assert_eq!(first.rows[0][0], json!("approved"));
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let named = t
+        .run_unchecked(
+            Read,
+            &format!(
+                "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
+                approved.replace('\'', "''")
+            ),
+            lim,
+        )
+        .await
+        .expect("the name sqlx prepared it under");
+    let name = named.rows[0][0]
+        .as_str()
+        .expect("the approved statement is kept on the connection")
+        .to_owned();
+    back_in_pool(|| t.idle_connections(Read)).await;
+    t.run_unchecked(Read, &format!("SELECT {schema}.take_name('{name}')"), lim)
+        .await
+        .expect("a read whose function prepares a statement by SQL");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let again = t
+        .run_unchecked(Read, approved, lim)
+        .await
+        .expect("the approved read runs, on another connection");
+    assert_eq!(
+        again.rows[0][0],
+        json!("approved"),
+        "the approved text ran a statement a function prepared under sqlx's name"
+    );
+    t.close().await;
+}
+
 /// The backend of the one connection the `class` pool has after a job.
 async fn backend(t: &PgTarget, class: OperationClass, lim: portcullis_agent::exec::Limits) -> i64 {
     let r = t
@@ -129,8 +219,9 @@ async fn backend(t: &PgTarget, class: OperationClass, lim: portcullis_agent::exe
 /// EX-3 (MariaDB/MySQL): a write, DDL or admin job's connection is closed after the job, not
 /// pooled again, since the driver has no session reset: a session variable (`SET SESSION
 /// foreign_key_checks = 0`), a user variable, a temporary table left behind is gone for the
-/// next job, which runs on a new connection. A read's connection is pooled and reused.
-/// Without the close every case fails.
+/// next job, which runs on a new connection. A read's connection is pooled and reused, and a
+/// named lock a function it called took (`GET_LOCK`, which its `ROLLBACK` keeps) is released
+/// before the next read. Without the close every case fails; without the release, the last.
 #[tokio::test]
 pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one() {
     let my = My::new().await;
@@ -187,6 +278,39 @@ pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one
     assert_eq!(
         first.rows[0][0], second.rows[0][0],
         "the read's connection was not reused"
+    );
+    back_in_pool(|| t.idle_connections(Read)).await;
+    // A named lock a read's function takes is the session's: its ROLLBACK keeps it, and the
+    // next read on the same connection must find it released.
+    my.exec("CREATE FUNCTION $d.lock_it(k varchar(64)) RETURNS int NO SQL RETURN GET_LOCK(k, 0)")
+        .await;
+    let lock = format!("{}_left_behind", my.database);
+    let taken = t
+        .run_unchecked(
+            Read,
+            &format!("SELECT {}.lock_it('{lock}'), CONNECTION_ID()", my.database),
+            lim,
+        )
+        .await
+        .expect("a read whose function takes a lock");
+    assert_eq!(taken.rows[0][0], json!(1), "the lock was taken");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let after = t
+        .run_unchecked(
+            Read,
+            &format!("SELECT IS_USED_LOCK('{lock}') IS NULL, CONNECTION_ID()"),
+            lim,
+        )
+        .await
+        .expect("probe");
+    assert_eq!(
+        after.rows[0][1], taken.rows[0][1],
+        "the next read ran on another connection, so this proves nothing"
+    );
+    assert_eq!(
+        after.rows[0][0],
+        json!(1),
+        "the lock a read's function took is still held when the next read runs"
     );
     t.close().await;
 }
