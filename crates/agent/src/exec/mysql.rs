@@ -281,7 +281,9 @@ async fn setup(
             // A named lock (`GET_LOCK`) is the session's, not the transaction's: one a
             // function the previous read called took is not undone by its `ROLLBACK`, and
             // would be held by the pooled connection for other jobs and other clients to
-            // wait on. Released before this read (EX-3).
+            // wait on. Released before this read (EX-3). `RELEASE_ALL_LOCKS()` exists from
+            // MySQL 5.7 and MariaDB 10.5.2 on; on an older server every read fails here,
+            // before its statement is sent.
             session.push_str("; DO RELEASE_ALL_LOCKS()");
         }
         sqlx::raw_sql(AssertSqlSafe(session))
