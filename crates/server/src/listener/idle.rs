@@ -397,29 +397,29 @@ mod tests {
     async fn a_response_its_client_does_not_take_expires_its_connection() {
         let short = Duration::from_millis(50);
         let long = Duration::from_secs(10);
+        // The idle timeout is an hour: only the 20 ms send timeout can end these.
+        let timed = |activity: &Arc<Activity>| {
+            Idle::new(Arc::clone(activity), HOUR, Duration::from_millis(20))
+        };
         let activity = Activity::new();
         let mut first = activity.begin();
         let mut second = activity.begin();
         first.owes();
         second.owes();
-        // The idle timeout is an hour: only the send timeout can end it.
-        let mut idle = Idle::new(Arc::clone(&activity), HOUR, Duration::from_millis(20));
         assert_eq!(
-            expiry_within(&mut idle, long).await,
+            expiry_within(&mut timed(&activity), long).await,
             Some(Expiry::Untaken),
             "two responses untaken for 20 ms"
         );
         first.taken();
-        let mut idle = Idle::new(Arc::clone(&activity), HOUR, Duration::from_millis(20));
         assert_eq!(
-            expiry_within(&mut idle, long).await,
+            expiry_within(&mut timed(&activity), long).await,
             Some(Expiry::Untaken),
             "one taken, the other still not"
         );
         second.taken();
-        let mut idle = Idle::new(Arc::clone(&activity), HOUR, Duration::from_millis(20));
         assert!(
-            !expires_within(&mut idle, short).await,
+            !expires_within(&mut timed(&activity), short).await,
             "both taken: open, owing nothing"
         );
         second.owes();
@@ -432,7 +432,7 @@ mod tests {
 
         // A connection waiting out its idle hour still sees a request that begins to owe.
         let activity = Activity::new();
-        let mut idle = Idle::new(Arc::clone(&activity), HOUR, Duration::from_millis(20));
+        let mut idle = timed(&activity);
         assert!(
             !expires_within(&mut idle, short).await,
             "nothing open, an hour to go"
