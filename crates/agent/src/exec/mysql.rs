@@ -5,14 +5,18 @@
 //! Reads run with the session set to `TRANSACTION READ ONLY` and inside
 //! `START TRANSACTION READ ONLY … ROLLBACK`; writes and DDL inside
 //! `START TRANSACTION … COMMIT` (DDL commits implicitly, as MySQL always does). Statements go
-//! through the binary protocol as prepared statements, which hold exactly one statement.
+//! through the binary protocol as prepared statements, which hold exactly one statement, and
+//! each connection keeps the ones it prepared, by exact text, never closing one while it
+//! lives ([`STATEMENT_CACHE`]).
 //! When the store does not answer in time, the agent kills the query from another connection
 //! (`KILL QUERY`), which covers MySQL writes that have no server-side timeout. TLS follows the
 //! URL's `ssl-mode`. Pooled connections are not pinged before each job (one round trip
 //! less); one that died while idle fails in the session's setup and the job moves to another
 //! connection, never once the statement was sent (EX-3). A connection that ran a write, DDL or
 //! admin job is closed, not pooled again: nothing such a job did to its session reaches the
-//! next job, and the driver has no session reset.
+//! next job, and the driver has no session reset. A read's connection is pooled; each read's
+//! setup sets back what a function the read before it called could leave on the session past
+//! its `ROLLBACK` ([`session`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -37,6 +41,24 @@ use super::values::mysql::{type_name, value};
 use super::{FailureCode, Limits, failure, no_answer};
 use crate::config::TargetConfig;
 use crate::permit::Permit;
+use session::{ReadSession, TIME_ZONE, is_user_variable_residue};
+
+mod session;
+
+/// How many prepared statements a connection keeps, by exact text; a connection whose cache
+/// is full is closed after its job rather than closing one of them. Closing a prepared
+/// statement (`COM_STMT_CLOSE`) is a message the server does not answer, so it is
+/// acknowledged late (delayed ACK), and the driver's next message on the connection, too
+/// small to be sent while one is unacknowledged (Nagle), waited for that acknowledgement:
+/// with each statement prepared and closed, a read's connection went back to its pool, and a
+/// write's `COMMIT` was sent, milliseconds late. Kept statements are never closed while the
+/// connection lives, and a statement run again is executed without its prepare, one round
+/// trip less. The server prepares a kept statement again itself when a table it reads
+/// changed, and each result's columns come with its rows; a kept statement's result with no
+/// rows is described by its prepare, so after such a change its column list can be the one
+/// from before it. A connection holds at most this many statements on the server (its
+/// `max_prepared_stmt_count` is global).
+const STATEMENT_CACHE: usize = 32;
 
 /// How much longer than the server-side timeout the agent waits before killing the query.
 const GRACE: Duration = Duration::from_secs(2);
@@ -58,6 +80,8 @@ enum Flavour {
 struct Credential {
     pool: StorePool<MySql>,
     flavour: OnceCell<Flavour>,
+    /// How a read sets its session back; read credentials only, found at their first read.
+    read_session: OnceCell<ReadSession>,
 }
 
 /// A MySQL/MariaDB connection with one pool per allowed class.
@@ -65,6 +89,9 @@ struct Credential {
 pub struct MySqlTarget {
     name: ConnectionName,
     credentials: BTreeMap<OperationClass, Credential>,
+    /// Takes the session as unable to list its user variables (tests only).
+    #[cfg(feature = "test-hooks")]
+    unlisted_user_variables: std::sync::atomic::AtomicBool,
 }
 
 impl MySqlTarget {
@@ -75,20 +102,45 @@ impl MySqlTarget {
             // The session time zone is UTC (the driver's default), so TIMESTAMP values are
             // instants and are shown with `Z`.
             let pool = StorePool::open(target, *class, |url| {
-                Ok(MySqlConnectOptions::from_str(url)?.timezone(Some("+00:00".to_owned())))
+                Ok(MySqlConnectOptions::from_str(url)?
+                    .timezone(Some(TIME_ZONE.to_owned()))
+                    .statement_cache_capacity(STATEMENT_CACHE))
             })?;
             credentials.insert(
                 *class,
                 Credential {
                     pool,
                     flavour: OnceCell::new(),
+                    read_session: OnceCell::new(),
                 },
             );
         }
         Ok(MySqlTarget {
             name: target.name.clone(),
             credentials,
+            #[cfg(feature = "test-hooks")]
+            unlisted_user_variables: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes the next pool's probe take the session as unable to list its user variables,
+    /// as on a MySQL server whose performance schema the credential may not read. Test-only:
+    /// it lets a test prove the fallback (read connections closed after each read) on
+    /// MariaDB, whose sessions can always list them. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_user_variables_as_unlisted(&self) {
+        self.unlisted_user_variables
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn unlisted_user_variables(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self
+            .unlisted_user_variables
+            .load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(feature = "test-hooks"))]
+        false
     }
 
     pub async fn execute(
@@ -153,11 +205,18 @@ impl MySqlTarget {
         // after the setup is never retried (EX-3).
         let mut conn = pool.acquire(&limits).await?;
         let mut spares = pool.spares();
+        let unlisted = self.unlisted_user_variables();
         let id = loop {
-            match setup(credential, &mut conn, class, statement, limits).await {
+            match setup(credential, &mut conn, class, statement, limits, unlisted).await {
                 Ok(id) => break id,
                 Err(Setup::Refused(refused)) => return Err(refused),
                 Err(Setup::Failed(e)) => {
+                    if is_user_variable_residue(&e) {
+                        tracing::warn!(
+                            connection = %self.name,
+                            "a pooled read connection held a user variable, left by a function an earlier read called; the connection is closed and the job moved to another"
+                        );
+                    }
                     if pool.replace(&mut conn, &mut spares, &e, &limits).await? {
                         continue;
                     }
@@ -182,12 +241,22 @@ impl MySqlTarget {
             // user variables a function set, temporary tables, `LOCK TABLES`. The next job on
             // the connection would inherit them, so the connection is closed rather than
             // pooled (EX-3); the driver offers no session reset (`COM_RESET_CONNECTION`). A
-            // read's session is set up again by every read (`setup`).
+            // read's session is set back by every read (`setup`).
+            conn.close_on_drop();
+        } else if credential
+            .read_session
+            .get()
+            .is_none_or(ReadSession::close_after_each_read)
+        {
+            // The session cannot list its user variables, so none is checked for before the
+            // next read: the connection goes instead (EX-3).
             conn.close_on_drop();
         }
         match outcome {
             Ok(Ok((result, drop_connection))) => {
-                if drop_connection {
+                // A full statement cache would close its least recently used statement for
+                // the next new one: the connection goes instead ([`STATEMENT_CACHE`]).
+                if drop_connection || conn.cached_statements_size() >= STATEMENT_CACHE {
                     conn.close_on_drop();
                 }
                 Ok(result)
@@ -237,15 +306,17 @@ enum Setup {
 }
 
 /// Sets up the session for one job: a preview's check that its tables are transactional,
-/// the server's flavour (once per pool), the connection id (to kill the query if it outlives
-/// its timeout), the statement timeout and, for a read, the read-only session. Returns the
-/// connection id.
+/// the server's flavour (once per pool), then in one message the statement timeout and, for
+/// a read, the read-only session, set back from what a function the read before it called
+/// could leave ([`session`]), and the connection id (to kill the query if it outlives its
+/// timeout), which it returns.
 async fn setup(
     credential: &Credential,
     conn: &mut MySqlConnection,
     class: OperationClass,
     statement: &str,
     limits: Limits,
+    unlisted: bool,
 ) -> Result<u64, Setup> {
     if limits.dry_run {
         match transactional(&mut *conn, statement).await {
@@ -259,9 +330,7 @@ async fn setup(
             .flavour
             .get_or_try_init(|| flavour(&mut *conn))
             .await?;
-        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(&mut *conn)
-            .await?;
+        // One message, one round trip: the settings, then a row with the connection's id.
         let mut session = match flavour {
             Flavour::MariaDb => format!(
                 "SET SESSION max_statement_time = {}.{:03}",
@@ -273,6 +342,23 @@ async fn setup(
             }
         };
         if class == OperationClass::Read {
+            // What a function the read before called could leave on the session, set back
+            // (`session`): found once per pool, on a connection of its own.
+            let read_session = credential
+                .read_session
+                .get_or_try_init(|| async {
+                    let probe = credential.pool.connect().await?;
+                    let found = ReadSession::probe(probe, flavour, unlisted).await?;
+                    if found.close_after_each_read() {
+                        tracing::warn!(
+                            connection = %credential.pool.connection(),
+                            "this MariaDB/MySQL session cannot list its own user variables (on MySQL: grant SELECT on performance_schema.user_variables_by_thread and keep the performance schema on); read connections are closed after each read so that none a function left reaches the next read"
+                        );
+                    }
+                    Ok::<ReadSession, sqlx::Error>(found)
+                })
+                .await?;
+            session.push_str(read_session.reset());
             // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
             // transaction implicitly and then runs outside it. The session characteristic
             // covers that implicit transaction too. Set on every read, so nothing a
@@ -283,12 +369,22 @@ async fn setup(
             // would be held by the pooled connection for other jobs and other clients to
             // wait on. Released before this read (EX-3). `RELEASE_ALL_LOCKS()` exists from
             // MySQL 5.7 and MariaDB 10.5.2 on; on an older server every read fails here,
-            // before its statement is sent.
-            session.push_str("; DO RELEASE_ALL_LOCKS()");
+            // before its statement is sent. The user-variable check fails the statement
+            // when the session holds one.
+            session.push_str("; SELECT CONNECTION_ID(), RELEASE_ALL_LOCKS()");
+            session.push_str(read_session.check());
+        } else {
+            session.push_str("; SELECT CONNECTION_ID()");
         }
-        sqlx::raw_sql(AssertSqlSafe(session))
-            .execute(&mut *conn)
+        let rows = sqlx::raw_sql(AssertSqlSafe(session))
+            .fetch_all(&mut *conn)
             .await?;
+        let id: u64 = rows
+            .last()
+            .ok_or_else(|| {
+                sqlx::Error::Protocol("the session's setup returned no connection id".into())
+            })?
+            .try_get(0)?;
         Ok::<u64, sqlx::Error>(id)
     };
     match tokio::time::timeout(limits.timeout, prepared).await {
@@ -381,9 +477,9 @@ async fn run_on(
     let mut rows = Rows::new(limits, sink);
     let mut affected = 0;
     {
-        // One prepared statement, not cached: a write's RETURNING rows and its affected count
-        // both come back on this stream.
-        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(false);
+        // One prepared statement, kept on the connection ([`STATEMENT_CACHE`]): a write's
+        // RETURNING rows and its affected count both come back on this stream.
+        let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(true);
         let mut stream = (&mut *tx).fetch_many(query);
         while let Some(item) = stream.try_next().await? {
             match item {

@@ -125,6 +125,16 @@ impl<DB: Database> StorePool<DB> {
         (self.pool.size() as usize).saturating_sub(self.pool.num_idle())
     }
 
+    /// A connection of its own, outside the pool, for a one-off look at the store.
+    pub(crate) async fn connect(&self) -> Result<DB::Connection, sqlx::Error> {
+        self.options.connect().await
+    }
+
+    /// The connection the pool serves, for logs.
+    pub(crate) fn connection(&self) -> &ConnectionName {
+        &self.connection
+    }
+
     pub(crate) fn url(&self) -> &ConnectionUrl {
         &self.url
     }

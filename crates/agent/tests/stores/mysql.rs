@@ -335,6 +335,73 @@ pub(crate) async fn ex3_mysql_a_read_ends_its_transaction_before_its_connection_
     t.close().await;
 }
 
+/// A read's connection keeps the statements it prepared: one run again is executed without
+/// a new prepare, and none is closed while the connection lives (`COM_STMT_CLOSE`, a message
+/// the server does not answer, held back the connection's next message until a delayed
+/// acknowledgement, milliseconds later). A connection whose cache is full (32 statements)
+/// is closed after its job instead, so the server never holds more than that for it.
+/// Without the kept statements the counts of prepares and closes grow with every read.
+#[tokio::test]
+pub(crate) async fn mysql_a_read_connection_keeps_its_statements_until_its_cache_is_full() {
+    let my = My::new().await;
+    let mut config = my.target(&[Read]);
+    config.pool_size = 1;
+    let t = MySqlTarget::open(&config).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let counters = "SELECT CONNECTION_ID(), \
+         (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS \
+          WHERE VARIABLE_NAME = 'COM_STMT_PREPARE'), \
+         (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS \
+          WHERE VARIABLE_NAME = 'COM_STMT_CLOSE')";
+    let first = t.run_unchecked(Read, counters, lim).await.expect("read");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    for _ in 0..3 {
+        t.run_unchecked(Read, "SELECT 1", lim).await.expect("read");
+        back_in_pool(|| t.idle_connections(Read)).await;
+    }
+    let again = t.run_unchecked(Read, counters, lim).await.expect("read");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    assert_eq!(
+        again.rows[0][0], first.rows[0][0],
+        "not the pooled connection"
+    );
+    let count = |r: &portcullis_proto::api::ExecResult, i: usize| -> u64 {
+        r.rows[0][i]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a count: {r:?}"))
+    };
+    // The first look ran after its own prepare; since then `SELECT 1` was prepared once and
+    // the look itself was not prepared again.
+    assert_eq!(
+        count(&again, 1),
+        count(&first, 1) + 1,
+        "statements were prepared again: {first:?} then {again:?}"
+    );
+    assert_eq!(
+        count(&again, 2),
+        0,
+        "statements were closed on a live connection"
+    );
+    // More statements than a connection keeps (32): the connection goes once its cache is
+    // full, and a later job runs on a new one.
+    for i in 2..34 {
+        t.run_unchecked(Read, &format!("SELECT {i}"), lim)
+            .await
+            .expect("read");
+    }
+    settled(|| t.busy_connections(Read)).await;
+    let after = t
+        .run_unchecked(Read, "SELECT CONNECTION_ID()", lim)
+        .await
+        .expect("read");
+    assert_ne!(
+        after.rows[0][0], first.rows[0][0],
+        "a connection with a full statement cache was pooled again"
+    );
+    t.close().await;
+}
+
 async fn connection_id(t: &MySqlTarget, class: OperationClass, lim: Limits) -> u64 {
     let r = t
         .run_unchecked(class, "SELECT CONNECTION_ID()", lim)

@@ -315,6 +315,117 @@ pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one
     t.close().await;
 }
 
+/// EX-3 (MariaDB): what a function a read calls leaves on its session past the read's
+/// `ROLLBACK` — session variables (`time_zone`, `timestamp`, `sql_select_limit`, the
+/// isolation level, the result character set, the division scale) and a user variable —
+/// does not reach the next read. The variables are set back in the next read's setup, on
+/// the same connection: without that, the next read's timestamps shift, `NOW()` answers
+/// 2001, one row of two comes back, and the rest differ. A user variable fails the next
+/// read's setup, which closes the connection and moves the read to another: without the
+/// check, the next read on the same connection reads it.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_what_a_function_a_read_calls_leaves_does_not_reach_the_next_read() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int PRIMARY KEY, at timestamp NULL) ENGINE=InnoDB")
+        .await;
+    my.exec("INSERT INTO $d.items VALUES (1, '2020-01-01 12:00:00'), (2, NULL)")
+        .await;
+    my.exec(
+        "CREATE FUNCTION $d.taint() RETURNS int NOT DETERMINISTIC BEGIN \
+           SET SESSION time_zone = '+05:00'; SET SESSION timestamp = 1000000000; \
+           SET SESSION sql_select_limit = 1; SET SESSION tx_isolation = 'READ-UNCOMMITTED'; \
+           SET SESSION character_set_results = 'latin1'; \
+           SET SESSION div_precision_increment = 0; RETURN 1; END",
+    )
+    .await;
+    my.exec(
+        "CREATE FUNCTION $d.leave_variable() RETURNS int NOT DETERMINISTIC BEGIN \
+           SET @left_behind = 'secret'; RETURN 1; END",
+    )
+    .await;
+    let t = MySqlTarget::open(&my.target(&[Read])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let d = &my.database;
+    let look = format!(
+        "SELECT id, at, CONNECTION_ID(), @@time_zone, UNIX_TIMESTAMP() > 1700000000, \
+         @@tx_isolation = @@GLOBAL.tx_isolation, @@character_set_results, 1/3 \
+         FROM {d}.items ORDER BY id"
+    );
+    let before = t.run_unchecked(Read, &look, lim).await.expect("look");
+    assert_eq!(before.rows.len(), 2, "{before:?}");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    t.run_unchecked(Read, &format!("SELECT {d}.taint()"), lim)
+        .await
+        .expect("a read whose function changes its session");
+    back_in_pool(|| t.idle_connections(Read)).await;
+    let after = t.run_unchecked(Read, &look, lim).await.expect("look again");
+    assert_eq!(
+        after.rows.first().map(|r| &r[2]),
+        Some(&before.rows[0][2]),
+        "the next read ran on another connection, so this proves nothing: {after:?}"
+    );
+    assert_eq!(
+        after.rows, before.rows,
+        "what the function set on the session reached the next read"
+    );
+    back_in_pool(|| t.idle_connections(Read)).await;
+    // A user variable: the next read runs, on another connection.
+    left_behind_does_not_reach_the_next_read(&t, d).await;
+    t.close().await;
+}
+
+/// EX-3 (MariaDB, the fallback): where a session cannot list its own user variables (MySQL
+/// without access to its performance schema; forced here, since MariaDB always can), a
+/// read's connection is closed after the read, so a user variable a function set never
+/// reaches the next one. Without the close, the next read finds it on the same connection.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_a_session_that_cannot_list_its_user_variables_is_not_reused() {
+    let my = My::new().await;
+    my.exec(
+        "CREATE FUNCTION $d.leave_variable() RETURNS int NOT DETERMINISTIC BEGIN \
+           SET @left_behind = 'secret'; RETURN 1; END",
+    )
+    .await;
+    let t = MySqlTarget::open(&my.target(&[Read])).expect("target");
+    t.take_user_variables_as_unlisted();
+    left_behind_does_not_reach_the_next_read(&t, &my.database).await;
+    assert_eq!(
+        t.idle_connections(Read),
+        0,
+        "a read's connection was pooled"
+    );
+    t.close().await;
+}
+
+/// A read calls `{database}.leave_variable()`, which sets `@left_behind`; the next read
+/// must not see it, and so runs on another connection.
+async fn left_behind_does_not_reach_the_next_read(t: &MySqlTarget, database: &str) {
+    let lim = limits(10, 1 << 20, 5_000);
+    let left = t
+        .run_unchecked(
+            Read,
+            &format!("SELECT {database}.leave_variable(), CONNECTION_ID()"),
+            lim,
+        )
+        .await
+        .expect("a read whose function sets a user variable");
+    settled(|| t.busy_connections(Read)).await;
+    let next = t
+        .run_unchecked(Read, "SELECT @left_behind IS NULL, CONNECTION_ID()", lim)
+        .await
+        .expect("the next read");
+    assert_eq!(
+        next.rows[0][0],
+        json!(1),
+        "the user variable a read's function set reached the next read"
+    );
+    assert_ne!(
+        next.rows[0][1], left.rows[0][1],
+        "the connection holding the user variable served the next read"
+    );
+    settled(|| t.busy_connections(Read)).await;
+}
+
 /// EX-3 (SQLite), through the agent's gate: a DDL job's temporary table does not outlive the
 /// job. Unqualified names find a temporary table before the real one, so on a kept connection
 /// the next approved write would go into it and vanish with the connection, reported as

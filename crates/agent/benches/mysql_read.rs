@@ -1,0 +1,157 @@
+//! Times the agent's MariaDB/MySQL executor, run by `bench/mysql-read`: sequential jobs on
+//! one target (the default pool of 4 connections per credential) against the real server on
+//! 127.0.0.1:3306 (override with `PORTCULLIS_BENCH_MYSQL_URL`, a URL whose user may create and
+//! drop a database), each job as the agent runs it — session setup, transaction, the
+//! statement, the result collected — without the gate and the server. Three sequences:
+//! reads of one statement, reads of a new statement each time (as ad-hoc SQL with literals
+//! is), and writes. Prints p50, p90, p99 and the slowest of each, and the direct driver's
+//! read for reference. `MYSQL_BENCH_JOBS` (default 2,000) jobs each after 200 warm-up jobs.
+//! Makes its own database and drops it at the end.
+
+use std::time::{Duration, Instant};
+
+use portcullis_agent::config::{Credential, SecretUrl, TargetConfig};
+use portcullis_agent::exec::{Limits, MySqlTarget};
+use portcullis_core::{ConnectionKind, Environment, OperationClass};
+use sqlx::{Connection, MySqlConnection};
+
+const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306";
+const WARM_UP: usize = 200;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --benches` runs benches without `--bench`: nothing to prove there.
+        return Ok(());
+    }
+    let server = std::env::var("PORTCULLIS_BENCH_MYSQL_URL").unwrap_or(DEFAULT_URL.to_owned());
+    let n: usize = match std::env::var("MYSQL_BENCH_JOBS") {
+        Ok(v) => v.parse()?,
+        Err(_) => 2_000,
+    };
+    let database = format!("portcullis_bench_{}", std::process::id());
+    let mut admin = MySqlConnection::connect(&server).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {database}; \
+         CREATE TABLE {database}.items (id int PRIMARY KEY, name text, n int) ENGINE=InnoDB; \
+         INSERT INTO {database}.items VALUES (1, 'one', 0), (2, 'two', 0)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    let url = format!("{server}/{database}");
+    let outcome = run(&url, &database, n).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+        .execute(&mut admin)
+        .await?;
+    outcome
+}
+
+async fn run(url: &str, database: &str, n: usize) -> anyhow::Result<()> {
+    let target = MySqlTarget::open(&target(url))?;
+    let limits = Limits {
+        row_cap: 1_000,
+        max_bytes: 1 << 20,
+        timeout: Duration::from_secs(5),
+        dry_run: false,
+    };
+    let read = format!("SELECT id, name FROM {database}.items WHERE id = 1");
+    println!(
+        "MariaDB/MySQL executor, sequential jobs, {n} each after {WARM_UP} warm-up jobs; p50 / p90 / p99 / max"
+    );
+    let mut direct = MySqlConnection::connect(url).await?;
+    let mut taken = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let started = Instant::now();
+        sqlx::query(sqlx::AssertSqlSafe(read.clone()))
+            .fetch_all(&mut direct)
+            .await?;
+        if i >= WARM_UP {
+            taken.push(started.elapsed());
+        }
+    }
+    taken.sort();
+    report("direct sqlx connection, the read (prepared, kept)", taken);
+    report(
+        "read, one statement",
+        jobs(&target, OperationClass::Read, limits, n, &|_| read.clone()).await?,
+    );
+    report(
+        "read, a new statement each job",
+        jobs(&target, OperationClass::Read, limits, n, &|i| {
+            format!("{read} AND {i} = {i}")
+        })
+        .await?,
+    );
+    let write = format!("UPDATE {database}.items SET n = n + 1 WHERE id = 2");
+    report(
+        "write, one statement (its connection closed after each job)",
+        jobs(&target, OperationClass::Write, limits, n, &|_| {
+            write.clone()
+        })
+        .await?,
+    );
+    target.close().await;
+    direct.close().await?;
+    Ok(())
+}
+
+fn target(url: &str) -> TargetConfig {
+    let classes = [OperationClass::Read, OperationClass::Write];
+    TargetConfig {
+        credentials: classes
+            .iter()
+            .map(|class| {
+                (
+                    *class,
+                    Credential {
+                        url: Some(SecretUrl::new(url)),
+                        url_env: None,
+                    },
+                )
+            })
+            .collect(),
+        ..TargetConfig::new(
+            "bench".parse().expect("a connection name"),
+            ConnectionKind::Mysql,
+            Environment::Development,
+            classes.into_iter().collect(),
+        )
+    }
+}
+
+/// Runs `WARM_UP + n` jobs of `class` in sequence, the `i`th with `statement(i)`; the
+/// latencies of the last `n`, sorted.
+async fn jobs(
+    target: &MySqlTarget,
+    class: OperationClass,
+    limits: Limits,
+    n: usize,
+    statement: &dyn Fn(usize) -> String,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut taken = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let sql = statement(i);
+        let started = Instant::now();
+        target
+            .run_unchecked(class, &sql, limits)
+            .await
+            .map_err(|e| anyhow::anyhow!("job {i} failed: {e:?}"))?;
+        if i >= WARM_UP {
+            taken.push(started.elapsed());
+        }
+    }
+    taken.sort();
+    Ok(taken)
+}
+
+fn report(what: &str, sorted: Vec<Duration>) {
+    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    let us = |d: Duration| d.as_micros();
+    println!(
+        "  {what}: p50 {} µs  p90 {} µs  p99 {} µs  max {} µs",
+        us(at(0.50)),
+        us(at(0.90)),
+        us(at(0.99)),
+        us(*sorted.last().expect("at least one job"))
+    );
+}
