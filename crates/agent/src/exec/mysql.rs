@@ -252,11 +252,15 @@ impl MySqlTarget {
             // next read: the connection goes instead (EX-3).
             conn.close_on_drop();
         }
+        // A full statement cache would close its least recently used statement for the next
+        // new one, whatever this job's outcome: the connection goes instead
+        // ([`STATEMENT_CACHE`]).
+        if conn.cached_statements_size() >= STATEMENT_CACHE {
+            conn.close_on_drop();
+        }
         match outcome {
             Ok(Ok((result, drop_connection))) => {
-                // A full statement cache would close its least recently used statement for
-                // the next new one: the connection goes instead ([`STATEMENT_CACHE`]).
-                if drop_connection || conn.cached_statements_size() >= STATEMENT_CACHE {
+                if drop_connection {
                     conn.close_on_drop();
                 }
                 Ok(result)

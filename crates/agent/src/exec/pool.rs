@@ -151,7 +151,7 @@ impl<DB: Database> StorePool<DB> {
 
     /// Why no connection could be had: one direct attempt shows the driver's own error.
     async fn diagnose(&self, waited: Duration) -> ExecError {
-        match tokio::time::timeout(DIAGNOSE, self.options.connect()).await {
+        match tokio::time::timeout(DIAGNOSE, self.connect()).await {
             Ok(Err(e)) => self.unavailable(&e.to_string()),
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
