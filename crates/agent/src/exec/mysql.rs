@@ -14,12 +14,13 @@
 //! less); one that died while idle fails in the session's setup and the job moves to another
 //! connection, never once the statement was sent (EX-3). A connection that ran a write, DDL or
 //! admin job is closed, not pooled again: nothing such a job did to its session reaches the
-//! next job, and the driver has no session reset. A read's connection is pooled; each read's
-//! setup sets back what a function the read before it called could leave on the session past
-//! its `ROLLBACK` ([`session`]).
+//! next job, and the driver has no session reset. A read's connection is pooled, once what a
+//! function the read called could leave on the session past its `ROLLBACK` is set back, as
+//! the connection goes back to its pool, after the result has left ([`session`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -41,7 +42,7 @@ use super::values::mysql::{type_name, value};
 use super::{FailureCode, Limits, failure, no_answer};
 use crate::config::TargetConfig;
 use crate::permit::Permit;
-use session::{ReadSession, TIME_ZONE, is_user_variable_residue};
+use session::{ReadSession, TIME_ZONE, set_back_on_release};
 
 mod session;
 
@@ -80,8 +81,9 @@ enum Flavour {
 struct Credential {
     pool: StorePool<MySql>,
     flavour: OnceCell<Flavour>,
-    /// How a read sets its session back; read credentials only, found at their first read.
-    read_session: OnceCell<ReadSession>,
+    /// How a read's session is set back; read credentials only, found at their first read,
+    /// and used by their pool as each connection comes back.
+    read_session: Arc<OnceCell<ReadSession>>,
 }
 
 /// A MySQL/MariaDB connection with one pool per allowed class.
@@ -101,17 +103,30 @@ impl MySqlTarget {
         for class in &target.allow {
             // The session time zone is UTC (the driver's default), so TIMESTAMP values are
             // instants and are shown with `Z`.
-            let pool = StorePool::open(target, *class, |url| {
-                Ok(MySqlConnectOptions::from_str(url)?
-                    .timezone(Some(TIME_ZONE.to_owned()))
-                    .statement_cache_capacity(STATEMENT_CACHE))
-            })?;
+            let read_session = Arc::new(OnceCell::new());
+            let pool = StorePool::open_with(
+                target,
+                *class,
+                |url| {
+                    Ok(MySqlConnectOptions::from_str(url)?
+                        .timezone(Some(TIME_ZONE.to_owned()))
+                        .statement_cache_capacity(STATEMENT_CACHE))
+                },
+                |options| {
+                    if *class == OperationClass::Read {
+                        let session = Arc::clone(&read_session);
+                        set_back_on_release(options, session, target.name.clone())
+                    } else {
+                        options
+                    }
+                },
+            )?;
             credentials.insert(
                 *class,
                 Credential {
                     pool,
                     flavour: OnceCell::new(),
-                    read_session: OnceCell::new(),
+                    read_session,
                 },
             );
         }
@@ -211,12 +226,6 @@ impl MySqlTarget {
                 Ok(id) => break id,
                 Err(Setup::Refused(refused)) => return Err(refused),
                 Err(Setup::Failed(e)) => {
-                    if is_user_variable_residue(&e) {
-                        tracing::warn!(
-                            connection = %self.name,
-                            "a pooled read connection held a user variable, left by a function an earlier read called; the connection is closed and the job moved to another"
-                        );
-                    }
                     if pool.replace(&mut conn, &mut spares, &e, &limits).await? {
                         continue;
                     }
@@ -248,8 +257,8 @@ impl MySqlTarget {
             .get()
             .is_none_or(ReadSession::close_after_each_read)
         {
-            // The session cannot list its user variables, so none is checked for before the
-            // next read: the connection goes instead (EX-3).
+            // The session cannot list its user variables, so none can be checked for before
+            // the connection goes back to its pool: it is closed instead (EX-3).
             conn.close_on_drop();
         }
         // A full statement cache would close its least recently used statement for the next
@@ -310,10 +319,10 @@ enum Setup {
 }
 
 /// Sets up the session for one job: a preview's check that its tables are transactional,
-/// the server's flavour (once per pool), then in one message the statement timeout and, for
-/// a read, the read-only session, set back from what a function the read before it called
-/// could leave ([`session`]), and the connection id (to kill the query if it outlives its
-/// timeout), which it returns.
+/// the server's flavour (once per pool), for a read how its pool sets a read's session back
+/// (once per pool, [`session`]), then in one message the statement timeout, for a read the
+/// read-only session, and the connection id (to kill the query if it outlives its timeout),
+/// which it returns.
 async fn setup(
     credential: &Credential,
     conn: &mut MySqlConnection,
@@ -346,9 +355,10 @@ async fn setup(
             }
         };
         if class == OperationClass::Read {
-            // What a function the read before called could leave on the session, set back
-            // (`session`): found once per pool, on a connection of its own.
-            let read_session = credential
+            // How the pool sets a read's session back as its connection comes back
+            // (`session`): found once per pool, on a connection of its own, before the
+            // pool's first read.
+            credential
                 .read_session
                 .get_or_try_init(|| async {
                     let probe = credential.pool.connect().await?;
@@ -362,24 +372,13 @@ async fn setup(
                     Ok::<ReadSession, sqlx::Error>(found)
                 })
                 .await?;
-            session.push_str(read_session.reset());
             // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
             // transaction implicitly and then runs outside it. The session characteristic
             // covers that implicit transaction too. Set on every read, so nothing a
             // previous statement did to the session can carry over.
             session.push_str("; SET SESSION TRANSACTION READ ONLY");
-            // A named lock (`GET_LOCK`) is the session's, not the transaction's: one a
-            // function the previous read called took is not undone by its `ROLLBACK`, and
-            // would be held by the pooled connection for other jobs and other clients to
-            // wait on. Released before this read (EX-3). `RELEASE_ALL_LOCKS()` exists from
-            // MySQL 5.7 and MariaDB 10.5.2 on; on an older server every read fails here,
-            // before its statement is sent. The user-variable check fails the statement
-            // when the session holds one.
-            session.push_str("; SELECT CONNECTION_ID(), RELEASE_ALL_LOCKS()");
-            session.push_str(read_session.check());
-        } else {
-            session.push_str("; SELECT CONNECTION_ID()");
         }
+        session.push_str("; SELECT CONNECTION_ID()");
         let rows = sqlx::raw_sql(AssertSqlSafe(session))
             .fetch_all(&mut *conn)
             .await?;

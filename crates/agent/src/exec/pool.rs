@@ -51,6 +51,18 @@ impl<DB: Database> StorePool<DB> {
         class: OperationClass,
         configure: impl FnOnce(&str) -> Result<Options<DB>, sqlx::Error>,
     ) -> anyhow::Result<StorePool<DB>> {
+        Self::open_with(target, class, configure, |pool| pool)
+    }
+
+    /// [`StorePool::open`], with `tune` adding to the pool's own options: a driver's work on
+    /// each connection as it goes back to the pool (`after_release`), which a closed
+    /// connection skips.
+    pub(crate) fn open_with(
+        target: &TargetConfig,
+        class: OperationClass,
+        configure: impl FnOnce(&str) -> Result<Options<DB>, sqlx::Error>,
+        tune: impl FnOnce(PoolOptions<DB>) -> PoolOptions<DB>,
+    ) -> anyhow::Result<StorePool<DB>> {
         let url = target.url(class)?;
         let options = configure(url.expose())
             .map_err(|e| {
@@ -62,7 +74,7 @@ impl<DB: Database> StorePool<DB> {
             })?
             // User statements and their literals stay out of the agent's logs.
             .disable_statement_logging();
-        let pool = PoolOptions::<DB>::new()
+        let pool = tune(PoolOptions::<DB>::new())
             .max_connections(target.pool_size)
             .min_connections(0)
             .acquire_timeout(MAX_ACQUIRE)

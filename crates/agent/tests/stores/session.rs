@@ -318,11 +318,12 @@ pub(crate) async fn ex3_mysql_no_job_leaves_its_session_changed_for_the_next_one
 /// EX-3 (MariaDB): what a function a read calls leaves on its session past the read's
 /// `ROLLBACK` — session variables (`time_zone`, `timestamp`, `sql_select_limit`, the
 /// isolation level, the result character set, the division scale) and a user variable —
-/// does not reach the next read. The variables are set back in the next read's setup, on
-/// the same connection: without that, the next read's timestamps shift, `NOW()` answers
-/// 2001, one row of two comes back, and the rest differ. A user variable fails the next
-/// read's setup, which closes the connection and moves the read to another: without the
-/// check, the next read on the same connection reads it.
+/// does not reach the next read. The variables are set back as the read's connection goes
+/// back to its pool, and the next read runs on that connection: without that, its
+/// timestamps shift, `NOW()` answers 2001, one row of two comes back, and the rest differ.
+/// A connection whose session holds a user variable is closed there instead of pooled, and
+/// the next read runs on another: without the check, the next read on the same connection
+/// reads it.
 #[tokio::test]
 pub(crate) async fn ex3_mysql_what_a_function_a_read_calls_leaves_does_not_reach_the_next_read() {
     let my = My::new().await;
@@ -397,10 +398,12 @@ pub(crate) async fn ex3_mysql_a_session_that_cannot_list_its_user_variables_is_n
     t.close().await;
 }
 
-/// A read calls `{database}.leave_variable()`, which sets `@left_behind`; the next read
-/// must not see it, and so runs on another connection.
+/// A read calls `{database}.leave_variable()`, which sets `@left_behind`; its connection
+/// must not go back to the pool, and the next read must not see the variable, and so runs
+/// on another connection.
 async fn left_behind_does_not_reach_the_next_read(t: &MySqlTarget, database: &str) {
     let lim = limits(10, 1 << 20, 5_000);
+    let idle = t.idle_connections(Read);
     let left = t
         .run_unchecked(
             Read,
@@ -410,6 +413,11 @@ async fn left_behind_does_not_reach_the_next_read(t: &MySqlTarget, database: &st
         .await
         .expect("a read whose function sets a user variable");
     settled(|| t.busy_connections(Read)).await;
+    assert_eq!(
+        t.idle_connections(Read),
+        idle.saturating_sub(1),
+        "the connection holding the user variable went back to its pool"
+    );
     let next = t
         .run_unchecked(Read, "SELECT @left_behind IS NULL, CONNECTION_ID()", lim)
         .await

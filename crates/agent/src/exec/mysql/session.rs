@@ -1,4 +1,4 @@
-//! What a read's session is set back to before each read (EX-3).
+//! What a read's session is set back to as its connection goes back to its pool (EX-3).
 //!
 //! A read runs in `START TRANSACTION READ ONLY … ROLLBACK`, but in MariaDB and MySQL neither
 //! session variables nor user variables are transactional, and a stored function the read
@@ -9,22 +9,30 @@
 //! function's choosing, every result cut to `sql_select_limit` rows, uncommitted rows read
 //! under `READ UNCOMMITTED`, and whatever the function left in a user variable.
 //!
-//! So every read's setup, in the message it already sends, sets the session variables that
-//! change what a read returns or whether it runs back to what a new connection has, and
-//! fails (`ER_SUBQUERY_NO_1_ROW`, [`is_user_variable_residue`]) when the session holds a
-//! user variable: the driver has no session reset, so that connection is closed and the
-//! job moves to another before any of it ran. Which of the variables the server has, what
-//! character sets a new connection has and where the session can list its user variables
-//! are found once per pool, on a connection of its own ([`ReadSession::probe`]). A server
-//! where the session cannot list them (MySQL without `SELECT` on
+//! So a read's connection, on its way back to the pool after the read's `ROLLBACK` and after
+//! the result has left ([`set_back_on_release`]), sets the session variables that change
+//! what a read returns or whether it runs back to what a new connection has, releases the
+//! named locks the session holds, and lists the session's user variables, all in one
+//! message: one it finds there is closed instead of pooled, with a warning, since the driver
+//! has no session reset. Every read therefore starts on a new connection or on one set back
+//! this way, and the read does not wait for any of it. Which of the variables the server
+//! has, what character sets a new connection has and where the session can list its user
+//! variables are found once per pool, on a connection of its own ([`ReadSession::probe`]).
+//! A server where the session cannot list them (MySQL without `SELECT` on
 //! `performance_schema.user_variables_by_thread`, or with the performance schema off) gets
 //! its read connections closed after each read instead, with a warning once: fail closed.
 //! `sql_mode` needs nothing: a stored function runs under its own and the caller's is
 //! restored after it. Variables that change how a read runs but not what it returns
 //! (buffer sizes, optimizer switches, timeouts of the connection itself) are not reset.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::ConnectionName;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
+use sqlx::pool::PoolOptions;
+use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection};
+use tokio::sync::OnceCell;
 
 use super::Flavour;
 
@@ -84,8 +92,10 @@ const CHARACTER_SETS: [&str; 4] = [
 /// MariaDB `ER_UNKNOWN_SYSTEM_VARIABLE`, `ER_GLOBAL_VARIABLE` and
 /// `ER_INCORRECT_GLOBAL_LOCAL_VAR`: a name the probe drops.
 const NOT_A_SESSION_VARIABLE: [u16; 3] = [1193, 1229, 1238];
-/// `ER_SUBQUERY_NO_1_ROW`: the user-variable check found one.
-const SUBQUERY_NO_1_ROW: u16 = 1242;
+
+/// How long setting a read's session back ([`set_back_on_release`]) may take before the
+/// connection is closed instead.
+const SET_BACK_WITHIN: Duration = Duration::from_secs(5);
 
 /// Where each flavour lists the session's own user variables (`FROM …`). Queried directly,
 /// not through a derived table, which more than doubled what the check cost MariaDB.
@@ -93,15 +103,14 @@ const MARIADB_USER_VARIABLES: &str = "FROM information_schema.USER_VARIABLES";
 const MYSQL_USER_VARIABLES: &str =
     "FROM performance_schema.user_variables_by_thread WHERE THREAD_ID = PS_CURRENT_THREAD_ID()";
 
-/// What a read's setup sends to set its session back, found once per pool.
+/// What sets a read's session back, found once per pool.
 #[derive(Debug)]
 pub(super) struct ReadSession {
-    /// Assignments for the variables of [`TO_DEFAULT`] the server has, the time zone and the
-    /// character sets.
-    reset: String,
-    /// A `SELECT` item that fails when the session holds a user variable; `None` when the
-    /// session cannot list its own, and each read's connection is closed after the read.
-    user_variables: Option<String>,
+    /// One message: the variables of [`TO_DEFAULT`] the server has, the time zone and the
+    /// character sets set back, the session's named locks released, and a `SELECT` with a
+    /// row for each user variable the session holds. `None` when the session cannot list its
+    /// own, and each read's connection is closed after the read.
+    set_back: Option<String>,
 }
 
 impl ReadSession {
@@ -115,7 +124,7 @@ impl ReadSession {
         unlisted: bool,
     ) -> Result<ReadSession, sqlx::Error> {
         let probed = async {
-            let mut reset = format!(", time_zone = '{TIME_ZONE}'");
+            let mut reset = format!("SET SESSION time_zone = '{TIME_ZONE}'");
             for name in CHARACTER_SETS {
                 let value: Option<String> =
                     sqlx::query_scalar(AssertSqlSafe(format!("SELECT @@SESSION.{name}")))
@@ -161,14 +170,18 @@ impl ReadSession {
                 Flavour::MariaDb => MARIADB_USER_VARIABLES,
                 Flavour::MySql => MYSQL_USER_VARIABLES,
             };
-            let user_variables = if unlisted {
+            let listing = if unlisted {
                 None
             } else {
                 listed(&mut conn, source).await?
             };
+            // A named lock (`GET_LOCK`) is the session's, not the transaction's, so one a
+            // function took outlives the read's `ROLLBACK`. `RELEASE_ALL_LOCKS()` exists from
+            // MySQL 5.7 and MariaDB 10.5.2 on; on an older server the message fails and
+            // every read's connection is closed after its read.
             Ok(ReadSession {
-                reset,
-                user_variables,
+                set_back: listing
+                    .map(|listing| format!("{reset}; DO RELEASE_ALL_LOCKS(); {listing}")),
             })
         };
         let session = probed.await;
@@ -176,26 +189,57 @@ impl ReadSession {
         session
     }
 
-    /// Assignments to append to the setup's `SET SESSION`, each after a comma.
-    pub(super) fn reset(&self) -> &str {
-        &self.reset
-    }
-
-    /// An item to append to the setup's last `SELECT` list, after a comma, that fails the
-    /// statement when the session holds a user variable; empty when it cannot be checked.
-    pub(super) fn check(&self) -> &str {
-        self.user_variables.as_deref().unwrap_or_default()
-    }
-
     /// Whether each read's connection is to be closed after the read: its user variables
     /// cannot be checked.
     pub(super) fn close_after_each_read(&self) -> bool {
-        self.user_variables.is_none()
+        self.set_back.is_none()
     }
 }
 
-/// The check, when the session lists a user variable it set itself through `source`; `None`
-/// when it does not (no privilege, no such table, the performance schema off).
+/// Adds to a read credential's pool options the setting back of each read's session as its
+/// connection goes back to the pool, after the read's queued `ROLLBACK` (module docs): a
+/// connection whose session holds a user variable, whose message fails or takes longer than
+/// [`SET_BACK_WITHIN`], or whose pool has no [`ReadSession`] yet, is closed instead. A
+/// connection closed after its job (a write's, or one whose read stopped early) never gets
+/// here. It runs in the task that returns the connection, so the read's result does not
+/// wait for it, and the next read finds the connection only once it is done.
+pub(super) fn set_back_on_release(
+    options: PoolOptions<MySql>,
+    session: Arc<OnceCell<ReadSession>>,
+    connection: ConnectionName,
+) -> PoolOptions<MySql> {
+    options.after_release(move |conn, _| {
+        let session = Arc::clone(&session);
+        let connection = connection.clone();
+        Box::pin(async move {
+            let Some(set_back) = session.get().and_then(|s| s.set_back.as_deref()) else {
+                return Ok(false);
+            };
+            let rows = tokio::time::timeout(
+                SET_BACK_WITHIN,
+                sqlx::raw_sql(AssertSqlSafe(set_back)).fetch_all(&mut *conn),
+            )
+            .await
+            .map_err(|_| {
+                sqlx::Error::Protocol(format!(
+                    "setting a read's session back took longer than {} s",
+                    SET_BACK_WITHIN.as_secs()
+                ))
+            })??;
+            if rows.is_empty() {
+                return Ok(true);
+            }
+            tracing::warn!(
+                connection = %connection,
+                "a read's session held a user variable, left by a function the read called; its connection is closed rather than pooled"
+            );
+            Ok(false)
+        })
+    })
+}
+
+/// The listing, when the session lists a user variable it set itself through `source`;
+/// `None` when it does not (no privilege, no such table, the performance schema off).
 async fn listed(conn: &mut MySqlConnection, source: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::raw_sql("SET @portcullis_probe = 1")
         .execute(&mut *conn)
@@ -211,19 +255,12 @@ async fn listed(conn: &mut MySqlConnection, source: &str) -> Result<Option<Strin
     .fetch_one(&mut *conn)
     .await;
     Ok(match seen {
-        // One row when there is none, two when there is one: `ER_SUBQUERY_NO_1_ROW`.
-        Ok(1) => Some(format!(
-            ", (SELECT 1 UNION ALL (SELECT 1 {source} LIMIT 1))"
-        )),
+        // One row when the session holds any.
+        Ok(1) => Some(format!("SELECT 1 {source} LIMIT 1")),
         Ok(_) => None,
         Err(sqlx::Error::Database(_)) => None,
         Err(e) => return Err(e),
     })
-}
-
-/// Whether `e`, from a read's setup, is its check finding a user variable on the session.
-pub(super) fn is_user_variable_residue(e: &sqlx::Error) -> bool {
-    error_number(e) == Some(SUBQUERY_NO_1_ROW)
 }
 
 fn error_number(e: &sqlx::Error) -> Option<u16> {
