@@ -3,7 +3,8 @@
 //! (seconds, every statement) and MySQL's `max_execution_time` (milliseconds, `SELECT` only).
 //! The timeout is set on the session before the statement, never by rewriting the statement.
 //! Reads run with the session set to `TRANSACTION READ ONLY` and inside
-//! `START TRANSACTION READ ONLY … ROLLBACK`; writes and DDL inside
+//! `START TRANSACTION READ ONLY … ROLLBACK`, begun in the session's setup message and rolled
+//! back as the connection goes back to its pool ([`session`]); writes and DDL inside
 //! `START TRANSACTION … COMMIT` (DDL commits implicitly, as MySQL always does). Statements go
 //! through the binary protocol as prepared statements, which hold exactly one statement, and
 //! each connection keeps the ones it prepared, by exact text, never closing one while it
@@ -321,8 +322,8 @@ enum Setup {
 /// Sets up the session for one job: a preview's check that its tables are transactional,
 /// the server's flavour (once per pool), for a read how its pool sets a read's session back
 /// (once per pool, [`session`]), then in one message the statement timeout, for a read the
-/// read-only session, and the connection id (to kill the query if it outlives its timeout),
-/// which it returns.
+/// read-only session and the read's transaction, and the connection id (to kill the query
+/// if it outlives its timeout), which it returns.
 async fn setup(
     credential: &Credential,
     conn: &mut MySqlConnection,
@@ -375,8 +376,9 @@ async fn setup(
             // `START TRANSACTION READ ONLY` alone does not stop DDL: DDL commits the
             // transaction implicitly and then runs outside it. The session characteristic
             // covers that implicit transaction too. Set on every read, so nothing a
-            // previous statement did to the session can carry over.
-            session.push_str("; SET SESSION TRANSACTION READ ONLY");
+            // previous statement did to the session can carry over. The read's transaction
+            // begins in the same message (`run_on`).
+            session.push_str("; SET SESSION TRANSACTION READ ONLY; START TRANSACTION READ ONLY");
         }
         session.push_str("; SELECT CONNECTION_ID()");
         let rows = sqlx::raw_sql(AssertSqlSafe(session))
@@ -469,21 +471,42 @@ async fn run_on(
     sink: &mut RowSink,
 ) -> Result<(Summary, bool), sqlx::Error> {
     let conn: &mut MySqlConnection = conn;
-    let read = class == OperationClass::Read;
-    let mut tx = conn
-        .begin_with(if read {
-            "START TRANSACTION READ ONLY"
-        } else {
-            "START TRANSACTION"
-        })
-        .await?;
     let mut rows = Rows::new(limits, sink);
+    if class == OperationClass::Read {
+        // The read's `START TRANSACTION READ ONLY` travelled with its setup, and its
+        // `ROLLBACK` travels with the message that sets its session back as the connection
+        // goes back to its pool ([`session`]), or the connection is closed, which ends it
+        // too: the result does not wait for it (EX-3).
+        let (_, full) = run_statement(conn, statement, &mut rows, true).await?;
+        return Ok((rows.finish(), full));
+    }
+    let mut tx = conn.begin_with("START TRANSACTION").await?;
+    let (affected, _) = run_statement(&mut tx, statement, &mut rows, false).await?;
+    if limits.dry_run {
+        // A preview: nothing it did survives.
+        tx.rollback().await?;
+        rows.set_affected(affected);
+    } else {
+        tx.commit().await?;
+        rows.set_affected(affected);
+    }
+    Ok((rows.finish(), false))
+}
+
+/// Runs the statement on `conn`, inside the job's transaction, into `rows`: its affected
+/// count, and for a read whether a cap stopped it with rows left unread.
+async fn run_statement(
+    conn: &mut MySqlConnection,
+    statement: &str,
+    rows: &mut Rows<'_>,
+    read: bool,
+) -> Result<(u64, bool), sqlx::Error> {
     let mut affected = 0;
     {
         // One prepared statement, kept on the connection ([`STATEMENT_CACHE`]): a write's
         // RETURNING rows and its affected count both come back on this stream.
         let query = sqlx::query(AssertSqlSafe(statement.to_owned())).persistent(true);
-        let mut stream = (&mut *tx).fetch_many(query);
+        let mut stream = (&mut *conn).fetch_many(query);
         while let Some(item) = stream.try_next().await? {
             match item {
                 sqlx::Either::Left(done) => affected += done.rows_affected(),
@@ -493,14 +516,14 @@ async fn run_on(
                     }
                     rows.offer(|| row_values(&row)).await;
                     if read && rows.is_full() {
-                        return Ok((rows.finish(), true));
+                        return Ok((affected, true));
                     }
                 }
             }
         }
     }
     if !rows.has_columns() {
-        let prepared = (&mut *tx)
+        let prepared = (&mut *conn)
             .prepare(AssertSqlSafe(statement.to_owned()).into_sql_str())
             .await?;
         rows.set_columns(
@@ -514,20 +537,7 @@ async fn run_on(
                 .collect(),
         );
     }
-    if read {
-        // As for PostgreSQL (`postgres.rs`): dropping the transaction queues its ROLLBACK,
-        // which the pool's test on release sends and waits for before the connection is
-        // handed out again; the result does not wait for it (EX-3).
-        drop(tx);
-    } else if limits.dry_run {
-        // A preview: nothing it did survives.
-        tx.rollback().await?;
-        rows.set_affected(affected);
-    } else {
-        tx.commit().await?;
-        rows.set_affected(affected);
-    }
-    Ok((rows.finish(), false))
+    Ok((affected, false))
 }
 
 fn columns(row: &MySqlRow) -> Vec<Column> {

@@ -300,8 +300,9 @@ pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_an
 }
 
 /// EX-3: a read's transaction has ended before its connection serves another job: the read
-/// does not wait for its `ROLLBACK`, which the pool's test on release sends, so once the
-/// connection is back in its pool InnoDB holds no transaction for its session.
+/// does not wait for its `ROLLBACK`, which travels with the message that sets its session
+/// back as the connection goes back to its pool, so once the connection is back in its pool
+/// InnoDB holds no transaction for its session.
 #[tokio::test]
 pub(crate) async fn ex3_mysql_a_read_ends_its_transaction_before_its_connection_is_reused() {
     let my = My::new().await;
@@ -311,9 +312,14 @@ pub(crate) async fn ex3_mysql_a_read_ends_its_transaction_before_its_connection_
     let lim = limits(10, 1 << 20, 5_000);
     // Reading an InnoDB table starts the transaction's read view, which lists it in
     // `innodb_trx` for as long as it is open.
-    let job = "SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM items)";
+    let job = "SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM items), @@in_transaction";
     let first = t.run_unchecked(Read, job, lim).await.expect("first read");
     let id = first.rows[0][0].as_u64().expect("a connection id");
+    assert_eq!(
+        first.rows[0][2],
+        json!(1),
+        "the read ran outside a transaction"
+    );
     back_in_pool(|| t.idle_connections(Read)).await;
     let open: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?",

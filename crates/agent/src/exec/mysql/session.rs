@@ -9,12 +9,12 @@
 //! function's choosing, every result cut to `sql_select_limit` rows, uncommitted rows read
 //! under `READ UNCOMMITTED`, and whatever the function left in a user variable.
 //!
-//! So a read's connection, on its way back to the pool after the read's `ROLLBACK` and after
-//! the result has left ([`set_back_on_release`]), sets the session variables that change
-//! what a read returns or whether it runs back to what a new connection has, releases the
-//! named locks the session holds, and lists the session's user variables, all in one
-//! message: one it finds there is closed instead of pooled, with a warning, since the driver
-//! has no session reset. Every read therefore starts on a new connection or on one set back
+//! So a read's connection, on its way back to the pool after the result has left
+//! ([`set_back_on_release`]), ends the read's transaction (`ROLLBACK`), sets the session
+//! variables that change what a read returns or whether it runs back to what a new
+//! connection has, releases the named locks the session holds, and lists the session's user
+//! variables, all in one message: one it finds there is closed instead of pooled, with a
+//! warning, since the driver has no session reset. Every read therefore starts on a new connection or on one set back
 //! this way, and the read does not wait for any of it. Which of the variables the server
 //! has, what character sets a new connection has and where the session can list its user
 //! variables are found once per pool, on a connection of its own ([`ReadSession::probe`]).
@@ -106,9 +106,9 @@ const MYSQL_USER_VARIABLES: &str =
 /// What sets a read's session back, found once per pool.
 #[derive(Debug)]
 pub(super) struct ReadSession {
-    /// One message: the variables of [`TO_DEFAULT`] the server has, the time zone and the
-    /// character sets set back, the session's named locks released, and a `SELECT` with a
-    /// row for each user variable the session holds. `None` when the session cannot list its
+    /// One message: the read's transaction rolled back, the variables of [`TO_DEFAULT`] the
+    /// server has, the time zone and the character sets set back, the session's named locks
+    /// released, and a `SELECT` with a row for each user variable the session holds. `None` when the session cannot list its
     /// own, and each read's connection is closed after the read.
     set_back: Option<String>,
 }
@@ -181,7 +181,7 @@ impl ReadSession {
             // every read's connection is closed after its read.
             Ok(ReadSession {
                 set_back: listing
-                    .map(|listing| format!("{reset}; DO RELEASE_ALL_LOCKS(); {listing}")),
+                    .map(|listing| format!("ROLLBACK; {reset}; DO RELEASE_ALL_LOCKS(); {listing}")),
             })
         };
         let session = probed.await;
@@ -196,8 +196,8 @@ impl ReadSession {
     }
 }
 
-/// Adds to a read credential's pool options the setting back of each read's session as its
-/// connection goes back to the pool, after the read's queued `ROLLBACK` (module docs): a
+/// Adds to a read credential's pool options the end of each read's transaction and the
+/// setting back of its session as its connection goes back to the pool (module docs): a
 /// connection whose session holds a user variable, whose message fails or takes longer than
 /// [`SET_BACK_WITHIN`], or whose pool has no [`ReadSession`] yet, is closed instead. A
 /// connection closed after its job (a write's, or one whose read stopped early) never gets
