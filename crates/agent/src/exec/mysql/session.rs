@@ -14,10 +14,11 @@
 //! variables that change what a read returns or whether it runs back to what a new
 //! connection has, releases the named locks the session holds, and lists the session's user
 //! variables, all in one message: one it finds there is closed instead of pooled, with a
-//! warning, since the driver has no session reset. Every read therefore starts on a new connection or on one set back
-//! this way, and the read does not wait for any of it. Which of the variables the server
-//! has, what character sets a new connection has and where the session can list its user
-//! variables are found once per pool, on a connection of its own ([`ReadSession::probe`]).
+//! warning, since the driver has no session reset. Every read therefore starts on a new
+//! connection or on one set back this way, and the read does not wait for any of it. Which
+//! of the variables the server has, what character sets a new connection has and where the
+//! session can list its user variables are found once per pool, on a connection of its own
+//! ([`ReadSession::probe`]).
 //! A server where the session cannot list them (MySQL without `SELECT` on
 //! `performance_schema.user_variables_by_thread`, or with the performance schema off) gets
 //! its read connections closed after each read instead, with a warning once: fail closed.
@@ -108,8 +109,9 @@ const MYSQL_USER_VARIABLES: &str =
 pub(super) struct ReadSession {
     /// One message: the read's transaction rolled back, the variables of [`TO_DEFAULT`] the
     /// server has, the time zone and the character sets set back, the session's named locks
-    /// released, and a `SELECT` with a row for each user variable the session holds. `None` when the session cannot list its
-    /// own, and each read's connection is closed after the read.
+    /// released, and a `SELECT` with a row for each user variable the session holds. `None`
+    /// when the session cannot list its own, and each read's connection is closed after the
+    /// read.
     set_back: Option<String>,
 }
 
