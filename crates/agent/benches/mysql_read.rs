@@ -5,9 +5,14 @@
 //! statement, the result collected — without the gate and the server. Three sequences:
 //! reads of one statement, reads of a new statement each time (as ad-hoc SQL with literals
 //! is), and writes. Prints p50, p90, p99 and the slowest of each, and the direct driver's
-//! read for reference. `MYSQL_BENCH_JOBS` (default 2,000) jobs each after 200 warm-up jobs.
+//! read for reference. Then reads of one statement [`AT_ONCE`] at a time, more than the pool
+//! has connections, so a connection's whole turn (its setup, the read, its way back to the
+//! pool) sets the rate: jobs/s with the same percentiles. `MYSQL_BENCH_JOBS` (default 2,000)
+//! jobs each after 200 warm-up jobs, four times as many for the concurrent reads.
 //! Makes its own database and drops it at the end.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_agent::config::{Credential, SecretUrl, TargetConfig};
@@ -17,6 +22,8 @@ use sqlx::{Connection, MySqlConnection};
 
 const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306";
 const WARM_UP: usize = 200;
+/// How many reads run at once in the concurrent sequence: twice the pool's 4 connections.
+const AT_ONCE: usize = 8;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -47,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(url: &str, database: &str, n: usize) -> anyhow::Result<()> {
-    let target = MySqlTarget::open(&target(url))?;
+    let target = Arc::new(MySqlTarget::open(&target(url))?);
     let limits = Limits {
         row_cap: 1_000,
         max_bytes: 1 << 20,
@@ -89,6 +96,14 @@ async fn run(url: &str, database: &str, n: usize) -> anyhow::Result<()> {
             write.clone()
         })
         .await?,
+    );
+    let total = 4 * n;
+    let started = Instant::now();
+    let taken = at_once(&target, limits, total, &read).await?;
+    let rate = (WARM_UP + total) as f64 / started.elapsed().as_secs_f64();
+    report(
+        &format!("read, one statement, {AT_ONCE} jobs at a time ({total} jobs, {rate:.0} jobs/s)"),
+        taken,
     );
     target.close().await;
     direct.close().await?;
@@ -139,6 +154,44 @@ async fn jobs(
         if i >= WARM_UP {
             taken.push(started.elapsed());
         }
+    }
+    taken.sort();
+    Ok(taken)
+}
+
+/// Runs `WARM_UP + total` reads of `statement`, [`AT_ONCE`] at a time on the runtime's
+/// workers; the latencies of the last `total`, sorted.
+async fn at_once(
+    target: &Arc<MySqlTarget>,
+    limits: Limits,
+    total: usize,
+    statement: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(AT_ONCE);
+    for _ in 0..AT_ONCE {
+        let (target, next, sql) = (Arc::clone(target), Arc::clone(&next), statement.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut taken = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= WARM_UP + total {
+                    return Ok::<_, anyhow::Error>(taken);
+                }
+                let started = Instant::now();
+                target
+                    .run_unchecked(OperationClass::Read, &sql, limits)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("job {i} failed: {e:?}"))?;
+                if i >= WARM_UP {
+                    taken.push(started.elapsed());
+                }
+            }
+        }));
+    }
+    let mut taken = Vec::with_capacity(total);
+    for task in tasks {
+        taken.extend(task.await??);
     }
     taken.sort();
     Ok(taken)
