@@ -251,15 +251,8 @@ impl MySqlTarget {
             // user variables a function set, temporary tables, `LOCK TABLES`. The next job on
             // the connection would inherit them, so the connection is closed rather than
             // pooled (EX-3); the driver offers no session reset (`COM_RESET_CONNECTION`). A
-            // read's session is set back by every read (`setup`).
-            conn.close_on_drop();
-        } else if credential
-            .read_session
-            .get()
-            .is_none_or(ReadSession::close_after_each_read)
-        {
-            // The session cannot list its user variables, so none can be checked for before
-            // the connection goes back to its pool: it is closed instead (EX-3).
+            // read's session is set back as its connection goes back to its pool, or the
+            // connection is closed there when it cannot be ([`session`]).
             conn.close_on_drop();
         }
         // A full statement cache would close its least recently used statement for the next

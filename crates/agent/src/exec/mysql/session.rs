@@ -116,16 +116,30 @@ pub(super) struct ReadSession {
 }
 
 impl ReadSession {
-    /// Reads, on `conn` (a new connection of the pool's credential, closed after), which
-    /// variables the server has, its new sessions' character sets and whether a session can
-    /// list its own user variables. `unlisted` takes the last as no, to exercise the
-    /// fallback (tests only).
+    /// Reads, on `conn` (a new connection of the pool's credential, closed after), whether a
+    /// session can list its own user variables and, when it can, which variables the server
+    /// has and its new sessions' character sets. `unlisted` takes the first as no, to
+    /// exercise the fallback (tests only).
     pub(super) async fn probe(
         mut conn: MySqlConnection,
         flavour: Flavour,
         unlisted: bool,
     ) -> Result<ReadSession, sqlx::Error> {
         let probed = async {
+            let source = match flavour {
+                Flavour::MariaDb => MARIADB_USER_VARIABLES,
+                Flavour::MySql => MYSQL_USER_VARIABLES,
+            };
+            let listing = if unlisted {
+                None
+            } else {
+                listed(&mut conn, source).await?
+            };
+            // Without the listing every read's connection is closed after the read, and
+            // nothing else here would be used.
+            let Some(listing) = listing else {
+                return Ok(ReadSession { set_back: None });
+            };
             let mut reset = format!("SET SESSION time_zone = '{TIME_ZONE}'");
             for name in CHARACTER_SETS {
                 let value: Option<String> =
@@ -168,22 +182,14 @@ impl ReadSession {
                     Err(e) => return Err(e),
                 }
             }
-            let source = match flavour {
-                Flavour::MariaDb => MARIADB_USER_VARIABLES,
-                Flavour::MySql => MYSQL_USER_VARIABLES,
-            };
-            let listing = if unlisted {
-                None
-            } else {
-                listed(&mut conn, source).await?
-            };
             // A named lock (`GET_LOCK`) is the session's, not the transaction's, so one a
             // function took outlives the read's `ROLLBACK`. `RELEASE_ALL_LOCKS()` exists from
             // MySQL 5.7 and MariaDB 10.5.2 on; on an older server the message fails and
             // every read's connection is closed after its read.
             Ok(ReadSession {
-                set_back: listing
-                    .map(|listing| format!("ROLLBACK; {reset}; DO RELEASE_ALL_LOCKS(); {listing}")),
+                set_back: Some(format!(
+                    "ROLLBACK; {reset}; DO RELEASE_ALL_LOCKS(); {listing}"
+                )),
             })
         };
         let session = probed.await;
@@ -201,7 +207,8 @@ impl ReadSession {
 /// Adds to a read credential's pool options the end of each read's transaction and the
 /// setting back of its session as its connection goes back to the pool (module docs): a
 /// connection whose session holds a user variable, whose message fails or takes longer than
-/// [`SET_BACK_WITHIN`], or whose pool has no [`ReadSession`] yet, is closed instead. A
+/// [`SET_BACK_WITHIN`], or whose pool has no [`ReadSession`] yet or one that cannot list
+/// user variables ([`ReadSession::close_after_each_read`]), is closed instead. A
 /// connection closed after its job (a write's, or one whose read stopped early) never gets
 /// here. It runs in the task that returns the connection, so the read's result does not
 /// wait for it, and the next read finds the connection only once it is done.
@@ -210,9 +217,10 @@ pub(super) fn set_back_on_release(
     session: Arc<OnceCell<ReadSession>>,
     connection: ConnectionName,
 ) -> PoolOptions<MySql> {
+    let connection = Arc::new(connection);
     options.after_release(move |conn, _| {
         let session = Arc::clone(&session);
-        let connection = connection.clone();
+        let connection = Arc::clone(&connection);
         Box::pin(async move {
             let Some(set_back) = session.get().and_then(|s| s.set_back.as_deref()) else {
                 return Ok(false);
