@@ -32,6 +32,50 @@ pub(crate) async fn commit_probe(path: &Path) -> anyhow::Result<Stats> {
     Ok(Stats::of(lat))
 }
 
+/// One durable commit the way the server's audit writer thread makes it: rusqlite on a thread
+/// of its own (no hand-off per statement), WAL with `synchronous = FULL`, a transaction of a
+/// few rows in two indexed tables, and a WAL that is overwritten in place, as the server's is
+/// once its checkpoints have let it restart. [`commit_probe`] pays sqlx's hand-offs and grows
+/// its WAL, so it overstates what the server's commit costs; both are printed.
+pub(crate) async fn writer_commit_probe(path: &Path) -> anyhow::Result<Stats> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Stats> {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA wal_autocheckpoint = 0; \
+             CREATE TABLE probe (id TEXT PRIMARY KEY, state TEXT NOT NULL, at INTEGER NOT NULL); \
+             CREATE INDEX probe_by_state ON probe(state, at); \
+             CREATE TABLE probe_events (seq INTEGER PRIMARY KEY, details TEXT NOT NULL);",
+        )?;
+        let commit = |i: usize| -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.prepare_cached("INSERT INTO probe (id, state, at) VALUES (?1, 'queued', ?2)")?
+                .execute((format!("{i:016}"), i as i64))?;
+            conn.prepare_cached("INSERT INTO probe_events (details) VALUES (?1)")?
+                .execute([format!(
+                    "{{\"event\":{i},\"padding\":\"{}\"}}",
+                    "x".repeat(300)
+                )])?;
+            conn.execute_batch("COMMIT")
+        };
+        // Grow the WAL, copy it into the database, and let the next commit restart it from
+        // its start: the measured commits overwrite it in place.
+        for i in 0..WRITER_PROBE_WARMUP {
+            commit(i)?;
+        }
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+        let mut lat = Vec::with_capacity(FSYNC_ITERATIONS);
+        for i in 0..FSYNC_ITERATIONS {
+            let t = Instant::now();
+            commit(WRITER_PROBE_WARMUP + i)?;
+            lat.push(t.elapsed());
+        }
+        Ok(Stats::of(lat))
+    })
+    .await?
+}
+
 pub(crate) async fn direct_sqlite(db: &Path) -> anyhow::Result<Stats> {
     let pool = SqlitePoolOptions::new()
         .max_connections(4)

@@ -246,6 +246,7 @@ pub(crate) fn print_machine(scratch: &Path) {
         "   machine: {} logical CPUs (nproc), {cpu}, Linux {kernel}",
         cores()
     );
+    println!("   idle CPUs: {}", cpu_idle());
     println!("   commit:  {commit} (HEAD; the working tree may differ)");
     println!(
         "   temp dir: {} on {}",
@@ -256,6 +257,26 @@ pub(crate) fn print_machine(scratch: &Path) {
         "   sections 1-5 run in this one process on a {}-worker tokio runtime (load generator, server and agent share the CPUs); section 8 runs the release binary as separate processes",
         cores()
     );
+}
+
+/// How this machine's idle CPUs wait: the cpuidle driver and governor and, on a KVM guest with
+/// the `haltpoll` driver, how long a vCPU polls before it halts. A hand-off to a thread whose
+/// vCPU halted waits for the host to wake it, which the sequential figures show.
+fn cpu_idle() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let cpuidle = "/sys/devices/system/cpu/cpuidle";
+    let driver = read(&format!("{cpuidle}/current_driver")).unwrap_or_else(|| "none".into());
+    let governor = read(&format!("{cpuidle}/current_governor_ro"))
+        .or_else(|| read(&format!("{cpuidle}/current_governor")))
+        .unwrap_or_else(|| "none".into());
+    let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .map(|ns| format!(", guest_halt_poll_ns {ns}"))
+        .unwrap_or_default();
+    format!("cpuidle driver {driver}, governor {governor}{poll}")
 }
 
 /// The commit HEAD names, read from the repository's files (`.git/HEAD`, the ref it points
