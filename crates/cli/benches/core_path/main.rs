@@ -403,6 +403,23 @@ async fn sequential_and_load(
             load.cpu_us_per_request.unwrap_or(f64::NAN)
         );
     }
+    if let Some(machine) = load.machine {
+        println!(
+            "   whole machine during the window: {:.0} % of its CPUs busy, the PostgreSQL processes {:.2} cores; {:.0} µs CPU per request in all (every process, the kernel's interrupt work)",
+            machine.busy_share * 100.0,
+            machine.postgres_cores,
+            machine.cpu_us_per_request
+        );
+        summary.push(Row::info(
+            "CPU per request under load: this process / whole machine",
+            format!(
+                "{:.0} µs / {:.0} µs ({:.0} % busy)",
+                load.cpu_us_per_request.unwrap_or(f64::NAN),
+                machine.cpu_us_per_request,
+                machine.busy_share * 100.0
+            ),
+        ));
+    }
     println!(
         "   state-store commits in the window: {} ({:.2} per request; each request's create and result are two transactions, grouped)",
         load.commits, load.commits_per_request

@@ -191,9 +191,19 @@ pub(crate) struct Load {
     pub(crate) error_samples: Vec<String>,
     pub(crate) cpu_cores: Option<f64>,
     pub(crate) cpu_us_per_request: Option<f64>,
+    /// The whole machine in the window: the share of its CPUs busy, the cores the PostgreSQL
+    /// processes kept busy, and the CPU per request of everything together.
+    pub(crate) machine: Option<MachineLoad>,
     /// State-store commits in the window, and per completed request.
     pub(crate) commits: u64,
     pub(crate) commits_per_request: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MachineLoad {
+    pub(crate) busy_share: f64,
+    pub(crate) postgres_cores: f64,
+    pub(crate) cpu_us_per_request: f64,
 }
 
 /// `LOAD_CLIENTS` tasks, each with its own `Client`, looping the waiting create of `body`;
@@ -250,9 +260,11 @@ pub(crate) async fn throughput(
     }
     tokio::time::sleep_until(window_start.into()).await;
     let cpu_before = process_cpu_seconds();
+    let machine_before = machine_cpu_seconds();
     let commits_before = commits();
     tokio::time::sleep_until(window_end.into()).await;
     let cpu_after = process_cpu_seconds();
+    let machine_after = machine_cpu_seconds();
     let commits = commits().saturating_sub(commits_before);
     let mut lat = Vec::new();
     for t in tasks {
@@ -267,6 +279,14 @@ pub(crate) async fn throughput(
         ),
         _ => (None, None),
     };
+    let machine = match (machine_before, machine_after) {
+        (Some(a), Some(b)) if b.total > a.total && ok > 0 => Some(MachineLoad {
+            busy_share: (b.busy - a.busy) / (b.total - a.total),
+            postgres_cores: (b.postgres - a.postgres) / window.as_secs_f64(),
+            cpu_us_per_request: (b.busy - a.busy) * 1e6 / ok as f64,
+        }),
+        _ => None,
+    };
     let error_samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Load {
         ok,
@@ -276,6 +296,7 @@ pub(crate) async fn throughput(
         error_samples,
         cpu_cores,
         cpu_us_per_request,
+        machine,
         commits,
         commits_per_request: commits as f64 / ok.max(1) as f64,
     })

@@ -332,6 +332,51 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// CPU seconds of the whole machine (busy and in all, from /proc/stat) and of the PostgreSQL
+/// processes (summed over /proc), so far: PostgreSQL runs on the same CPUs here, and its
+/// share of a load is outside [`process_cpu_seconds`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MachineCpu {
+    pub(crate) busy: f64,
+    pub(crate) total: f64,
+    pub(crate) postgres: f64,
+}
+
+pub(crate) fn machine_cpu_seconds() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let all = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let ticks: Vec<f64> = all
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: f64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let mut postgres = 0.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        // A process may end between the listing and the read: it is skipped.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.contains("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let time = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        postgres += time(11).unwrap_or(0.0) + time(12).unwrap_or(0.0);
+    }
+    let ticks_per_second = clock_ticks();
+    Some(MachineCpu {
+        busy: (total - idle) / ticks_per_second,
+        total: total / ticks_per_second,
+        postgres: postgres / ticks_per_second,
+    })
+}
+
 /// Clock ticks per second for /proc times (asked once, before any measurement).
 pub(crate) fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
