@@ -333,8 +333,9 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// CPU seconds of the whole machine (busy and in all, from /proc/stat) and of the PostgreSQL
-/// processes (summed over /proc), so far: PostgreSQL runs on the same CPUs here, and its
-/// share of a load is outside [`process_cpu_seconds`].
+/// processes (summed over /proc; a process that ended is no longer counted, and the bench's
+/// connections stay open), so far: PostgreSQL runs on the same CPUs here, and its share of a
+/// load is outside [`process_cpu_seconds`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MachineCpu {
     pub(crate) busy: f64,
@@ -345,10 +346,11 @@ pub(crate) struct MachineCpu {
 pub(crate) fn machine_cpu_seconds() -> Option<MachineCpu> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let all = stat.lines().next()?.strip_prefix("cpu ")?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    // user nice system idle iowait irq softirq (guest time is inside user); steal, the time
+    // the host ran something else, is neither this machine's work nor its idle time.
     let ticks: Vec<f64> = all
         .split_whitespace()
-        .take(8)
+        .take(7)
         .map(|t| t.parse().ok())
         .collect::<Option<_>>()?;
     let total: f64 = ticks.iter().sum();
