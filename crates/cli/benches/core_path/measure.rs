@@ -35,8 +35,9 @@ pub(crate) async fn commit_probe(path: &Path) -> anyhow::Result<Stats> {
 /// One durable commit the way the server's audit writer thread makes it: rusqlite on a thread
 /// of its own (no hand-off per statement), WAL with `synchronous = FULL`, a transaction of two
 /// rows in two tables (one of them with two indexes), and a WAL that is overwritten in place,
-/// as the server's is once its checkpoints have let it restart. [`commit_probe`] pays sqlx's hand-offs and grows
-/// its WAL, so it overstates what the server's commit costs; both are printed.
+/// as the server's is once its checkpoints have let it restart. [`commit_probe`] pays sqlx's
+/// hand-offs and grows its WAL, so it overstates what the server's commit costs; both are
+/// printed.
 pub(crate) async fn writer_commit_probe(path: &Path) -> anyhow::Result<Stats> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Stats> {

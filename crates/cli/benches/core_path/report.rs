@@ -324,12 +324,18 @@ pub(crate) fn filesystem_of(path: &Path) -> String {
 /// User + system CPU seconds of this process so far.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    Some(cpu_ticks(&stat)?.1 / clock_ticks())
+}
+
+/// A `/proc/PID/stat` line's command name and its user + system CPU, in clock ticks.
+fn cpu_ticks(stat: &str) -> Option<(&str, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some((name, utime + stime))
 }
 
 /// CPU seconds of the whole machine (busy and in all, from /proc/stat) and of the PostgreSQL
@@ -361,15 +367,11 @@ pub(crate) fn machine_cpu_seconds() -> Option<MachineCpu> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if !head.contains("(postgres") {
-            continue;
+        if let Some((name, ticks)) = cpu_ticks(&stat)
+            && name.starts_with("postgres")
+        {
+            postgres += ticks;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let time = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        postgres += time(11).unwrap_or(0.0) + time(12).unwrap_or(0.0);
     }
     let ticks_per_second = clock_ticks();
     Some(MachineCpu {
