@@ -331,13 +331,13 @@ async fn sequential_and_load(
             serde_json::to_string(&result.rows)?
         );
     }
-    let (through, through_cpu) = through(&admin, &body, THROUGH_ITERATIONS).await?;
+    let (through, through_cost) = through(&admin, &body, THROUGH_ITERATIONS).await?;
     println!(
         "   {} iterations after {THROUGH_WARMUP} warm-up: {}",
         through.n,
         through.line()
     );
-    print_cpu(through_cpu, through.n);
+    print_cost(&through_cost, through.n);
     let added_p50 = through.p50 - direct.p50;
     let added_p99 = through.p99 - direct.p99;
     println!(
@@ -359,6 +359,12 @@ async fn sequential_and_load(
         added_p99,
         GOAL_ADDED_P99_US,
     ));
+    if let Some((before, after)) = &through_cost.sched {
+        summary.push(Row::info(
+            "per sequential request: sleeps / switches / wake IPIs",
+            before.short(after, through.n),
+        ));
+    }
 
     section("2s. context: the same sequential pair on the demo SQLite target");
     let demo = scratch.join("direct-demo.db");
@@ -368,14 +374,14 @@ async fn sequential_and_load(
         "   direct (sqlx read-only SQLite pool), {SQLITE_STATEMENT}: {}",
         sqlite_direct.line()
     );
-    let (sqlite_through, sqlite_cpu) =
+    let (sqlite_through, sqlite_cost) =
         measure::through(&admin, &sqlite_body(), SQLITE_THROUGH_ITERATIONS).await?;
     println!(
         "   through Portcullis, {} iterations after {THROUGH_WARMUP} warm-up: {}",
         sqlite_through.n,
         sqlite_through.line()
     );
-    print_cpu(sqlite_cpu, sqlite_through.n);
+    print_cost(&sqlite_cost, sqlite_through.n);
     summary.push(Row::info(
         "context, SQLite target: direct / through p50",
         format!("{} / {}", us(sqlite_direct.p50), us(sqlite_through.p50)),

@@ -144,19 +144,27 @@ pub(crate) fn check_outcome(outcome: &RequestOutcome) -> Result<(), String> {
     }
 }
 
-/// Sequential auto-approved reads with a waiting create: the latencies, and the process CPU
-/// seconds spent during the measured iterations.
+/// What the measured iterations of [`through`] cost besides their time: the process's CPU
+/// seconds, and the scheduler's counts before and after.
+pub(crate) struct Cost {
+    pub(crate) cpu: Option<f64>,
+    pub(crate) sched: Option<(SchedCounts, SchedCounts)>,
+}
+
+/// Sequential auto-approved reads with a waiting create: the latencies, and what the measured
+/// iterations cost.
 pub(crate) async fn through(
     admin: &Client,
     body: &CreateRequest,
     iterations: usize,
-) -> anyhow::Result<(Stats, Option<f64>)> {
+) -> anyhow::Result<(Stats, Cost)> {
     for _ in 0..THROUGH_WARMUP {
         check_outcome(&admin.create_request(body, Duration::from_secs(10)).await?)
             .map_err(anyhow::Error::msg)?;
     }
     let deadline = Instant::now() + THROUGH_BUDGET;
     let mut lat = Vec::with_capacity(iterations);
+    let sched_before = SchedCounts::now();
     let cpu_before = process_cpu_seconds();
     while lat.len() < iterations && Instant::now() < deadline {
         let t = Instant::now();
@@ -165,6 +173,7 @@ pub(crate) async fn through(
         check_outcome(&outcome).map_err(anyhow::Error::msg)?;
     }
     let cpu = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+    let sched = sched_before.zip(SchedCounts::now());
     if lat.len() < iterations {
         println!(
             "   (time budget of {} s reached after {} iterations)",
@@ -172,15 +181,21 @@ pub(crate) async fn through(
             lat.len()
         );
     }
-    Ok((Stats::of(lat), cpu))
+    Ok((Stats::of(lat), Cost { cpu, sched }))
 }
 
-pub(crate) fn print_cpu(cpu_seconds: Option<f64>, requests: usize) {
-    if let Some(cpu) = cpu_seconds.filter(|_| requests > 0) {
+pub(crate) fn print_cost(cost: &Cost, requests: usize) {
+    if requests == 0 {
+        return;
+    }
+    if let Some(cpu) = cost.cpu {
         println!(
             "   process CPU: {:.0} µs per request (server + agent + client, user + system)",
             cpu * 1e6 / requests as f64
         );
+    }
+    if let Some((before, after)) = &cost.sched {
+        println!("   per request: {}", before.line(after, requests));
     }
 }
 

@@ -381,6 +381,108 @@ pub(crate) fn machine_cpu_seconds() -> Option<MachineCpu> {
     })
 }
 
+/// How often threads went to sleep and were woken so far, from /proc: on a VM each sleep of a
+/// thread with nothing else to run may halt its vCPU, and waking it again costs the host a
+/// reschedule, so these counts say how much of a sequential request's time can be wake-ups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SchedCounts {
+    /// Voluntary context switches of this process's threads (summed over /proc/self/task; a
+    /// thread that ended is no longer counted).
+    pub(crate) process_sleeps: u64,
+    /// Context switches of the whole machine (/proc/stat `ctxt`).
+    pub(crate) machine_switches: u64,
+    /// Rescheduling and function-call interrupts, summed over the CPUs (/proc/interrupts `RES`
+    /// and `CAL`, x86's names): mostly one CPU waking a thread on another. `None` where the
+    /// kernel names them otherwise.
+    pub(crate) wake_ipis: Option<u64>,
+}
+
+impl SchedCounts {
+    pub(crate) fn now() -> Option<SchedCounts> {
+        let mut process_sleeps = 0;
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            // A thread may end between the listing and the read: it is skipped.
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            process_sleeps += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let machine_switches = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("ctxt "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let wake_ipis = std::fs::read_to_string("/proc/interrupts")
+            .ok()
+            .and_then(|text| wake_ipis(&text));
+        Some(SchedCounts {
+            process_sleeps,
+            machine_switches,
+            wake_ipis,
+        })
+    }
+
+    /// The counts per request between `self` (before) and `after`: this process's sleeps, the
+    /// machine's switches, the wake-up interrupts where counted.
+    fn per_request(&self, after: &SchedCounts, requests: usize) -> (f64, f64, Option<f64>) {
+        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / requests.max(1) as f64;
+        (
+            per(self.process_sleeps, after.process_sleeps),
+            per(self.machine_switches, after.machine_switches),
+            self.wake_ipis.zip(after.wake_ipis).map(|(a, b)| per(a, b)),
+        )
+    }
+
+    /// The per-request counts as a report line.
+    pub(crate) fn line(&self, after: &SchedCounts, requests: usize) -> String {
+        let (sleeps, switches, ipis) = self.per_request(after, requests);
+        let mut line = format!(
+            "{sleeps:.1} thread sleeps in this process, {switches:.1} context switches machine-wide"
+        );
+        if let Some(ipis) = ipis {
+            line.push_str(&format!(", {ipis:.1} wake-up interrupts between CPUs"));
+        }
+        line
+    }
+
+    /// The same for the summary table: sleeps / switches / wake-up interrupts ("-" where not
+    /// counted).
+    pub(crate) fn short(&self, after: &SchedCounts, requests: usize) -> String {
+        let (sleeps, switches, ipis) = self.per_request(after, requests);
+        let ipis = ipis.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}"));
+        format!("{sleeps:.1} / {switches:.1} / {ipis}")
+    }
+}
+
+/// The `RES` and `CAL` lines of /proc/interrupts, summed over their per-CPU columns.
+fn wake_ipis(interrupts: &str) -> Option<u64> {
+    let cpus = interrupts.lines().next()?.split_whitespace().count();
+    let mut found = false;
+    let mut sum = 0;
+    for line in interrupts.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line
+            .strip_prefix("RES:")
+            .or_else(|| line.strip_prefix("CAL:"))
+        else {
+            continue;
+        };
+        found = true;
+        sum += rest
+            .split_whitespace()
+            .take(cpus)
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    found.then_some(sum)
+}
+
 /// Clock ticks per second for /proc times (asked once, before any measurement).
 pub(crate) fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
