@@ -109,6 +109,9 @@ const LOAD_WINDOW: Duration = Duration::from_secs(10);
 /// The shorter windows of the diagnostic (5) and of the separate processes (8).
 const NORMAL_LOAD_WINDOW: Duration = Duration::from_secs(5);
 const PROC_LOAD_WINDOW: Duration = Duration::from_secs(5);
+/// Sequential reads through the separate processes (section 8), after the same warm-up as
+/// section 2's.
+const PROC_SEQUENTIAL_ITERATIONS: usize = 1_000;
 
 const DISPATCH_WARMUP: usize = 20;
 const DISPATCH_ITERATIONS: usize = 500;
@@ -204,11 +207,13 @@ async fn sections(
     if wanted(0) {
         commit_context(scratch, summary).await?;
     }
+    let mut direct = None;
     if wanted(1) || wanted(2) || wanted(3) {
-        let direct = direct_pg(pg, summary).await?;
+        let measured = direct_pg(pg, summary).await?;
         if wanted(2) || wanted(3) {
-            sequential_and_load(pg, scratch, &direct, summary).await?;
+            sequential_and_load(pg, scratch, &measured, summary).await?;
         }
+        direct = Some(measured);
     }
     if wanted(4) {
         dispatch_section(pg, summary).await?;
@@ -223,7 +228,7 @@ async fn sections(
         audit_verify(bin, summary).await?;
     }
     if wanted(8) {
-        separate_processes(bin, release_agent_binary()?, pg, summary).await?;
+        separate_processes(bin, release_agent_binary()?, pg, direct.as_ref(), summary).await?;
     }
     Ok(())
 }
@@ -635,11 +640,13 @@ async fn audit_verify(bin: &Path, summary: &mut Vec<Row>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// 8. `portcullis server` and `portcullis-agent` as separate processes.
+/// Section 8: `portcullis server` and `portcullis-agent` as separate processes; `direct` is
+/// the read of section 1, when it ran.
 async fn separate_processes(
     bin: &Path,
     agent_bin: &Path,
     pg: &PgTarget,
+    direct: Option<&Stats>,
     summary: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     section(&format!(
@@ -663,6 +670,24 @@ async fn separate_processes(
         "   idle (agent connected, no request yet): server VmRSS {:.1} MiB, agent VmRSS {:.1} MiB",
         p.server_idle, p.agent_idle
     );
+    println!(
+        "   sequential reads (as in 2), {} iterations after {THROUGH_WARMUP} warm-up: {}",
+        p.sequential.n,
+        p.sequential.line()
+    );
+    if let Some((before, after)) = &p.sequential_cost.sched {
+        println!(
+            "   per request: {} (the process: this one, the client's)",
+            before.line(after, p.sequential.n)
+        );
+    }
+    let added = direct.map(|d| p.sequential.p50 - d.p50);
+    if let Some(added) = added {
+        println!(
+            "   added latency over the direct read of 1: p50 {}",
+            us(added)
+        );
+    }
     println!(
         "   load: {} ok, {} errors -> {:.0} requests/s; latency {}",
         p.load.ok,
@@ -740,6 +765,14 @@ async fn separate_processes(
         p.server_after_login,
         GOAL_SERVER_IDLE_MIB,
         "MiB",
+    ));
+    summary.push(Row::info(
+        "separate processes: sequential through p50 / added p50",
+        format!(
+            "{} / {}",
+            us(p.sequential.p50),
+            added.map_or_else(|| "-".to_owned(), us)
+        ),
     ));
     summary.push(Row::info(
         "separate processes: reads/s, 32 clients / errors",

@@ -215,6 +215,10 @@ pub(crate) struct Processes {
     /// The server idle, before any load, after one password login (its Argon2 buffer then
     /// pooled).
     pub(crate) server_after_login: f64,
+    /// Sequential auto-approved reads through the two processes (section 2's loop), and
+    /// what they cost this process (the client's) and the machine.
+    pub(crate) sequential: Stats,
+    pub(crate) sequential_cost: Cost,
 }
 
 pub(crate) async fn processes(
@@ -348,6 +352,12 @@ credentials.read.url = {pg_url}
     tokio::time::sleep(SETTLE).await;
     let server_after_login = rss(server.pid())?;
 
+    // Sequential reads before the load, as section 2 makes them in one process.
+    let (sequential, sequential_cost) =
+        through(&admin, &pg.body(), PROC_SEQUENTIAL_ITERATIONS).await?;
+    server.check_alive()?;
+    agent.check_alive()?;
+
     let measured = under_load(&url, &setup.admin_token, pg, &mut server, &mut agent).await?;
     tokio::time::sleep(SETTLE).await;
     let server_after = rss(server.pid())?;
@@ -403,6 +413,8 @@ credentials.read.url = {pg_url}
         all_in_one_peak: context.agent_peak,
         all_in_one_rate: context.load.rate,
         server_after_login,
+        sequential,
+        sequential_cost,
     })
 }
 
