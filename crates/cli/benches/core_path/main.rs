@@ -16,7 +16,8 @@
 //! 2. through Portcullis: the same statement as an auto-approved request with a waiting
 //!    create (one HTTP round trip: authn, classify, policy, queue, dispatch to the agent,
 //!    Ed25519 token, verify, execute on PostgreSQL, report, relay) -> added latency at p50
-//!    and p99; the same pair on the demo SQLite target as context;
+//!    and p99, with the CPU, thread sleeps, context switches and wake-up interrupts per
+//!    request; the same pair on the demo SQLite target as context;
 //! 3. throughput: 32 concurrent clients of auto-approved reads for a fixed window;
 //! 4. dispatch latency: an idle agent already waiting in its long-poll, time from the commit
 //!    that approves a new request (its `request.approved` event as published to the server's
@@ -32,9 +33,10 @@
 //!    data directory, and the usual start on a prepared one), spawn -> the server lists the
 //!    agent as connected for `portcullis-agent`; resident memory (VmRSS, VmHWM from /proc) of
 //!    the server idle and under a 32-client load of auto-approved reads, and of the agent;
-//!    as context, the same agent run as `portcullis agent` (the all-in-one binary) under the
-//!    same load, and the server idle after one password login (before the loads, which then
-//!    run with its Argon2 buffer pooled).
+//!    as context, the sequential reads of 2 through the two processes (before the load), the
+//!    same agent run as `portcullis agent` (the all-in-one binary) under the same load, and
+//!    the server idle after one password login (before the loads, which then run with its
+//!    Argon2 buffer pooled).
 //!
 //! `BENCH_SECTIONS=6,7 bench/run` runs only the sections listed.
 //!
@@ -650,7 +652,7 @@ async fn separate_processes(
     summary: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     section(&format!(
-        "8. separate processes: release `portcullis server` and `portcullis-agent`, start to ready and resident memory; {LOAD_CLIENTS} clients in this process, {} s window",
+        "8. separate processes: release `portcullis server` and `portcullis-agent`, start to ready, sequential reads and resident memory; {LOAD_CLIENTS} clients in this process, {} s window",
         PROC_LOAD_WINDOW.as_secs()
     ));
     let p = procs::processes(bin, agent_bin, pg).await?;
