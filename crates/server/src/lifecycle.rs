@@ -396,7 +396,14 @@ pub async fn create_request(
         context_jobs,
     };
     // The request, its jobs and its events in one transaction on the writer thread.
+    let draining = state.clone();
     let record = move |m: &mut Member<'_>| -> Result<(), ApiError> {
+        // EX-3: checked again where it cannot race the drain. A drain that began since the
+        // check above (while this request was decided, or queued for the writer) records
+        // nothing of it and frees the agent it was to be handed to; one that begins after
+        // this transaction counts its job, since the stop waits for the writer before it
+        // counts ([`crate::Server::stop`]).
+        draining.refuse_when_draining()?;
         row.insert(m.conn())?;
         for (ctx, event) in events {
             m.append_at(&ctx, event, now)?;

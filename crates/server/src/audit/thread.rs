@@ -17,6 +17,7 @@
 //! [`AuditTx`]: super::AuditTx
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -48,6 +49,24 @@ struct Work<F, R> {
     work: Option<F>,
     result: Option<Result<R, ApiError>>,
     reply: oneshot::Sender<Result<R, ApiError>>,
+    /// Counted in [`Audit::transactions_in_flight`] until dropped, answered or not.
+    _counted: InFlight,
+}
+
+/// One transaction counted as given to the writer thread and not yet answered.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<F, R> Job for Work<F, R>
@@ -153,6 +172,7 @@ impl GroupState {
 /// when the `Audit` is dropped.
 pub(super) struct WriterThread {
     queue: Sender<Box<dyn Job>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for WriterThread {
@@ -169,13 +189,17 @@ impl WriterThread {
         std::thread::Builder::new()
             .name("portcullis-audit-writer".into())
             .spawn(move || run(&jobs, &audit, &store, &runtime))?;
-        Ok(WriterThread { queue })
+        Ok(WriterThread {
+            queue,
+            in_flight: Arc::default(),
+        })
     }
 
     /// A queue nobody reads: every transaction sent to it fails.
     pub(super) fn stopped() -> WriterThread {
         WriterThread {
             queue: std::sync::mpsc::channel().0,
+            in_flight: Arc::default(),
         }
     }
 }
@@ -195,11 +219,20 @@ impl Audit {
             work: Some(work),
             result: None,
             reply,
+            _counted: InFlight::new(&self.thread.in_flight),
         });
         if self.thread.queue.send(job).is_err() {
             return Err(stopped());
         }
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+impl Audit {
+    /// How many transactions the writer thread has been given and not yet answered: queued,
+    /// running, or waiting for their group's commit.
+    pub fn transactions_in_flight(&self) -> usize {
+        self.thread.in_flight.load(Ordering::Acquire)
     }
 }
 

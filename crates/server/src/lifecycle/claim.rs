@@ -136,6 +136,13 @@ async fn try_claim(
     let served_json = served_json.to_owned();
     let lease_until = now.saturating_add(lease_ms as i64);
     let lease = move |m: &mut Member<'_>| -> Result<Option<(UnsignedJob, bool)>, ApiError> {
+        // EX-3: the drain may have begun since this claim looked. Seen here, on the writer
+        // thread, a drain that began before this transaction leases nothing in it; one that
+        // begins after it finds its lease committed when it counts the running jobs
+        // ([`crate::Server::stop`] waits for the writer first).
+        if claimer.is_draining() {
+            return Ok(None);
+        }
         let claimed = m
             .conn()
             .prepare_cached(CLAIM_QUEUED)?

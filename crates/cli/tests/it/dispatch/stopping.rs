@@ -146,17 +146,7 @@ async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new
         state.dispatch.waiting_for(id) >= 1
     })
     .await;
-    let idle = {
-        let holder = holder.clone();
-        tokio::spawn(async move {
-            holder
-                .claim(&ClaimRequest {
-                    connections: served(),
-                    wait_ms: 30_000,
-                })
-                .await
-        })
-    };
+    let idle = claiming(&holder);
     until_idle(&app).await;
     let (url, token) = (app.url().to_owned(), app.stack.admin_token.clone());
     let stop = tokio::spawn(app.stop());
@@ -195,9 +185,8 @@ async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new
         "a draining server's claim is held, not answered at once"
     );
 
-    let lines = "{\"columns\":[{\"name\":\"n\",\"type\":\"INTEGER\"}]}\n[7]\n{\"outcome\":\"succeeded\",\"row_count\":1,\"truncated\":false}\n";
     assert!(
-        upload(&holder, job.job_id, lines)
+        upload(&holder, job.job_id, SEVEN)
             .await
             .expect("the report of a running job is taken while the server drains")
     );
@@ -211,11 +200,265 @@ async fn ex3_a_draining_server_takes_the_report_of_a_running_job_and_refuses_new
         .result
         .expect("the result, delivered during the drain");
     assert_eq!(result.rows, vec![vec![serde_json::json!(7)]]);
+    stopped_without_a_job(stop, idle).await;
+}
+
+/// EX-3: a request decided an instant before the server began to stop, with the drain not yet
+/// seen, and given to the writer thread then, is refused there if the thread runs it only
+/// after the drain began, like any other new request: 503 `server_stopping`, nothing of it
+/// recorded, and the agent worker it had taken for a hand-off is freed and gets no job. The
+/// test holds the writer thread in a transaction of its own until the drain has begun, with
+/// the request's transaction queued behind it. Without the check in that transaction the
+/// request was recorded and its job leased to the idle worker during the drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_a_request_that_reaches_the_writer_after_the_drain_began_is_refused_and_not_recorded() {
+    let app = TestApp::spawn_with(|o| {
+        o.start_agent = false;
+        o.server.execution.drain_secs = 60;
+    })
+    .await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    // A running job keeps the drain open while the rest is checked.
+    let (_, job) = create_and_claim(&app, &holder, &demo_read("SELECT 7 AS n", "drained")).await;
+    let state = app.stack.server.state.clone();
+    let idle = claiming(&holder);
+    until_idle(&app).await;
+    let writer = HeldWriter::hold(&state, |_| {}).await;
+    let late = {
+        let client = app.admin.clone();
+        tokio::spawn(async move {
+            client
+                .create_request(
+                    &demo_read("SELECT 8 AS n", "decided before the drain"),
+                    Duration::from_secs(30),
+                )
+                .await
+        })
+    };
+    let demo = "demo".parse().expect("name");
+    // The request took the worker after its first check of the drain, which has not begun.
+    until("the request never took the idle worker", || {
+        state.dispatch.idle_workers(&demo) == 0
+    })
+    .await;
+    until("the request never reached the writer thread", || {
+        state.audit.transactions_in_flight() >= 2
+    })
+    .await;
+    let stop = tokio::spawn(app.stop());
+    until("the server never began to drain", || state.is_draining()).await;
+    writer.release().await;
+
+    let refused = tokio::time::timeout(ANSWERED_WITHIN, late)
+        .await
+        .expect("the request was answered")
+        .expect("join")
+        .expect_err("a request that reaches the writer during the drain is refused");
+    match &refused {
+        portcullis_client::ClientError::Api { status, problem } => {
+            assert_eq!(*status, 503, "{refused}");
+            assert_eq!(problem.code, ErrorCode::Unavailable, "{refused}");
+            assert_eq!(
+                problem.reason.as_deref(),
+                Some("server_stopping"),
+                "{refused}"
+            );
+        }
+        other => panic!("not the server's refusal: {other}"),
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
+        .fetch_one(state.store.reader())
+        .await
+        .expect("count");
+    assert_eq!(recorded, 1, "the refused request was recorded");
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'leased'")
+        .fetch_one(state.store.reader())
+        .await
+        .expect("count");
+    assert_eq!(leased, 1, "a job was leased during the drain");
+
+    assert!(
+        upload(&holder, job.job_id, SEVEN)
+            .await
+            .expect("the running job's report")
+    );
+    stopped_without_a_job(stop, idle).await;
+}
+
+/// EX-3: the drain counts the jobs agents are running only once the writer thread has
+/// committed what it was given before the drain began. Here a transaction that leases a
+/// queued job is in flight on the writer thread, its lease written but not yet committed,
+/// when the server is told to stop: the drain waits for it, and then waits for that job as
+/// for any running one. Without that wait the drain counted no running job, since the lease
+/// was not yet committed, and the stop went on at once; the job would then have run on an
+/// agent with no server to take its report.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_the_drain_counts_a_lease_committed_an_instant_after_it_began() {
+    let app = TestApp::spawn_with(|o| {
+        o.start_agent = false;
+        o.server.execution.drain_secs = 5;
+    })
+    .await;
+    claim_and_vanish(&app, "holder").await;
+    let queued = queued_read(&app, "SELECT 9 AS n", "leased as the drain begins").await;
+    let request = queued.to_string();
+    let state = app.stack.server.state.clone();
+    // The lease as a claim makes it, held uncommitted on the writer thread.
+    let writer = HeldWriter::hold(&state, move |m| {
+        let until = i64::MAX / 2;
+        let leased = m
+            .conn()
+            .execute(
+                "UPDATE jobs SET state = 'leased', agent = 'holder', nonce = randomblob(16), \
+                 leased_at_ms = 0, lease_until_ms = ?1 WHERE request_id = ?2 AND state = 'queued'",
+                (until, request.as_str()),
+            )
+            .expect("lease");
+        assert_eq!(leased, 1, "the queued job");
+    })
+    .await;
+    let stop = tokio::spawn(app.stop());
+    until("the server never began to drain", || state.is_draining()).await;
+    assert!(
+        tokio::time::timeout(NOT_WITHIN, state.stopping())
+            .await
+            .is_err(),
+        "the drain ended while a lease was in flight on the writer thread"
+    );
+    writer.release().await;
+    assert!(
+        tokio::time::timeout(NOT_WITHIN, state.stopping())
+            .await
+            .is_err(),
+        "the drain did not wait for the job leased as it began"
+    );
+    tokio::time::timeout(ANSWERED_WITHIN, stop)
+        .await
+        .expect("the stop ended with its drain")
+        .expect("join");
+}
+
+/// EX-3: a claim that found a job queued an instant before the server began to stop, and
+/// whose lease the writer thread runs only after the drain began, leases nothing: the worker
+/// is held, then told there is no job, and the drain, with no job running, ends at once. The
+/// test holds the writer thread until the drain has begun, with the claim's lease queued
+/// behind it. Without the check in the lease's transaction the job was leased during the
+/// drain, and handed to the worker of a server that was stopping.
+#[tokio::test(flavor = "multi_thread")]
+async fn ex3_a_claim_whose_lease_reaches_the_writer_after_the_drain_began_leases_nothing() {
+    let app = TestApp::spawn_with(|o| {
+        o.start_agent = false;
+        o.server.execution.drain_secs = 60;
+    })
+    .await;
+    let holder = claim_and_vanish(&app, "holder").await;
+    queued_read(&app, "SELECT 6 AS n", "claimed as the drain begins").await;
+    let state = app.stack.server.state.clone();
+    let writer = HeldWriter::hold(&state, |_| {}).await;
+    let claim = claiming(&holder);
+    until("the claim's lease never reached the writer thread", || {
+        state.audit.transactions_in_flight() >= 2
+    })
+    .await;
+    let stop = tokio::spawn(app.stop());
+    until("the server never began to drain", || state.is_draining()).await;
+    writer.release().await;
+    answered_without_a_job(claim).await;
+    tokio::time::timeout(ANSWERED_WITHIN, stop)
+        .await
+        .expect("the stop ended at once, no job running")
+        .expect("join");
+}
+
+/// The report of the running job in these tests: one row, 7.
+const SEVEN: &str = "{\"columns\":[{\"name\":\"n\",\"type\":\"INTEGER\"}]}\n[7]\n{\"outcome\":\"succeeded\",\"row_count\":1,\"truncated\":false}\n";
+
+/// A read created without waiting, approved and queued (no agent serves `demo` here).
+async fn queued_read(app: &TestApp, statement: &str, reason: &str) -> uuid::Uuid {
+    let created = app
+        .admin
+        .create_request(&demo_read(statement, reason), Duration::ZERO)
+        .await
+        .expect("request");
+    assert_eq!(created.request.state, RequestState::Approved);
+    created.request.id
+}
+
+/// The stop ended, no job running any more, and the claim held during the drain got no job.
+async fn stopped_without_a_job(
+    stop: tokio::task::JoinHandle<()>,
+    idle: tokio::task::JoinHandle<
+        Result<Option<portcullis_proto::agent::JobAssignment>, portcullis_client::ClientError>,
+    >,
+) {
     tokio::time::timeout(ANSWERED_WITHIN, stop)
         .await
         .expect("the stop ended once no job was running")
         .expect("join");
     answered_without_a_job(idle).await;
+}
+
+/// How long a drain that must still be running is watched for not ending: far less than the
+/// 5 s it may run for, far more than it takes when it counts no running job.
+const NOT_WITHIN: Duration = Duration::from_millis(500);
+
+/// The writer thread held by a transaction of the test's own: `work` runs in it, then the
+/// thread waits, the transaction uncommitted, until [`HeldWriter::release`]. Every transaction
+/// given to the writer meanwhile runs after it.
+struct HeldWriter {
+    release: std::sync::mpsc::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl HeldWriter {
+    async fn hold(
+        state: &portcullis_server::AppState,
+        work: impl FnOnce(&mut portcullis_server::audit::Member<'_>) + Send + 'static,
+    ) -> HeldWriter {
+        let (entered, holding) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let audit = std::sync::Arc::clone(&state.audit);
+        let done = tokio::spawn(async move {
+            audit
+                .transact(move |m| {
+                    work(m);
+                    let _ = entered.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+                .expect("the test's own transaction commits");
+        });
+        holding
+            .await
+            .expect("the writer thread ran the test's transaction");
+        HeldWriter { release, done }
+    }
+
+    async fn release(self) {
+        self.release.send(()).expect("the writer thread waits");
+        tokio::time::timeout(ANSWERED_WITHIN, self.done)
+            .await
+            .expect("the test's transaction committed")
+            .expect("join");
+    }
+}
+
+/// `agent`'s worker claiming a job of `demo` for up to 30 s, in a task of its own.
+fn claiming(
+    agent: &portcullis_client::Client,
+) -> tokio::task::JoinHandle<
+    Result<Option<portcullis_proto::agent::JobAssignment>, portcullis_client::ClientError>,
+> {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        agent
+            .claim(&ClaimRequest {
+                connections: served(),
+                wait_ms: 30_000,
+            })
+            .await
+    })
 }
 
 /// A client waiting up to 60 s for the result of request `id` to begin, in a task of its own.
