@@ -434,11 +434,12 @@ async fn settle_leased_jobs(state: &AppState) {
         return;
     }
     let deadline = tokio::time::Instant::now() + drain;
-    // Whatever the writer thread was given before the drain began is committed before the
-    // jobs are counted: a request created or a job claimed an instant before it was decided
-    // with the drain not yet seen, and its lease, committed a moment later, would not be
-    // counted, nor its report waited for. Its transactions run in the order they were sent,
-    // and each of those sent since sees the drain and leases nothing (EX-3).
+    // A request or a claim that looked for the drain an instant before it began may already
+    // have given the writer thread its transaction; counted now, its lease, committed a
+    // moment later, would be missed and its report not waited for. The thread runs
+    // transactions in the order they were sent, so once this empty one is answered all of
+    // those are committed, and every transaction it runs from now on sees the drain and
+    // leases nothing (EX-3).
     match tokio::time::timeout_at(deadline, state.audit.transact(|_| Ok(()))).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(

@@ -226,9 +226,7 @@ impl Audit {
         }
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
-}
 
-impl Audit {
     /// How many transactions the writer thread has been given and not yet answered: queued,
     /// running, or waiting for their group's commit.
     pub fn transactions_in_flight(&self) -> usize {
