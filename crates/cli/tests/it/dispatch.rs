@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::harness::TestApp;
 
 mod dropped;
+mod held;
 mod stopping;
 
 async fn start_agent(

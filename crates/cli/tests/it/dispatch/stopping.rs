@@ -13,6 +13,7 @@ use portcullis_proto::agent::{ClaimRequest, ServedConnection};
 use portcullis_proto::api::CreateRequest;
 use portcullis_server::config::ConnectionDecl;
 
+use super::held::HeldWriter;
 use super::{claim_and_vanish, create_and_claim, demo_read, served, until, until_idle, upload};
 use crate::harness::TestApp;
 
@@ -401,48 +402,6 @@ async fn stopped_without_a_job(
 /// How long a drain that must still be running is watched for not ending: far less than the
 /// 5 s it may run for, far more than it takes when it counts no running job.
 const NOT_WITHIN: Duration = Duration::from_millis(500);
-
-/// The writer thread held by a transaction of the test's own: `work` runs in it, then the
-/// thread waits, the transaction uncommitted, until [`HeldWriter::release`]. Every transaction
-/// given to the writer meanwhile runs after it.
-struct HeldWriter {
-    release: std::sync::mpsc::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl HeldWriter {
-    async fn hold(
-        state: &portcullis_server::AppState,
-        work: impl FnOnce(&mut portcullis_server::audit::Member<'_>) + Send + 'static,
-    ) -> HeldWriter {
-        let (entered, holding) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let audit = std::sync::Arc::clone(&state.audit);
-        let done = tokio::spawn(async move {
-            audit
-                .transact(move |m| {
-                    work(m);
-                    let _ = entered.send(());
-                    let _ = released.recv();
-                    Ok(())
-                })
-                .await
-                .expect("the test's own transaction commits");
-        });
-        holding
-            .await
-            .expect("the writer thread ran the test's transaction");
-        HeldWriter { release, done }
-    }
-
-    async fn release(self) {
-        self.release.send(()).expect("the writer thread waits");
-        tokio::time::timeout(ANSWERED_WITHIN, self.done)
-            .await
-            .expect("the test's transaction committed")
-            .expect("join");
-    }
-}
 
 /// `agent`'s worker claiming a job of `demo` for up to 30 s, in a task of its own.
 fn claiming(
