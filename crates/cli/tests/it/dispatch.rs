@@ -137,6 +137,17 @@ async fn create_and_claim(
     (created.request.id, job)
 }
 
+/// A read created without waiting, approved and queued (no agent serves `demo` here).
+async fn queued_read(app: &TestApp, statement: &str, reason: &str) -> uuid::Uuid {
+    let created = app
+        .admin
+        .create_request(&demo_read(statement, reason), Duration::ZERO)
+        .await
+        .expect("request");
+    assert_eq!(created.request.state, RequestState::Approved);
+    created.request.id
+}
+
 /// Waits until an agent worker is idle in its claim on `demo`, ready for a hand-off.
 async fn until_idle(app: &TestApp) {
     let demo = "demo".parse().expect("name");

@@ -12,7 +12,9 @@ use portcullis_proto::api::{Column, ExecResult};
 use portcullis_server::auth::AgentPrincipal;
 
 use super::held::HeldWriter;
-use super::{claim_and_vanish, create_and_claim, demo_read, finishes, queued_for, served};
+use super::{
+    claim_and_vanish, create_and_claim, demo_read, finishes, queued_for, queued_read, served,
+};
 use crate::harness::TestApp;
 
 /// EX-3: an agent's report whose caller is dropped once the report is on its way to the
@@ -82,13 +84,7 @@ async fn ex3_a_report_dropped_after_it_reached_the_writer_still_answers_the_requ
 async fn ex3_a_claim_dropped_after_its_lease_reached_the_writer_loses_no_job() {
     let app = TestApp::spawn_with(|o| o.start_agent = false).await;
     let holder = claim_and_vanish(&app, "holder").await;
-    let created = app
-        .admin
-        .create_request(&demo_read("SELECT 4 AS n", "claim dropped"), Duration::ZERO)
-        .await
-        .expect("request");
-    assert_eq!(created.request.state, RequestState::Approved);
-    let id = created.request.id;
+    let id = queued_read(&app, "SELECT 4 AS n", "claim dropped").await;
 
     let state = app.stack.server.state.clone();
     let writer = HeldWriter::hold(&state, |_| {}).await;

@@ -14,7 +14,9 @@ use portcullis_proto::api::CreateRequest;
 use portcullis_server::config::ConnectionDecl;
 
 use super::held::HeldWriter;
-use super::{claim_and_vanish, create_and_claim, demo_read, served, until, until_idle, upload};
+use super::{
+    claim_and_vanish, create_and_claim, demo_read, queued_read, served, until, until_idle, upload,
+};
 use crate::harness::TestApp;
 
 /// Far sooner than any of the waits below would end by itself (60 s for the clients, 30 s for
@@ -373,17 +375,6 @@ async fn ex3_a_claim_whose_lease_reaches_the_writer_after_the_drain_began_leases
 
 /// The report of the running job in these tests: one row, 7.
 const SEVEN: &str = "{\"columns\":[{\"name\":\"n\",\"type\":\"INTEGER\"}]}\n[7]\n{\"outcome\":\"succeeded\",\"row_count\":1,\"truncated\":false}\n";
-
-/// A read created without waiting, approved and queued (no agent serves `demo` here).
-async fn queued_read(app: &TestApp, statement: &str, reason: &str) -> uuid::Uuid {
-    let created = app
-        .admin
-        .create_request(&demo_read(statement, reason), Duration::ZERO)
-        .await
-        .expect("request");
-    assert_eq!(created.request.state, RequestState::Approved);
-    created.request.id
-}
 
 /// The stop ended, no job running any more, and the claim held during the drain got no job.
 async fn stopped_without_a_job(
