@@ -247,22 +247,15 @@ impl Agent {
     /// most `max_concurrent_jobs` settlements run at once.
     async fn run_job(self: &Arc<Self>, job: JobAssignment, settling: &Arc<Semaphore>) {
         // Heartbeats extend the lease while a long statement runs, and until the server
-        // has the result.
+        // has the result. They are polled beside the job's own futures, not spawned: a job
+        // costs no task of its own for them.
         let beat_every = Duration::from_millis((job.lease_ms / 3).max(1_000));
-        let client = self.client.clone();
-        let job_id = job.job_id;
-        let heartbeat = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(beat_every).await;
-                if let Err(e) = client.heartbeat(job_id).await {
-                    tracing::warn!(job = %job_id, error = %e, "heartbeat failed");
-                }
-            }
-        });
+        let mut heartbeat = Box::pin(heartbeats(self.client.clone(), job.job_id, beat_every));
         // The result streams to the server while the executor runs; the upload's backpressure
         // paces the executor, so a large result is never held whole.
         let (mut sink, chunks) = RowSink::stream();
         let client = self.client.clone();
+        let job_id = job.job_id;
         let mut upload = Box::pin(async move { client.upload_result(job_id, chunks).await });
         let work = async move {
             let processed = self.gate_and_run(&job, &mut sink).await;
@@ -273,19 +266,22 @@ impl Agent {
             (job, processed)
         };
         tokio::pin!(work);
-        let ((job, processed), uploaded) = tokio::select! {
-            done = &mut work => (done, None),
-            uploaded = &mut upload => (work.await, Some(uploaded)),
-        };
+        let ((job, processed), uploaded) = beating(&mut heartbeat, async {
+            tokio::select! {
+                done = &mut work => (done, None),
+                uploaded = &mut upload => ((&mut work).await, Some(uploaded)),
+            }
+        })
+        .await;
         if let Some(uploaded) = uploaded {
-            heartbeat.abort();
+            drop(heartbeat);
             self.settle(job, processed, uploaded).await;
             return;
         }
         let agent = self.clone();
         let settle = async move {
-            let uploaded = upload.await;
-            heartbeat.abort();
+            let uploaded = beating(&mut heartbeat, upload).await;
+            drop(heartbeat);
             agent.settle(job, processed, uploaded).await;
         };
         match settling.clone().acquire_owned().await {
@@ -368,6 +364,32 @@ impl Agent {
 enum Processed {
     Refused(ExecError),
     Ran(Result<Summary, ExecError>),
+}
+
+/// Sends a heartbeat for `job_id` every `every`, for as long as it is polled.
+async fn heartbeats(
+    client: Client,
+    job_id: uuid::Uuid,
+    every: Duration,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = client.heartbeat(job_id).await {
+            tracing::warn!(job = %job_id, error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Runs `work` to its end while polling `heartbeat` beside it.
+async fn beating<T>(
+    heartbeat: &mut std::pin::Pin<Box<impl std::future::Future<Output = std::convert::Infallible>>>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        biased;
+        out = work => out,
+        never = heartbeat.as_mut() => match never {},
+    }
 }
 
 /// The report for an outcome whose rows could not be delivered. A read that the requester

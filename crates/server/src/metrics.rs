@@ -8,12 +8,13 @@
 //! forever. So every [`UPKEEP_EVERY`] requests fold the pending samples in: memory stays
 //! bounded whether `/metrics` is scraped or not.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::Method;
-use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::AppState;
@@ -39,6 +40,52 @@ struct Inner {
     observed: AtomicU64,
     /// Upkeeps run so far.
     upkeeps: AtomicU64,
+    /// The HTTP series registered so far, by route: a request finds its handles here
+    /// without building a key or allocating.
+    http: RwLock<HashMap<Box<str>, RouteSeries>>,
+}
+
+/// One route's HTTP series: latency by method, count by method and status.
+#[derive(Default)]
+struct RouteSeries {
+    duration: Vec<(&'static str, Histogram)>,
+    total: Vec<(&'static str, u16, Counter)>,
+}
+
+impl RouteSeries {
+    /// Records one request; false when a series it needs is not registered yet.
+    fn record(&self, method: &str, status: u16, seconds: f64) -> bool {
+        let duration = self.duration.iter().find(|(m, _)| *m == method);
+        let total = self
+            .total
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status);
+        match (duration, total) {
+            (Some((_, duration)), Some((_, _, total))) => {
+                duration.record(seconds);
+                total.increment(1);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The method's label: the standard methods by name, any other as `other`, so a client
+/// sending made-up methods cannot add series without bound (WEB-9).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
 }
 
 impl Default for Metrics {
@@ -63,33 +110,63 @@ impl Metrics {
             handle,
             observed: AtomicU64::new(0),
             upkeeps: AtomicU64::new(0),
+            http: RwLock::default(),
         }))
     }
 
     /// One finished HTTP request: `route` is the matched route pattern (never the raw path,
     /// which would let clients create unbounded label values).
     pub fn observe_http(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
-        let labels = vec![
-            Label::new("method", method.as_str().to_owned()),
-            Label::new("route", route.to_owned()),
-        ];
-        let key = Key::from_parts("portcullis_http_request_duration_seconds", labels.clone());
-        self.0
-            .recorder
-            .register_histogram(&key, &METADATA)
-            .record(elapsed.as_secs_f64());
-        let mut labels = labels;
-        labels.push(Label::new("status", status.to_string()));
-        let key = Key::from_parts("portcullis_http_requests_total", labels);
-        self.0
-            .recorder
-            .register_counter(&key, &METADATA)
-            .increment(1);
+        let method = method_label(method);
+        let seconds = elapsed.as_secs_f64();
+        let recorded = self
+            .0
+            .http
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+            .is_some_and(|series| series.record(method, status, seconds));
+        if !recorded && let Some(series) = self.register_http(method, route, status).get(route) {
+            series.record(method, status, seconds);
+        }
         // Exactly one request in every UPKEEP_EVERY folds the pending samples in.
         if self.0.observed.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
             self.0.handle.run_upkeep();
             self.0.upkeeps.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Registers the series of `method`, `route` and `status` that are missing; returns the
+    /// map still locked, so the caller records before anyone else reads it.
+    fn register_http(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: u16,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, RouteSeries>> {
+        let mut http = self.0.http.write().unwrap_or_else(|e| e.into_inner());
+        let series = http.entry(route.into()).or_default();
+        let labels = vec![
+            Label::new("method", method),
+            Label::new("route", route.to_owned()),
+        ];
+        if !series.duration.iter().any(|(m, _)| *m == method) {
+            let key = Key::from_parts("portcullis_http_request_duration_seconds", labels.clone());
+            let duration = self.0.recorder.register_histogram(&key, &METADATA);
+            series.duration.push((method, duration));
+        }
+        if !series
+            .total
+            .iter()
+            .any(|(m, s, _)| *m == method && *s == status)
+        {
+            let mut labels = labels;
+            labels.push(Label::new("status", status.to_string()));
+            let key = Key::from_parts("portcullis_http_requests_total", labels);
+            let total = self.0.recorder.register_counter(&key, &METADATA);
+            series.total.push((method, status, total));
+        }
+        http
     }
 
     /// How many upkeeps have folded pending histogram samples into their buckets.
@@ -185,5 +262,37 @@ mod tests {
             .find(|l| l.starts_with("portcullis_http_requests_total"))
             .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
         assert!(total.ends_with(&format!(" {n}")), "{total}");
+    }
+
+    /// WEB-9: a made-up method is counted as `other`, so clients cannot add series without
+    /// bound; the standard ones keep their names, and each request is counted once.
+    #[test]
+    fn made_up_methods_share_one_series() {
+        let metrics = Metrics::new();
+        for i in 0..50 {
+            let method = Method::from_bytes(format!("MADEUP{i}").as_bytes()).expect("method");
+            metrics.observe_http(&method, "unmatched", 405, Duration::from_micros(100));
+        }
+        metrics.observe_http(&Method::GET, "unmatched", 404, Duration::from_micros(100));
+        metrics.observe_http(&Method::GET, "unmatched", 404, Duration::from_micros(100));
+        let text = metrics.0.handle.render();
+        let totals: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_http_requests_total{"))
+            .collect();
+        assert_eq!(totals.len(), 2, "{text}");
+        assert!(
+            totals.iter().any(|l| l.contains("method=\"other\"")
+                && l.contains("status=\"405\"")
+                && l.ends_with(" 50")),
+            "{text}"
+        );
+        assert!(
+            totals.iter().any(|l| l.contains("method=\"GET\"")
+                && l.contains("status=\"404\"")
+                && l.ends_with(" 2")),
+            "{text}"
+        );
+        assert!(!text.contains("MADEUP"), "{text}");
     }
 }

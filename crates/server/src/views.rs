@@ -121,6 +121,10 @@ impl ViewRow for sqlx::sqlite::SqliteRow {
     }
 }
 
+/// The names in [`view_columns!`], in their order, split once.
+static VIEW_COLUMN_NAMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| view_columns!().split(',').map(str::trim).collect());
+
 /// A request's [`view_columns!`] as the writer thread read them, every column present.
 pub(crate) struct ViewValues(pub(crate) Vec<rusqlite::types::Value>);
 
@@ -155,10 +159,7 @@ impl ViewRow for ViewValues {
     }
 
     fn index_of(&self, name: &str) -> Option<usize> {
-        view_columns!()
-            .split(',')
-            .map(str::trim)
-            .position(|c| c == name)
+        VIEW_COLUMN_NAMES.iter().position(|c| *c == name)
     }
 }
 
@@ -218,4 +219,21 @@ pub(crate) fn view_of(r: &impl ViewRow) -> Result<RequestView, ApiError> {
         reviewed_by: r.named_text("reviewed_by"),
         reviewed_at: r.named_int("reviewed_at_ms").map(clock::format_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer thread's view finds each named column where the view's query puts it.
+    #[test]
+    fn the_view_values_find_every_column_by_name() {
+        let names: Vec<&str> = view_columns!().split(',').map(str::trim).collect();
+        let values = ViewValues(vec![rusqlite::types::Value::Null; names.len()]);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(values.index_of(name), Some(i), "{name}");
+        }
+        assert_eq!(values.index_of("policy_rule_name"), Some(23));
+        assert_eq!(values.index_of("no_such_column"), None);
+    }
 }
