@@ -227,7 +227,8 @@ impl MySqlTarget {
                 Ok(id) => break id,
                 Err(Setup::Refused(refused)) => return Err(refused),
                 Err(Setup::Failed(e)) => {
-                    if pool.replace(&mut conn, &mut spares, &e, &limits).await? {
+                    if let Some(fresh) = pool.replace(conn, &mut spares, &e, &limits).await? {
+                        conn = fresh;
                         continue;
                     }
                     // Nothing of the job ran: a lost connection is `store_unavailable`

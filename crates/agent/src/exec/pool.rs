@@ -103,26 +103,31 @@ impl<DB: Database> StorePool<DB> {
     }
 
     /// For a job whose connection failed before any of its statement was sent (one that died
-    /// while idle in the pool, which is not tested before use): closes it and puts another in
-    /// its place while `spares` last (counted down from [`StorePool::spares`]). `false` when
-    /// none is left: the job reports `error`. Never for a failure after the statement was
-    /// sent, which could run it twice (EX-3).
+    /// while idle in the pool, which is not tested before use, or one whose session a read's
+    /// `BEGIN` message found residue on): closes it and, while `spares` last (counted down
+    /// from [`StorePool::spares`]), gives the job another. `None` when none is left: the job
+    /// reports `error`. Never for a failure after the statement was sent, which could run it
+    /// twice (EX-3). The failed connection leaves the pool before another is asked for, so a
+    /// pool of one does not wait for the dead connection's own place until the job's timeout.
     pub(crate) async fn replace(
         &self,
-        conn: &mut PoolConnection<DB>,
+        conn: PoolConnection<DB>,
         spares: &mut u32,
         error: &sqlx::Error,
         limits: &Limits,
-    ) -> Result<bool, ExecError> {
+    ) -> Result<Option<PoolConnection<DB>>, ExecError> {
+        // Out of the pool at once; closed (the server told, when it can still hear) beside
+        // the job.
+        let failed = conn.detach();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(DIAGNOSE, failed.close()).await;
+        });
         if *spares == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         *spares -= 1;
         tracing::debug!(connection = %self.connection, class = %self.class, error = %self.url.redact(&error.to_string()), "a pooled connection failed before its job's statement was sent; trying another");
-        conn.close_on_drop();
-        // The failed connection is dropped here, and closed.
-        *conn = self.acquire(limits).await?;
-        Ok(true)
+        self.acquire(limits).await.map(Some)
     }
 
     /// Connections idle in the pool: back from their last job and tested on release.

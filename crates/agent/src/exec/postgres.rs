@@ -165,8 +165,16 @@ impl PgTarget {
                             "a pooled read connection held a statement prepared by SQL, left by a function an earlier read called; the connection is closed and the job moved to another"
                         );
                     }
-                    if !begun && pool.replace(&mut conn, &mut spares, &e, &limits).await? {
-                        continue;
+                    if !begun {
+                        // Failed at its `BEGIN` message: dead, or holding what a function left
+                        // on its session. Never pooled again.
+                        match pool.replace(conn, &mut spares, &e, &limits).await? {
+                            Some(fresh) => {
+                                conn = fresh;
+                                continue;
+                            }
+                            None => return Err(pool.error(&e, class, database_error)),
+                        }
                     }
                     (Err(pool.error(&e, class, database_error)), true)
                 }

@@ -286,7 +286,7 @@ pub(crate) async fn mysql_every_type_round_trips() {
 /// job: it fails while the job's session is set up, before any of the statement was sent,
 /// and the job runs on another connection. Pooled connections are not tested before each
 /// job, so this is what keeps such a job from failing. Only reads' connections are pooled;
-/// a write's is closed after its job (`session.rs`).
+/// a write's is closed after its job (`session.rs`). The same with a pool of one connection.
 #[tokio::test]
 pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_and_no_rerun() {
     let my = My::new().await;
@@ -296,6 +296,20 @@ pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_an
     kill_while_idle(&my, &t, Read, id).await;
     let moved = connection_id(&t, Read, lim).await;
     assert_ne!(moved, id, "ran on the connection that was killed");
+    t.close().await;
+
+    // A pool of one: the killed connection leaves the pool before another is asked for, so
+    // the job does not wait for its place until its timeout and fail `store_unavailable`.
+    let mut config = my.target(&[Read]);
+    config.pool_size = 1;
+    let t = MySqlTarget::open(&config).expect("target");
+    let id = connection_id(&t, Read, lim).await;
+    kill_while_idle(&my, &t, Read, id).await;
+    let moved = connection_id(&t, Read, lim).await;
+    assert_ne!(
+        moved, id,
+        "a pool of one ran on the connection that was killed"
+    );
     t.close().await;
 }
 

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use OperationClass::{Ddl, Read, Write as WriteClass};
-use portcullis_agent::config::TargetConfig;
+use portcullis_agent::config::{DEFAULT_POOL_SIZE, TargetConfig};
 use portcullis_agent::exec::PgTarget;
 use portcullis_core::OperationClass;
 use serde_json::json;
@@ -307,36 +307,42 @@ pub(crate) async fn pg_every_type_round_trips() {
 /// an administrator's `pg_terminate_backend`) costs no job: it fails at its BEGIN, before
 /// any of the statement was sent, and the job runs on another connection, once. Pooled
 /// connections are not tested before each job, so this is what keeps such a job from
-/// failing (a read) or from ending `outcome_unknown` (a write).
+/// failing (a read) or from ending `outcome_unknown` (a write). The same with a pool of one.
 #[tokio::test]
 pub(crate) async fn ex3_pg_a_connection_that_died_in_the_pool_costs_no_job_and_no_rerun() {
     let pg = Pg::new().await;
     pg.exec("CREATE TABLE $s.items (id serial PRIMARY KEY, name text)")
         .await;
-    let t = PgTarget::open(&pg.target(&[Read, WriteClass])).expect("target");
     let lim = limits(10, 1 << 20, 5_000);
-    for (class, statement) in [
-        (Read, "SELECT pg_backend_pid()".to_owned()),
-        (
-            WriteClass,
-            pg.sql("INSERT INTO $s.items (name) VALUES ('once') RETURNING pg_backend_pid()"),
-        ),
-    ] {
-        let first = t
-            .run_unchecked(class, "SELECT pg_backend_pid()", lim)
-            .await
-            .expect("first job");
-        let pid = first.rows[0][0].as_i64().expect("a backend pid");
-        end_session_while_idle(&pg, &t, class, pid).await;
-        let next = t
-            .run_unchecked(class, &statement, lim)
-            .await
-            .unwrap_or_else(|e| panic!("{class}: the job after its pooled session ended: {e:?}"));
-        let moved = next.rows[0][0].as_i64().expect("a backend pid");
-        assert_ne!(moved, pid, "{class}: ran on the connection that was ended");
+    // In a pool of one, the dead connection is the only one the pool may hold: it leaves the
+    // pool before another is asked for, or the job waits for its place until its timeout and
+    // fails `store_unavailable`.
+    for pool_size in [DEFAULT_POOL_SIZE, 1] {
+        let mut config = pg.target(&[Read, WriteClass]);
+        config.pool_size = pool_size;
+        let t = PgTarget::open(&config).expect("target");
+        for (class, statement) in [
+            (Read, "SELECT pg_backend_pid()".to_owned()),
+            (
+                WriteClass,
+                pg.sql("INSERT INTO $s.items (name) VALUES ('once') RETURNING pg_backend_pid()"),
+            ),
+        ] {
+            let first = t
+                .run_unchecked(class, "SELECT pg_backend_pid()", lim)
+                .await
+                .expect("first job");
+            let pid = first.rows[0][0].as_i64().expect("a backend pid");
+            end_session_while_idle(&pg, &t, class, pid).await;
+            let next = t.run_unchecked(class, &statement, lim).await.unwrap_or_else(|e| {
+                panic!("{class}, pool of {pool_size}: the job after its pooled session ended: {e:?}")
+            });
+            let moved = next.rows[0][0].as_i64().expect("a backend pid");
+            assert_ne!(moved, pid, "{class}: ran on the connection that was ended");
+        }
+        t.close().await;
     }
-    assert_eq!(pg.count("items").await, 1, "the write ran exactly once");
-    t.close().await;
+    assert_eq!(pg.count("items").await, 2, "each write ran exactly once");
 }
 
 /// EX-3: a read's transaction has ended before its connection serves another job. The read
