@@ -18,6 +18,8 @@ use crate::config::TargetConfig;
 const MAX_ACQUIRE: Duration = Duration::from_secs(10);
 /// How long the diagnostic connection attempt may take.
 const DIAGNOSE: Duration = Duration::from_secs(3);
+/// How long closing a failed connection may take (it runs beside the job).
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// Idle connections are closed after this long.
 const IDLE: Duration = Duration::from_secs(300);
 
@@ -120,7 +122,7 @@ impl<DB: Database> StorePool<DB> {
         // the job.
         let failed = conn.detach();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(DIAGNOSE, failed.close()).await;
+            let _ = tokio::time::timeout(CLOSE_WITHIN, failed.close()).await;
         });
         if *spares == 0 {
             return Ok(None);
