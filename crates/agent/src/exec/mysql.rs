@@ -65,6 +65,10 @@ const STATEMENT_CACHE: usize = 32;
 /// How much longer than the server-side timeout the agent waits before killing the query.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// How long the agent tries to kill a query that outlived its timeout: to connect, and to
+/// have its `KILL QUERY` answered.
+const KILL_WITHIN: Duration = Duration::from_secs(2);
+
 /// MariaDB `ER_STATEMENT_TIMEOUT`, MySQL `ER_QUERY_TIMEOUT`, and `ER_QUERY_INTERRUPTED`
 /// (what `KILL QUERY` raises).
 const TIMEOUT_ERRORS: [u16; 3] = [1969, 3024, 1317];
@@ -95,6 +99,9 @@ pub struct MySqlTarget {
     /// Takes the session as unable to list its user variables (tests only).
     #[cfg(feature = "test-hooks")]
     unlisted_user_variables: std::sync::atomic::AtomicBool,
+    /// Leaves writes without a server-side timeout (tests only).
+    #[cfg(feature = "test-hooks")]
+    untimed_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MySqlTarget {
@@ -136,6 +143,8 @@ impl MySqlTarget {
             credentials,
             #[cfg(feature = "test-hooks")]
             unlisted_user_variables: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            untimed_writes: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -148,6 +157,30 @@ impl MySqlTarget {
     pub fn take_user_variables_as_unlisted(&self) {
         self.unlisted_user_variables
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes the session's setup leave writes without a server-side timeout, as on MySQL,
+    /// whose `max_execution_time` bounds only `SELECT`. Test-only: it lets a test prove the
+    /// agent's own stop (`KILL QUERY`) on MariaDB, whose `max_statement_time` stops every
+    /// statement itself. The agent never calls it.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_writes_as_untimed(&self) {
+        self.untimed_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn untimed(&self, class: OperationClass) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return class != OperationClass::Read
+            && self
+                .untimed_writes
+                .load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let _ = class;
+            false
+        }
     }
 
     fn unlisted_user_variables(&self) -> bool {
@@ -222,8 +255,13 @@ impl MySqlTarget {
         let mut conn = pool.acquire(&limits).await?;
         let mut spares = pool.spares();
         let unlisted = self.unlisted_user_variables();
+        let untimed = self.untimed(class);
         let id = loop {
-            match setup(credential, &mut conn, class, statement, limits, unlisted).await {
+            match setup(
+                credential, &mut conn, class, statement, limits, unlisted, untimed,
+            )
+            .await
+            {
                 Ok(id) => break id,
                 Err(Setup::Refused(refused)) => return Err(refused),
                 Err(Setup::Failed(e)) => {
@@ -278,24 +316,29 @@ impl MySqlTarget {
         }
     }
 
-    /// Stops a query that outlived its timeout, from another connection of the same user.
+    /// Stops a query that outlived its timeout, from a connection of its own, outside the
+    /// pool: the timed-out connection still holds its place there, so a pool of one, or a
+    /// pool whose every connection is serving a job, would have none to give, and the query
+    /// would run on (EX-3). Bounded by [`KILL_WITHIN`].
     async fn kill(&self, pool: &StorePool<MySql>, id: u64) {
-        let limits = Limits {
-            row_cap: 0,
-            max_bytes: 0,
-            timeout: Duration::from_secs(2),
-            dry_run: false,
+        let kill = async {
+            let mut other = pool.connect().await?;
+            let killed = sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}")))
+                .execute(&mut other)
+                .await;
+            // Closed in a task of its own: the job's answer waits for the kill, not for the
+            // close of the connection that sent it.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(KILL_WITHIN, other.close()).await;
+            });
+            killed.map(|_| ())
         };
-        let Ok(mut other) = pool.acquire(&limits).await else {
-            return;
+        let error = match tokio::time::timeout(KILL_WITHIN, kill).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => pool.url().redact(&e.to_string()),
+            Err(_) => format!("no answer within {} ms", KILL_WITHIN.as_millis()),
         };
-        let kill = format!("KILL QUERY {id}");
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(kill))
-            .execute(&mut *other)
-            .await
-        {
-            tracing::warn!(connection = %self.name, error = %pool.url().redact(&e.to_string()), "could not kill a query that outlived its timeout");
-        }
+        tracing::warn!(connection = %self.name, %error, "could not kill a query that outlived its timeout");
     }
 
     pub async fn close(&self) {
@@ -325,6 +368,7 @@ async fn setup(
     statement: &str,
     limits: Limits,
     unlisted: bool,
+    untimed: bool,
 ) -> Result<u64, Setup> {
     if limits.dry_run {
         match transactional(&mut *conn, statement).await {
@@ -340,6 +384,7 @@ async fn setup(
             .await?;
         // One message, one round trip: the settings, then a row with the connection's id.
         let mut session = match flavour {
+            Flavour::MariaDb if untimed => "SET SESSION max_statement_time = 0".to_owned(),
             Flavour::MariaDb => format!(
                 "SET SESSION max_statement_time = {}.{:03}",
                 limits.timeout_ms() / 1_000,

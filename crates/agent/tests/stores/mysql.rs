@@ -146,6 +146,51 @@ pub(crate) async fn ex3_mysql_statement_timeout_fires() {
     assert_eq!(r.rows, vec![vec![json!(1)]]);
 }
 
+/// EX-3: a statement the store does not stop itself (on MySQL, a write:
+/// `max_execution_time` bounds only `SELECT`) is stopped by the agent's `KILL QUERY` once its
+/// timeout and grace have passed, sent from a connection of its own: in a pool of one, the
+/// timed-out connection still holds the only place.
+#[tokio::test]
+pub(crate) async fn ex3_mysql_a_statement_past_its_timeout_is_killed_even_from_a_pool_of_one() {
+    let my = My::new().await;
+    let mut config = my.target(&[WriteClass]);
+    config.pool_size = 1;
+    let t = MySqlTarget::open(&config).expect("target");
+    t.take_writes_as_untimed();
+    let e = failed(
+        t.run_unchecked(WriteClass, "DO SLEEP(600)", limits(10, 1 << 20, 200))
+            .await,
+    );
+    assert_eq!(e.code, "outcome_unknown", "{e:?}");
+    // The kill was answered before the job's error came back; the store ends the statement
+    // at its next check of the session's kill flag.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO = 'DO SLEEP(600)'",
+        )
+        .bind(&my.database)
+        .fetch_one(&my.admin)
+        .await
+        .expect("processlist");
+        if running == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the statement still runs on the store after its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = t
+        .run_unchecked(WriteClass, "SELECT 1", limits(10, 1 << 20, 5_000))
+        .await
+        .expect("the pool's next job");
+    assert_eq!(r.rows, vec![vec![json!(1)]]);
+    t.close().await;
+}
+
 /// EX-3: row and byte caps stop a read at exactly the cap.
 #[tokio::test]
 pub(crate) async fn ex3_mysql_row_and_byte_caps_truncate_at_exactly_the_cap() {
