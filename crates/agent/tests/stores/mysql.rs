@@ -157,13 +157,26 @@ pub(crate) async fn ex3_mysql_a_statement_past_its_timeout_is_killed_even_from_a
     config.pool_size = 1;
     let t = MySqlTarget::open(&config).expect("target");
     t.take_writes_as_untimed();
-    let e = failed(
-        t.run_unchecked(WriteClass, "DO SLEEP(600)", limits(10, 1 << 20, 200))
-            .await,
+    // Seen running while the job waits (so the check below cannot pass by not finding it),
+    // then, once the job has answered, gone: the kill was answered before the job's error
+    // came back, and the store ends the statement at its next check of the kill flag.
+    let (result, ()) = tokio::join!(
+        t.run_unchecked(WriteClass, "DO SLEEP(600)", limits(10, 1 << 20, 200)),
+        sleepers(&my, 1, "the statement never ran")
     );
+    let e = failed(result);
     assert_eq!(e.code, "outcome_unknown", "{e:?}");
-    // The kill was answered before the job's error came back; the store ends the statement
-    // at its next check of the session's kill flag.
+    sleepers(&my, 0, "the statement ran on after its timeout").await;
+    let r = t
+        .run_unchecked(WriteClass, "SELECT 1", limits(10, 1 << 20, 5_000))
+        .await
+        .expect("the pool's next job");
+    assert_eq!(r.rows, vec![vec![json!(1)]]);
+    t.close().await;
+}
+
+/// Waits (bounded) until `want` sessions of the test's database run `DO SLEEP(600)`.
+async fn sleepers(my: &My, want: i64, failure: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let running: i64 = sqlx::query_scalar(
@@ -174,21 +187,12 @@ pub(crate) async fn ex3_mysql_a_statement_past_its_timeout_is_killed_even_from_a
         .fetch_one(&my.admin)
         .await
         .expect("processlist");
-        if running == 0 {
-            break;
+        if running == want {
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the statement still runs on the store after its timeout"
-        );
+        assert!(Instant::now() < deadline, "{failure} ({running} running)");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = t
-        .run_unchecked(WriteClass, "SELECT 1", limits(10, 1 << 20, 5_000))
-        .await
-        .expect("the pool's next job");
-    assert_eq!(r.rows, vec![vec![json!(1)]]);
-    t.close().await;
 }
 
 /// EX-3: row and byte caps stop a read at exactly the cap.
