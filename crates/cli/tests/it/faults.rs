@@ -7,6 +7,7 @@
 
 mod drain;
 mod rig;
+mod under_load;
 
 use std::time::{Duration, Instant};
 

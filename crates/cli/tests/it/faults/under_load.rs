@@ -1,0 +1,220 @@
+//! The server killed (SIGKILL) while clients keep it busy: what it answered before it died is
+//! what the store holds after the restart, and every job it had taken runs at most once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use portcullis_core::RequestState;
+use portcullis_proto::api::CreateRequest;
+use serde_json::Value;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::rig::{DEADLINE, PG, Schema, Stack, insert, markers};
+
+/// Clients submitting at once; half of them reads, half writes.
+const CLIENTS: usize = 6;
+/// Each client's bound on its requests (the server dies long before).
+const PER_CLIENT: usize = 200;
+/// Answers received, in all, before the server is killed in each round.
+const ANSWERS_BEFORE_THE_KILL: usize = 120;
+/// Times the server is killed under the load and started again.
+const ROUNDS: usize = 2;
+
+/// A request the server answered (`succeeded`, the client checked): its marker and id.
+struct Answered {
+    marker: String,
+    id: Uuid,
+}
+
+/// AUD-1, AUD-2, AUD-3, EX-3: SIGKILL of the server while six clients keep submitting
+/// auto-approved reads and writes (their audit records committed in shared groups), right
+/// after one of them is answered, then a restart on the same data directory; twice.
+/// - The chain verifies after each crash.
+/// - Every request the server answered before it died is in the store after the restart in
+///   the state the client was told, `succeeded` (a read's answer carried its own marker):
+///   no answer leaves before its records' commit.
+/// - Every request the store holds settles, with one `created` record, one outcome, and one
+///   dispatch plus one per recorded requeue.
+/// - At the target each succeeded write left exactly one row, a write lost with the server
+///   at most one, a failed one none, and nothing else is there: no job ran twice.
+///
+/// An answer sent before its records' commit (a write-behind of the audit) fails it: with
+/// the writer thread acknowledging each group 5 ms before its `COMMIT`, it failed 3 runs in
+/// 4 with one round, 4 in 4 with two.
+#[tokio::test(flavor = "multi_thread")]
+async fn aud2_a_server_killed_under_load_keeps_what_it_answered_and_runs_each_job_once() {
+    let schema = Schema::create("CREATE TABLE {s}.marks (marker text NOT NULL)").await;
+    let marks = schema.t("marks");
+    let mut stack = Stack::start(&["pg"], "lease_secs = 2").await;
+    let _agent = stack.agent("steady", 4, &[("pg", PG)]).await;
+
+    let mut answered = Vec::new();
+    for round in 0..ROUNDS {
+        answered.extend(load_then_kill(&mut stack, &marks, round).await);
+        stack.verify_audit();
+        stack.spawn_server(None);
+    }
+
+    let held = stack
+        .admin
+        .list_requests(true, None, 1000)
+        .await
+        .expect("request list");
+    assert!(held.len() < 1000, "the list holds every request");
+    let mut settled = HashMap::new();
+    for view in &held {
+        settled.insert(view.id, stack.settled(view.id).await);
+    }
+    for a in &answered {
+        let view = settled
+            .get(&a.id)
+            .unwrap_or_else(|| panic!("{}: answered, then lost with the server", a.marker));
+        assert_eq!(view.state, RequestState::Succeeded, "{}", a.marker);
+    }
+
+    let present = markers(&marks).await;
+    for view in settled.values() {
+        let Some(marker) = view.statement.split('\'').nth(1) else {
+            panic!("no marker in {}", view.statement);
+        };
+        let rows = present.iter().filter(|m| *m == marker).count();
+        if !view.statement.starts_with("INSERT") {
+            assert!(
+                matches!(view.state, RequestState::Succeeded | RequestState::Failed),
+                "read {marker} ended {}",
+                view.state
+            );
+            continue;
+        }
+        match view.state {
+            RequestState::Succeeded => assert_eq!(rows, 1, "{marker}"),
+            RequestState::OutcomeUnknown => assert!(rows <= 1, "{marker} ran {rows} times"),
+            RequestState::Failed => assert_eq!(rows, 0, "{marker} failed yet ran"),
+            other => panic!("{marker} ended {other}: {:?}", view.error),
+        }
+    }
+    assert!(
+        present
+            .iter()
+            .all(|m| settled.values().any(|v| v.statement.contains(m.as_str()))),
+        "rows nobody asked for: {present:?}"
+    );
+
+    let events = audit_counts(&stack).await;
+    for view in settled.values() {
+        let count = |action: &str| {
+            events
+                .get(&(view.id, action.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(count("request.created"), 1, "{}", view.statement);
+        assert_eq!(
+            count("request.finished") + count("request.lost") + count("request.expired"),
+            1,
+            "one outcome for {}",
+            view.statement
+        );
+        assert_eq!(
+            count("request.dispatched"),
+            1 + count("request.requeued"),
+            "{}",
+            view.statement
+        );
+    }
+    stack.kill_server();
+    stack.verify_audit();
+}
+
+/// How many audit events name each request, by action.
+async fn audit_counts(stack: &Stack) -> HashMap<(Uuid, String), usize> {
+    let bytes = stack.admin.audit_export().await.expect("audit export");
+    let mut counts = HashMap::new();
+    for line in String::from_utf8(bytes).expect("utf8").lines() {
+        let event: Value = serde_json::from_str(line).expect("json line");
+        let Some(id) = event["target"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("request:"))
+            .and_then(|id| id.parse().ok())
+        else {
+            continue;
+        };
+        let action = event["action"].as_str().unwrap_or_default().to_owned();
+        *counts.entry((id, action)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// One round: the clients submit until the server, killed right after the
+/// [`ANSWERS_BEFORE_THE_KILL`]th answer, stops answering; what each was answered.
+async fn load_then_kill(stack: &mut Stack, marks: &str, round: usize) -> Vec<Answered> {
+    let answers = Arc::new(AtomicUsize::new(0));
+    // Told by the client whose answer makes the count: the kill follows that answer at
+    // once, while the records of the answers just sent are the newest the server has.
+    let enough = Arc::new(Notify::new());
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (admin, marks) = (stack.admin.clone(), marks.to_owned());
+        let (answers, enough) = (Arc::clone(&answers), Arc::clone(&enough));
+        clients.push(tokio::spawn(async move {
+            let write = c % 2 == 0;
+            let mut answered = Vec::new();
+            for n in 0..PER_CLIENT {
+                let marker = format!("r{round}c{c}n{n:03}");
+                let statement = if write {
+                    insert(&marks, &marker)
+                } else {
+                    format!("SELECT '{marker}'::text AS marker")
+                };
+                let body = CreateRequest {
+                    connection: "pg".parse().expect("name"),
+                    statement,
+                    reason: "fault test".into(),
+                    stream: false,
+                };
+                // An error is the server dying under this request: its fate is checked
+                // with every other request the store holds.
+                let Ok(outcome) = admin
+                    .create_request(&body, std::time::Duration::from_secs(10))
+                    .await
+                else {
+                    break;
+                };
+                assert_eq!(
+                    outcome.request.state,
+                    RequestState::Succeeded,
+                    "{marker}: {:?}",
+                    outcome.request.error
+                );
+                if !write {
+                    let rows = outcome.result.expect("a read's result").rows;
+                    assert_eq!(rows, vec![vec![Value::from(marker.as_str())]], "{marker}");
+                }
+                answered.push(Answered {
+                    marker,
+                    id: outcome.request.id,
+                });
+                if answers.fetch_add(1, Ordering::Relaxed) + 1 == ANSWERS_BEFORE_THE_KILL {
+                    enough.notify_one();
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::timeout(DEADLINE, enough.notified())
+        .await
+        .expect("the clients to be answered");
+    stack.kill_server();
+    let mut answered = Vec::new();
+    for client in clients {
+        answered.extend(client.await.expect("client"));
+    }
+    assert!(
+        answered.len() >= ANSWERS_BEFORE_THE_KILL,
+        "{} answers",
+        answered.len()
+    );
+    answered
+}
