@@ -2,6 +2,7 @@
 //! processes, a PostgreSQL schema per test, locks held at the target, a relay that can be
 //! cut, and files made immutable.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -535,14 +536,28 @@ impl Stack {
 
     /// How many audit events of `action` name `request:{id}`.
     pub(super) async fn audited(&self, id: Uuid, action: &str) -> usize {
+        let counts = self.audit_counts().await;
+        counts.get(&(id, action.to_owned())).copied().unwrap_or(0)
+    }
+
+    /// How many audit events name each request, by request and action: one export for
+    /// every count a test needs.
+    pub(super) async fn audit_counts(&self) -> HashMap<(Uuid, String), usize> {
         let bytes = self.admin.audit_export().await.expect("audit export");
-        let target = format!("request:{id}");
-        String::from_utf8(bytes)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
-            .filter(|e| e["action"] == action && e["target"] == target.as_str())
-            .count()
+        let mut counts = HashMap::new();
+        for line in String::from_utf8(bytes).expect("utf8").lines() {
+            let event: Value = serde_json::from_str(line).expect("json line");
+            let Some(id) = event["target"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("request:"))
+                .and_then(|id| id.parse().ok())
+            else {
+                continue;
+            };
+            let action = event["action"].as_str().unwrap_or_default().to_owned();
+            *counts.entry((id, action)).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// `portcullis audit verify` on the data directory (AUD-3).

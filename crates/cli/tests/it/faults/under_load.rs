@@ -109,7 +109,7 @@ async fn aud2_a_server_killed_under_load_keeps_what_it_answered_and_runs_each_jo
         "rows nobody asked for: {present:?}"
     );
 
-    let events = audit_counts(&stack).await;
+    let events = stack.audit_counts().await;
     for view in settled.values() {
         let count = |action: &str| {
             events
@@ -133,25 +133,6 @@ async fn aud2_a_server_killed_under_load_keeps_what_it_answered_and_runs_each_jo
     }
     stack.kill_server();
     stack.verify_audit();
-}
-
-/// How many audit events name each request, by action.
-async fn audit_counts(stack: &Stack) -> HashMap<(Uuid, String), usize> {
-    let bytes = stack.admin.audit_export().await.expect("audit export");
-    let mut counts = HashMap::new();
-    for line in String::from_utf8(bytes).expect("utf8").lines() {
-        let event: Value = serde_json::from_str(line).expect("json line");
-        let Some(id) = event["target"]
-            .as_str()
-            .and_then(|t| t.strip_prefix("request:"))
-            .and_then(|id| id.parse().ok())
-        else {
-            continue;
-        };
-        let action = event["action"].as_str().unwrap_or_default().to_owned();
-        *counts.entry((id, action)).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// One round: the clients submit until the server, killed right after the
