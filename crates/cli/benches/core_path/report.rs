@@ -259,9 +259,11 @@ pub(crate) fn print_machine(scratch: &Path) {
     );
 }
 
-/// How this machine's idle CPUs wait: the cpuidle driver and governor and, on a KVM guest with
-/// the `haltpoll` driver, how long a vCPU polls before it halts. A hand-off to a thread whose
-/// vCPU halted waits for the host to wake it, which the sequential figures show.
+/// How this machine's idle CPUs wait: the cpuidle driver and governor, on a KVM guest with
+/// the `haltpoll` driver how long a vCPU polls before it halts, and the CPU latency limit
+/// processes ask for through PM QoS (at 0 the idle loop polls instead of halting; readable by
+/// root only). A hand-off to a thread whose vCPU halted waits for the host to wake it, which
+/// the sequential figures show.
 fn cpu_idle() -> String {
     let read = |path: &str| {
         std::fs::read_to_string(path)
@@ -276,7 +278,28 @@ fn cpu_idle() -> String {
     let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
         .map(|ns| format!(", guest_halt_poll_ns {ns}"))
         .unwrap_or_default();
-    format!("cpuidle driver {driver}, governor {governor}{poll}")
+    format!(
+        "cpuidle driver {driver}, governor {governor}{poll}{}",
+        cpu_latency_limit()
+            .map(|limit| format!(", PM QoS CPU latency limit {limit}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The CPU latency limit in force (`/dev/cpu_dma_latency`, the least any process holding it
+/// open asked for): "none", or microseconds. `None` where it cannot be read. Opening it for
+/// reading adds no limit of its own.
+fn cpu_latency_limit() -> Option<String> {
+    use std::io::Read as _;
+    let mut value = [0u8; 4];
+    std::fs::File::open("/dev/cpu_dma_latency")
+        .and_then(|mut f| f.read_exact(&mut value))
+        .ok()?;
+    // The kernel's "no limit" is its default value, 2,000 s.
+    Some(match i32::from_ne_bytes(value) {
+        2_000_000_000.. => "none".to_owned(),
+        us => format!("{us} µs"),
+    })
 }
 
 /// The commit HEAD names, read from the repository's files (`.git/HEAD`, the ref it points
