@@ -2,9 +2,10 @@
 //! one target (the default pool of 4 connections per credential) against the real server on
 //! 127.0.0.1:3306 (override with `PORTCULLIS_BENCH_MYSQL_URL`, a URL whose user may create and
 //! drop a database), each job as the agent runs it — session setup, transaction, the
-//! statement, the result collected — without the gate and the server. Three sequences:
+//! statement, the result collected — without the gate and the server. Four sequences:
 //! reads of one statement, reads of a new statement each time (as ad-hoc SQL with literals
-//! is), and writes. Prints p50, p90, p99 and the slowest of each, and the direct driver's
+//! is), writes back to back, and writes [`WRITE_GAP`] apart (as separate requests come, each
+//! after its approval). Prints p50, p90, p99 and the slowest of each, and the direct driver's
 //! read for reference. Then reads of one statement [`AT_ONCE`] at a time, more than the pool
 //! has connections, so a connection's whole turn (its setup, the read, its way back to the
 //! pool) sets the rate: jobs/s with the same percentiles. `MYSQL_BENCH_JOBS` (default 2,000)
@@ -24,6 +25,8 @@ const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306";
 const WARM_UP: usize = 200;
 /// How many reads run at once in the concurrent sequence: twice the pool's 4 connections.
 const AT_ONCE: usize = 8;
+/// The pause before each job of the spaced writes (not timed).
+const WRITE_GAP: Duration = Duration::from_millis(5);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -80,21 +83,36 @@ async fn run(url: &str, database: &str, n: usize) -> anyhow::Result<()> {
     report("direct sqlx connection, the read (prepared, kept)", taken);
     report(
         "read, one statement",
-        jobs(&target, OperationClass::Read, limits, n, &|_| read.clone()).await?,
+        jobs(&target, OperationClass::Read, limits, n, None, &|_| {
+            read.clone()
+        })
+        .await?,
     );
     report(
         "read, a new statement each job",
-        jobs(&target, OperationClass::Read, limits, n, &|i| {
+        jobs(&target, OperationClass::Read, limits, n, None, &|i| {
             format!("{read} AND {i} = {i}")
         })
         .await?,
     );
     let write = format!("UPDATE {database}.items SET n = n + 1 WHERE id = 2");
     report(
-        "write, one statement (its connection closed after each job)",
-        jobs(&target, OperationClass::Write, limits, n, &|_| {
+        "write, one statement, back to back (its connection closed after each job)",
+        jobs(&target, OperationClass::Write, limits, n, None, &|_| {
             write.clone()
         })
+        .await?,
+    );
+    report(
+        &format!("write, one statement, {} ms apart", WRITE_GAP.as_millis()),
+        jobs(
+            &target,
+            OperationClass::Write,
+            limits,
+            n,
+            Some(WRITE_GAP),
+            &|_| write.clone(),
+        )
         .await?,
     );
     let total = 4 * n;
@@ -134,17 +152,21 @@ fn target(url: &str) -> TargetConfig {
     }
 }
 
-/// Runs `WARM_UP + n` jobs of `class` in sequence, the `i`th with `statement(i)`; the
-/// latencies of the last `n`, sorted.
+/// Runs `WARM_UP + n` jobs of `class` in sequence, the `i`th with `statement(i)`, each after
+/// a pause of `gap` when given; the latencies of the last `n`, sorted.
 async fn jobs(
     target: &MySqlTarget,
     class: OperationClass,
     limits: Limits,
     n: usize,
+    gap: Option<Duration>,
     statement: &dyn Fn(usize) -> String,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut taken = Vec::with_capacity(n);
     for i in 0..WARM_UP + n {
+        if let Some(gap) = gap {
+            tokio::time::sleep(gap).await;
+        }
         let sql = statement(i);
         let started = Instant::now();
         target
