@@ -68,7 +68,8 @@ pub struct TargetConfig {
     #[serde(default = "default_max_result_bytes")]
     pub max_result_bytes: u64,
     /// Connections pooled per credential (PostgreSQL, MySQL); Redis multiplexes one
-    /// connection per credential and ignores it.
+    /// connection per credential and ignores it. Above 1, a MySQL write, DDL or admin
+    /// credential keeps one of them open ahead, from its first job on, for the next job.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
 }

@@ -15,7 +15,8 @@
 //! less); one that died while idle fails in the session's setup and the job moves to another
 //! connection, never once the statement was sent (EX-3). A connection that ran a write, DDL or
 //! admin job is closed, not pooled again: nothing such a job did to its session reaches the
-//! next job, and the driver has no session reset. A read's connection is pooled, once what a
+//! next job, and the driver has no session reset; the next such job takes a connection the
+//! pool opened ahead for it, one no job has used (a pool of more than one). A read's connection is pooled, once what a
 //! function the read called could leave on the session past its `ROLLBACK` is set back, as
 //! the connection goes back to its pool, after the result has left ([`session`]).
 
@@ -124,6 +125,17 @@ impl MySqlTarget {
                     if *class == OperationClass::Read {
                         let session = Arc::clone(&read_session);
                         set_back_on_release(options, session, target.name.clone())
+                    } else if target.pool_size > 1 {
+                        // A write's connection is closed after its job, never pooled again
+                        // (`run`), so each would open a new one. The pool keeps one opened
+                        // ahead instead, by itself in the background, from the first job's
+                        // close on: a connection no job has used, its session as new,
+                        // which the next job takes without waiting for a connect. One that
+                        // died while idle fails in the job's setup, before any of the
+                        // statement was sent, and the job moves to another (EX-3). Not in a
+                        // pool of one: while the store is down, the driver's attempts to
+                        // open it (retried for minutes) would hold the pool's only place.
+                        options.min_connections(1)
                     } else {
                         options
                     }

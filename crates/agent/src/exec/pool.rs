@@ -56,9 +56,9 @@ impl<DB: Database> StorePool<DB> {
         Self::open_with(target, class, configure, |pool| pool)
     }
 
-    /// [`StorePool::open`], with `tune` adding to the pool's own options: a driver's work on
-    /// each connection as it goes back to the pool (`after_release`), which a closed
-    /// connection skips.
+    /// [`StorePool::open`], with `tune` adding to the pool's own options, or changing them: a
+    /// driver's work on each connection as it goes back to the pool (`after_release`), which
+    /// a closed connection skips; a connection kept open ahead (`min_connections`).
     pub(crate) fn open_with(
         target: &TargetConfig,
         class: OperationClass,
@@ -76,7 +76,7 @@ impl<DB: Database> StorePool<DB> {
             })?
             // User statements and their literals stay out of the agent's logs.
             .disable_statement_logging();
-        let pool = tune(PoolOptions::<DB>::new())
+        let defaults = PoolOptions::<DB>::new()
             .max_connections(target.pool_size)
             .min_connections(0)
             .acquire_timeout(MAX_ACQUIRE)
@@ -86,8 +86,8 @@ impl<DB: Database> StorePool<DB> {
             // the job's statement was sent (PostgreSQL's `BEGIN`, the MySQL session's setup),
             // and the driver's code then moves the job to another connection.
             .test_before_acquire(false)
-            .idle_timeout(Some(IDLE))
-            .connect_lazy_with(options.clone());
+            .idle_timeout(Some(IDLE));
+        let pool = tune(defaults).connect_lazy_with(options.clone());
         Ok(StorePool {
             connection: target.name.clone(),
             class,

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use OperationClass::{Ddl, Read, Write as WriteClass};
-use portcullis_agent::config::TargetConfig;
+use portcullis_agent::config::{DEFAULT_POOL_SIZE, TargetConfig};
 use portcullis_agent::exec::{Limits, MySqlTarget};
 use portcullis_core::{ConnectionKind, OperationClass};
 use serde_json::json;
@@ -362,6 +362,81 @@ pub(crate) async fn ex3_mysql_a_connection_that_died_in_the_pool_costs_no_job_an
     t.close().await;
 }
 
+/// A write's connection is closed after its job, never pooled again, so the pool keeps one
+/// connection opened ahead for the next write: one no job has used, which the next write
+/// takes without waiting for a connect, and which is closed after it like any other. Without
+/// it, no write connection is ever idle in the pool and every write opens its own.
+#[tokio::test]
+pub(crate) async fn mysql_a_write_takes_a_connection_opened_ahead_that_no_job_used() {
+    let my = My::new().await;
+    let t = MySqlTarget::open(&my.target(&[WriteClass])).expect("target");
+    let lim = limits(10, 1 << 20, 5_000);
+    let first = connection_id(&t, WriteClass, lim).await;
+    let ahead = opened_ahead(&my, &t, first).await;
+    assert_ne!(
+        ahead, first,
+        "the first write's connection was pooled again"
+    );
+    let second = connection_id(&t, WriteClass, lim).await;
+    assert_eq!(
+        second, ahead,
+        "the second write did not run on the connection opened ahead"
+    );
+    let next = opened_ahead(&my, &t, second).await;
+    assert_ne!(
+        next, second,
+        "the second write's connection was pooled again"
+    );
+    t.close().await;
+}
+
+/// EX-3: a write's connection opened ahead that died while it waited (a restart, an
+/// administrator's `KILL`, the server's `wait_timeout`) costs no job: the write fails in its
+/// session's setup, before any of the statement was sent, and runs on another connection,
+/// once. The same in a pool of two, half of which the one opened ahead fills (a pool of one
+/// keeps none).
+#[tokio::test]
+pub(crate) async fn ex3_mysql_a_write_whose_connection_opened_ahead_died_runs_once_on_another() {
+    let my = My::new().await;
+    my.exec("CREATE TABLE $d.items (id int AUTO_INCREMENT PRIMARY KEY, conn bigint) ENGINE=InnoDB")
+        .await;
+    let lim = limits(10, 1 << 20, 5_000);
+    let insert = "INSERT INTO items (conn) VALUES (CONNECTION_ID())";
+    for pool_size in [DEFAULT_POOL_SIZE, 2] {
+        let mut config = my.target(&[WriteClass]);
+        config.pool_size = pool_size;
+        let t = MySqlTarget::open(&config).expect("target");
+        t.run_unchecked(WriteClass, insert, lim)
+            .await
+            .unwrap_or_else(|e| panic!("pool of {pool_size}: the first write: {e:?}"));
+        let written: i64 = my.count("items").await;
+        let ahead = opened_ahead(&my, &t, u64::MAX).await;
+        kill_while_idle(&my, &t, WriteClass, ahead).await;
+        t.run_unchecked(WriteClass, insert, lim)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("pool of {pool_size}: the write after its connection died: {e:?}")
+            });
+        assert_eq!(
+            my.count("items").await,
+            written + 1,
+            "pool of {pool_size}: the write ran other than once"
+        );
+        let last: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT conn FROM {}.items ORDER BY id DESC LIMIT 1",
+            my.database
+        )))
+        .fetch_one(&my.admin)
+        .await
+        .expect("the last row");
+        assert_ne!(
+            last as u64, ahead,
+            "pool of {pool_size}: ran on the connection that was killed"
+        );
+        t.close().await;
+    }
+}
+
 /// EX-3: a read's transaction has ended before its connection serves another job: the read
 /// does not wait for its `ROLLBACK`, which travels with the message that sets its session
 /// back as the connection goes back to its pool, so once the connection is back in its pool
@@ -498,6 +573,34 @@ async fn kill_while_idle(my: &My, t: &MySqlTarget, class: OperationClass, id: u6
             break;
         }
         assert!(Instant::now() < deadline, "connection {id} was not killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) until the write pool holds one connection opened ahead and the session of
+/// connection `done` (the last write's, closed after it) is gone, and returns the one opened
+/// ahead: the only session left in the test's database.
+async fn opened_ahead(my: &My, t: &MySqlTarget, done: u64) -> u64 {
+    back_in_pool(|| t.idle_connections(WriteClass)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions: Vec<i64> = sqlx::query_scalar(
+            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? \
+             ORDER BY ID",
+        )
+        .bind(&my.database)
+        .fetch_all(&my.admin)
+        .await
+        .expect("processlist");
+        if let [only] = sessions[..]
+            && only as u64 != done
+        {
+            return only as u64;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not one session opened ahead in the database: {sessions:?} (the last write's: {done})"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
