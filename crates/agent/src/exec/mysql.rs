@@ -16,9 +16,10 @@
 //! connection, never once the statement was sent (EX-3). A connection that ran a write, DDL or
 //! admin job is closed, not pooled again: nothing such a job did to its session reaches the
 //! next job, and the driver has no session reset; the next such job takes a connection the
-//! pool opened ahead for it, one no job has used (a pool of more than one). A read's connection is pooled, once what a
-//! function the read called could leave on the session past its `ROLLBACK` is set back, as
-//! the connection goes back to its pool, after the result has left ([`session`]).
+//! pool opened ahead for it, one no job has used (a pool of more than one). A read's
+//! connection is pooled, once what a function the read called could leave on the session past
+//! its `ROLLBACK` is set back, as the connection goes back to its pool, after the result has
+//! left ([`session`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
