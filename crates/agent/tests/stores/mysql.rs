@@ -372,21 +372,15 @@ pub(crate) async fn mysql_a_write_takes_a_connection_opened_ahead_that_no_job_us
     let t = MySqlTarget::open(&my.target(&[WriteClass])).expect("target");
     let lim = limits(10, 1 << 20, 5_000);
     let first = connection_id(&t, WriteClass, lim).await;
+    // The first write's connection is gone, not pooled again: `opened_ahead` waits for that.
     let ahead = opened_ahead(&my, &t, first).await;
-    assert_ne!(
-        ahead, first,
-        "the first write's connection was pooled again"
-    );
     let second = connection_id(&t, WriteClass, lim).await;
     assert_eq!(
         second, ahead,
         "the second write did not run on the connection opened ahead"
     );
-    let next = opened_ahead(&my, &t, second).await;
-    assert_ne!(
-        next, second,
-        "the second write's connection was pooled again"
-    );
+    // And the connection opened ahead, once used, goes like any other.
+    opened_ahead(&my, &t, second).await;
     t.close().await;
 }
 
